@@ -1,0 +1,165 @@
+"""The `chipfuse` command line: plan, presets, run, chat, probe, calibrate, quantize."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ChipfuseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="chipfuse: plan, predict and run LLMs split over AI-chiplet NPU dies.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(fn):
+    """Print chipfuse errors as one clear message (no traceback) and exit with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ChipfuseError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1024**3:.2f}"
+
+
+def print_plan(plan, title: str | None = None) -> None:
+    """The plan as a table: one row per stage, with the predicted bottleneck in words."""
+    from ..units import fmt_bytes
+
+    pred = plan.prediction
+    t = Table(title=title or f"{plan.model.name} on {plan.system['name']} at {plan.precision}",
+              caption=f"context {plan.workload.context} x batch {plan.workload.batch}, "
+                      f"prompt {plan.workload.prompt_tokens} tokens, KV {plan.workload.kv_precision}")
+    for col, just in (("stage", "right"), ("die", "left"), ("blocks", "left"), ("format", "left"),
+                      ("weights GiB", "right"), ("KV GiB", "right"), ("used / has GiB", "right"),
+                      ("decode ms", "right"), ("bound", "left")):
+        t.add_column(col, justify=just)
+    for st, sp in zip(plan.stages, pred.stages if pred else [None] * len(plan.stages)):
+        parts = []
+        if st.has_embedding:
+            parts.append("embed")
+        if st.layers:
+            parts.append(f"L{st.layers[0]}-{st.layers[1]}")
+        if st.has_lm_head:
+            parts.append("head")
+        t.add_row(str(st.index), st.die, " + ".join(parts), st.format, _gb(st.weight_bytes), _gb(st.kv_bytes),
+                  f"{_gb(st.used_bytes)} / {_gb(st.memory_bytes)}",
+                  f"{sp.decode_s * 1e3:.2f}" if sp else "-", sp.bound if sp else "-")
+    console.print(t)
+    console.print(f"route: {' -> '.join(plan.route)}")
+    if pred:
+        console.print(f"[bold]fits:[/] yes   [bold]time to first token:[/] {pred.ttft_s * 1e3:.1f} ms   "
+                      f"[bold]decode:[/] {pred.decode_tokens_per_s:.1f} tokens/s"
+                      + (f" ({pred.decode_tokens_per_s_per_request:.1f} per request)" if plan.workload.batch > 1 else "")
+                      + f"   reads {fmt_bytes(pred.bytes_read_per_token)} per token")
+        for sp in pred.stages:
+            console.print(f"  - {sp.reason}")
+        for n in pred.notes:
+            console.print(f"  [dim]{n}[/]")
+    for w in plan.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command()
+@friendly
+def plan(
+    model: str = typer.Option(..., "--model", "-m", help="catalogue name, config.json path or .gguf path"),
+    system: str = typer.Option(..., "--system", "-s", help="preset name or system YAML path"),
+    precision: str = typer.Option("int4", help="weight format: int4 (= int4-g32), int4-g128-sym, int8, fp8, fp16, bf16, fp32, ..."),
+    context: int = typer.Option(4096, help="tokens per sequence (prompt + generated) the KV cache must hold"),
+    batch: int = typer.Option(1, help="concurrent sequences"),
+    prompt_tokens: int = typer.Option(512, help="prompt length for time to first token"),
+    kv_precision: str = typer.Option("fp16", help="KV-cache element format"),
+    dies: Optional[int] = typer.Option(None, help="use at most this many dies"),
+    strict: bool = typer.Option(False, help="fail instead of falling back when a die lacks the precision"),
+    target_tokens_per_s: Optional[float] = typer.Option(None, help="also say what bandwidth this decode rate needs"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the plan and prediction here"),
+):
+    """Split a model over a system's dies and predict its speed."""
+    from ..compile.compiler import compile_plan
+    from ..frontends import load_model_config
+    from ..hw.load import load_system
+    from ..sim.perf import required_bandwidth_bytes_per_s
+
+    sysm = load_system(system)
+    cfg = load_model_config(model)
+    p = compile_plan(cfg, sysm, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
+                     kv_precision=kv_precision, max_dies=dies, strict=strict, model_source=str(model))
+    print_plan(p)
+    if target_tokens_per_s:
+        need = required_bandwidth_bytes_per_s(p.prediction.bytes_read_per_token, target_tokens_per_s)
+        console.print(f"{target_tokens_per_s:g} tokens/s reads {need / 1e9:.1f} GB/s at batch 1 "
+                      f"({p.prediction.bytes_read_per_token / 1e9:.2f} GB per token x {target_tokens_per_s:g})")
+    if json_path:
+        p.save(json_path)
+        console.print(f"plan written to {json_path}")
+
+
+@app.command()
+@friendly
+def presets(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """List the preset systems and the catalogue models."""
+    from ..frontends import catalogue, load_model_config
+    from ..hw.load import load_system, preset_names
+    from ..hw.spec import HOST
+
+    systems = []
+    for name in preset_names():
+        s = load_system(name)
+        links = sorted({lk.label() for lk in s.links})
+        systems.append({
+            "name": name, "description": s.description, "dies": len(s.dies),
+            "die_types": sorted({d.type for d in s.dies}),
+            "links": links,
+            "die_memory_gib": [round(s.die_memory_bytes(d) / 1024**3, 2) for d in s.die_names],
+            "die_bandwidth_gb_per_s": [round(s.die_bandwidth_bytes_per_s(d) / 1e9, 1) for d in s.die_names],
+            "memory": sorted({"own" if s.die_type(d).memory.own else "shared" for d in s.die_names}),
+            "host": s.host.name, "host_links": [lk.label() for lk in s.links if HOST in lk.between],
+        })
+    models = []
+    for name, entry in sorted(catalogue().items()):
+        c = load_model_config(name)
+        models.append({"name": name, "display_name": entry.get("display_name", name), "layers": c.num_layers,
+                       "hidden": c.hidden_size, "heads": c.num_heads, "kv_heads": c.num_kv_heads,
+                       "vocab": c.vocab_size, "tied": c.tied_embeddings, "source": entry.get("source", "")})
+    if as_json:
+        sys.stdout.write(json.dumps({"systems": systems, "models": models}, indent=2) + "\n")
+        return
+    t = Table(title="systems (use with --system)")
+    for col in ("name", "dies", "links", "memory", "GiB per die", "GB/s per die"):
+        t.add_column(col)
+    for s in systems:
+        t.add_row(s["name"], str(s["dies"]), ", ".join(s["links"]), "/".join(s["memory"]),
+                  ", ".join(f"{x:g}" for x in s["die_memory_gib"]), ", ".join(f"{x:g}" for x in s["die_bandwidth_gb_per_s"]))
+    console.print(t)
+    t = Table(title="models (use with --model; or give a config.json or .gguf path)")
+    for col in ("name", "layers", "hidden", "heads / kv", "vocab", "tied"):
+        t.add_column(col)
+    for m in models:
+        t.add_row(m["name"], str(m["layers"]), str(m["hidden"]), f"{m['heads']} / {m['kv_heads']}", str(m["vocab"]),
+                  "yes" if m["tied"] else "no")
+    console.print(t)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,202 @@
+"""CalFusion, first version: split one LLM over the dies of a system as a pipeline.
+
+compile_plan(model, system, precision, workload) -> Plan. The compiler decides; the
+simulator (`sim.predict`) and the runtime obey the plan it writes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import __version__
+from ..errors import FitError, SpecError
+from ..frontends.config import ModelConfig
+from ..hw.spec import HOST, System
+from ..ir.graph import (Graph, Workload, block_weight_bytes, kv_cache_bytes, op_costs, tied_shared_bytes,
+                        workspace_bytes)
+from ..ir.llm import build_llm_graph
+from ..plan.plan import ModelRef, Plan, Stage, WorkloadSpec
+from ..quant.formats import FORMATS, Format, get_format
+from ..sim.perf import (PRECISION_BYTES, block_times, die_format, die_rates, host_in_bytes, out_bytes,
+                        transfer_s)
+from ..units import GiB, fmt_bytes
+from .order import die_order
+from .pipeline import min_dies, min_max_memory, split_pipeline
+
+
+def _kv_bytes(kv_precision: str) -> float:
+    try:
+        return PRECISION_BYTES[get_format(kv_precision).precision]
+    except SpecError:
+        raise SpecError(f"--kv-precision {kv_precision!r}: accepted fp32, fp16, bf16, fp8, int8") from None
+
+
+class _Problem:
+    """Per-block, per-die numbers the split needs, for one system, format and workload."""
+
+    def __init__(self, graph: Graph, system: System, order: list[str], fmt: Format, wl: WorkloadSpec):
+        self.graph, self.system, self.order, self.fmt, self.wl = graph, system, order, fmt, wl
+        kvb = _kv_bytes(wl.kv_precision)
+        k, mblocks = len(order), graph.n_blocks
+        micro = min(wl.batch, k)
+        self.seqs_per_micro = math.ceil(wl.batch / micro)
+        step = Workload.decode(wl.context, self.seqs_per_micro)
+        self.time = np.zeros((mblocks, k))
+        self.mem = np.zeros((mblocks, k))
+        self.cap = np.zeros(k)
+        self.formats: list[Format] = []
+        kv = kv_cache_bytes(graph, kvb, wl.context, wl.batch)
+        for j, die in enumerate(order):
+            f = die_format(system, die, fmt)
+            r = die_rates(system, die, fmt)
+            self.formats.append(f)
+            self.time[:, j] = block_times(graph, op_costs(graph, f, step, r.act_bytes, kvb), r)
+            self.mem[:, j] = block_weight_bytes(graph, f) + kv
+            ws = workspace_bytes(graph, range(1, mblocks - 1), wl.prompt_tokens, wl.batch, r.act_bytes)
+            head_ws = workspace_bytes(graph, range(mblocks - 1, mblocks), wl.prompt_tokens, wl.batch, r.act_bytes)
+            self.mem[-1, j] += head_ws
+            self.cap[j] = system.die_memory_bytes(die) - ws
+        if k == 1:  # embedding and a tied head share one table
+            self.mem[-1, 0] -= tied_shared_bytes(graph, self.formats[0], range(mblocks))
+        self.kv = kv
+        self.kvb = kvb
+
+    def extra(self, order: list[str]) -> np.ndarray:
+        """Link time each stage pays per decode step: out to the next stage (the first also in)."""
+        rates = [die_rates(self.system, d, self.fmt) for d in order]
+        h = self.graph.hidden_bytes_per_token[1] * self.seqs_per_micro
+        ext = np.zeros(len(order))
+        for j, d in enumerate(order):
+            nxt = order[j + 1] if j + 1 < len(order) else HOST
+            nbytes = h * rates[j].act_bytes if nxt != HOST else out_bytes(self.graph, self.graph.n_blocks, self.seqs_per_micro, 4)
+            ext[j] = transfer_s(self.system, d, nxt, nbytes)
+        ext[0] += transfer_s(self.system, HOST, order[0], host_in_bytes(self.seqs_per_micro))
+        return ext
+
+
+def _fit_error(prob: _Problem, model: ModelConfig, system: System, precision: str, wl: WorkloadSpec,
+               n_dies: int) -> FitError:
+    """Say which die overflows, by how much, and the smallest change that fits."""
+    graph, k = prob.graph, len(prob.order)
+    mem = prob.mem.max(axis=1)
+    caps = prob.cap
+    # The split that needs the least memory per die shows where it overflows.
+    if graph.n_blocks < k:
+        return FitError(f"{model.name} has {graph.n_blocks} blocks but {system.name} offers {k} dies; use --dies {graph.n_blocks}")
+    need, bounds = min_max_memory(mem, k)
+    over = [(float(mem[s:e].sum() - caps[j]), j, s, e) for j, (s, e) in enumerate(bounds)]
+    worst, j, s, e = max(over)
+    die = prob.order[j]
+    ws = system.die_memory_bytes(die) - caps[j]
+    w = float(block_weight_bytes(graph, prob.formats[j])[s:e].sum())
+    kv = float(prob.kv[s:e].sum())
+    lines = [
+        f"{model.name} does not fit {system.name} at {prob.fmt.name} (context {wl.context} x batch {wl.batch}):",
+        f"  {die} would need {fmt_bytes(worst + caps[j] + ws)} (weights {fmt_bytes(w)} + KV cache {fmt_bytes(kv)}"
+        f" + workspace {fmt_bytes(mem[s:e].sum() - w - kv + ws)}) but has {fmt_bytes(system.die_memory_bytes(die))}:"
+        f" over by {fmt_bytes(worst)} ({worst:,.0f} bytes).",
+        "  Smallest changes that fit:",
+    ]
+    cap_die = max(caps)
+    nd = min_dies(mem, cap_die)
+    if nd is not None:
+        lines.append(f"  - more dies: {nd} dies like {prob.order[int(np.argmax(caps))]} "
+                     f"({fmt_bytes(system.die_memory_bytes(prob.order[int(np.argmax(caps))]))} each) hold it (this system has {n_dies})")
+    per_die = need + (system.die_memory_bytes(die) - caps[j])
+    std = next((g for g in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if g * GiB >= per_die), None)
+    lines.append(f"  - more DRAM: each of the {k} dies needs {fmt_bytes(per_die)}"
+                 + (f" (e.g. {std} GiB)" if std else ""))
+    lower = _lower_precisions(prob.fmt)
+    fits_lower = None
+    for name in lower:
+        p2 = _Problem(graph, system, prob.order, FORMATS[name], wl)
+        if split_pipeline(p2.time, p2.extra(prob.order), p2.mem, p2.cap) is not None:
+            fits_lower = name
+            break
+    lines.append(f"  - lower precision: {fits_lower} fits" if fits_lower
+                 else "  - lower precision: none of " + ", ".join(lower) + " fits" if lower
+                 else "  - lower precision: none below " + prob.fmt.name)
+    if wl.context > 512 and float(prob.kv.sum()) > 0.1 * float(mem.sum()):
+        lines.append(f"  - or a shorter --context (the KV cache is {fmt_bytes(prob.kv.sum())} at {wl.context})")
+    return FitError("\n".join(lines))
+
+
+def _lower_precisions(fmt: Format) -> list[str]:
+    """Formats with fewer bits per weight than `fmt`, most accurate first."""
+    bpw = fmt.bits_per_weight()
+    cands = ["fp16", "fp8-e4m3", "int8", "int4-g32", "int4-g64", "int4-g128-sym"]
+    return [c for c in cands if FORMATS[c].bits_per_weight() < bpw - 1e-9]
+
+
+def compile_plan(model: ModelConfig, system: System, precision: str = "int4", *, context: int = 4096,
+                 batch: int = 1, prompt_tokens: int = 512, kv_precision: str = "fp16",
+                 max_dies: int | None = None, strict: bool = False, model_source: str = "",
+                 graph: Graph | None = None) -> Plan:
+    """Split `model` over `system`'s dies as an optimal pipeline and predict its speed."""
+    from ..sim.predict import predict
+
+    fmt = get_format(precision)
+    if prompt_tokens > context:
+        raise SpecError(f"--prompt-tokens {prompt_tokens} exceeds --context {context}")
+    if context > model.max_position:
+        raise SpecError(f"--context {context} exceeds {model.name}'s max_position_embeddings {model.max_position}")
+    wl = WorkloadSpec(context=context, batch=batch, prompt_tokens=prompt_tokens, kv_precision=kv_precision)
+    graph = graph or build_llm_graph(model)
+    dies = system.die_names
+    if max_dies is not None:
+        if not 1 <= max_dies <= len(dies):
+            raise SpecError(f"--dies {max_dies}: {system.name} has {len(dies)} die(s)")
+    warnings: list[str] = []
+    for d in dies:
+        f = die_format(system, d, fmt)
+        if f.name != fmt.name:
+            msg = (f"{d} has no {fmt.precision} support (it supports {', '.join(system.die_type(d).tops)}); "
+                   f"using {f.name} there")
+            if strict:
+                raise SpecError(msg.replace("; using", "; --strict forbids falling back to"))
+            warnings.append(msg)
+    h_bytes = graph.hidden_bytes_per_token[1] * 2.0
+    order = die_order(system, dies, h_bytes)
+    k = min(len(order), max_dies or len(order), graph.n_blocks)
+    order = order[:k]
+    prob = _Problem(graph, system, order, fmt, wl)
+    split = split_pipeline(prob.time, prob.extra(order), prob.mem, prob.cap)
+    if split is None:
+        raise _fit_error(prob, model, system, precision, wl, len(dies))
+    stages = []
+    prev = HOST
+    for j, (s, e) in enumerate(split.bounds):
+        die = order[j]
+        f = prob.formats[j]
+        blocks = range(s, e)
+        wb = float(block_weight_bytes(graph, f)[s:e].sum()) - tied_shared_bytes(graph, f, blocks)
+        ab = die_rates(system, die, fmt).act_bytes
+        layers = [graph.blocks[b].layer for b in blocks if graph.blocks[b].layer is not None]
+        route_in = system.route_nodes(prev, die, h_bytes)
+        stages.append(Stage(
+            index=j, die=die, blocks=(s, e), layers=(min(layers), max(layers)) if layers else None,
+            has_embedding=s == 0, has_lm_head=e == graph.n_blocks, format=f.name,
+            weight_bytes=int(wb), kv_bytes=int(prob.kv[s:e].sum()),
+            workspace_bytes=int(workspace_bytes(graph, blocks, prompt_tokens, batch, ab)),
+            memory_bytes=int(system.die_memory_bytes(die)), route_in=route_in))
+        prev = die
+    if len(dies) > k and max_dies is None:
+        warnings.append(f"{model.name} has only {graph.n_blocks} blocks; {len(dies) - k} die(s) left idle")
+    tied = [st.die for st in stages if st.has_embedding or st.has_lm_head]
+    if model.tied_embeddings and len(stages) > 1:
+        warnings.append(f"tied embedding table is held twice: on {tied[0]} (embedding) and {tied[-1]} (LM head)")
+    plan = Plan(
+        created_by=f"chipfuse {__version__}",
+        model=ModelRef(name=model.name, source=model_source or model.name, config=model.model_dump(mode="json")),
+        system=system.model_dump(mode="json"),
+        precision=fmt.name,
+        workload=wl,
+        route=[HOST, *order, HOST],
+        stages=stages,
+        fits=True,
+        warnings=warnings,
+    )
+    plan.prediction = predict(plan, graph=graph, system=system)
+    return plan

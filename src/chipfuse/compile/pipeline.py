@@ -1,0 +1,90 @@
+"""Pipeline split: contiguous block ranges over an ordered list of dies, optimal by dynamic programming.
+
+Problem: blocks 0..M-1 in order, dies 0..k-1 in route order, every die gets a non-empty
+contiguous range. Stage j costs `time[b, j]` summed over its blocks plus `extra[j]` (its
+links), and must fit `mem[b, j]` (or `mem[b]`) summed within `cap[j]`. We minimise the slowest stage (the
+pipeline's throughput), then, among splits that reach it, the sum of stage times (latency).
+Both passes are exact: O(k * M^2) with prefix sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+INF = float("inf")
+
+
+@dataclass(frozen=True)
+class Split:
+    bounds: list[tuple[int, int]]  # [start, end) per stage
+    bottleneck_s: float
+    total_s: float
+
+
+def _dp(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
+        combine: str, limit: float = INF) -> tuple[float, list[tuple[int, int]]] | None:
+    m, k = time.shape
+    tc = np.vstack([np.zeros(k), np.cumsum(time, axis=0)])  # (m+1, k)
+    mem = mem if mem.ndim == 2 else np.repeat(mem[:, None], k, axis=1)
+    mc = np.vstack([np.zeros(k), np.cumsum(mem, axis=0)])  # (m+1, k)
+    best = np.full((k + 1, m + 1), INF)
+    arg = np.zeros((k + 1, m + 1), dtype=np.int64)
+    best[0, 0] = 0.0
+    for j in range(k):
+        for e in range(j + 1, m - (k - 1 - j) + 1):
+            s = np.arange(j, e)
+            prev = best[j, s]
+            cost = tc[e, j] - tc[s, j] + extra[j]
+            ok = (mc[e, j] - mc[s, j] <= cap[j]) & (cost <= limit) & np.isfinite(prev)
+            if not ok.any():
+                continue
+            cand = np.maximum(prev, cost) if combine == "max" else prev + cost
+            cand = np.where(ok, cand, INF)
+            i = int(np.argmin(cand))
+            best[j + 1, e], arg[j + 1, e] = cand[i], s[i]
+    if not np.isfinite(best[k, m]):
+        return None
+    bounds, e = [], m
+    for j in range(k, 0, -1):
+        s = int(arg[j, e])
+        bounds.append((s, e))
+        e = s
+    return float(best[k, m]), bounds[::-1]
+
+
+def split_pipeline(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray) -> Split | None:
+    """The optimal split, or None when no split fits every die's memory."""
+    time, extra, mem, cap = (np.asarray(a, dtype=float) for a in (time, extra, mem, cap))
+    if time.shape[0] < time.shape[1]:
+        return None
+    first = _dp(time, extra, mem, cap, "max")
+    if first is None:
+        return None
+    bottleneck = first[0]
+    second = _dp(time, extra, mem, cap, "sum", limit=bottleneck * (1 + 1e-9) + 1e-15)
+    total, bounds = second if second is not None else (None, first[1])
+    if total is None:
+        total = sum(float(time[s:e, j].sum() + extra[j]) for j, (s, e) in enumerate(bounds))
+    return Split(bounds, bottleneck, total)
+
+
+def min_max_memory(mem: np.ndarray, k: int) -> tuple[float, list[tuple[int, int]]]:
+    """The smallest per-die capacity that lets `k` dies hold the blocks contiguously, and that split."""
+    res = _dp(np.repeat(np.asarray(mem, dtype=float)[:, None], k, axis=1), np.zeros(k), np.zeros(len(mem)),
+              np.full(k, INF), "max")
+    assert res is not None and len(mem) >= k
+    return res
+
+
+def min_dies(mem: np.ndarray, cap: float) -> int | None:
+    """Fewest dies of capacity `cap` that hold the blocks as contiguous ranges (greedy is exact)."""
+    n, used = 1, 0.0
+    for b in mem:
+        if b > cap:
+            return None
+        if used + b > cap:
+            n, used = n + 1, 0.0
+        used += b
+    return n

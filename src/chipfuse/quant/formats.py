@@ -1,0 +1,85 @@
+"""Numeric formats and their storage cost: the one place that says how many bytes a weight takes.
+
+The planner, the simulator and the packers all read `Format.matrix_bytes`, so a plan's byte
+counts are the bytes the runtime actually holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import SpecError
+
+
+@dataclass(frozen=True)
+class Format:
+    """A weight storage format.
+
+    `group_size` None means per output channel (one scale per row); 0 means no scale at all.
+    Scales and zero points are stored as fp16 (2 bytes) unless `scale_bytes` says otherwise.
+    """
+
+    name: str
+    precision: str  # the die precision that executes it: int4, int8, fp8, fp16, bf16, fp32
+    bits: int
+    group_size: int | None = 0
+    symmetric: bool = True
+    scale_bytes: int = 2
+    per_tensor_scale: bool = False
+
+    def matrix_bytes(self, rows: int, cols: int) -> int:
+        """Bytes to store a [rows, cols] weight quantised along cols (the input dimension)."""
+        data = math.ceil(rows * cols * self.bits / 8)
+        if self.per_tensor_scale:
+            return data + 4
+        if self.group_size == 0:
+            return data
+        groups = rows * (1 if self.group_size is None else math.ceil(cols / self.group_size))
+        per_group = self.scale_bytes * (1 if self.symmetric else 2)
+        return data + groups * per_group
+
+    def bits_per_weight(self, cols: int = 4096) -> float:
+        return 8 * self.matrix_bytes(1, cols) / cols if self.group_size is not None else float(self.bits)
+
+    @property
+    def bytes_per_element(self) -> float:
+        """Plain element size (for activations and KV cache)."""
+        return self.bits / 8
+
+
+def _build() -> dict[str, Format]:
+    fmts = [
+        Format("fp32", "fp32", 32),
+        Format("fp16", "fp16", 16),
+        Format("bf16", "bf16", 16),
+        Format("fp8-e4m3", "fp8", 8, per_tensor_scale=True),
+        Format("fp8-e5m2", "fp8", 8, per_tensor_scale=True),
+        Format("int8", "int8", 8, group_size=None, symmetric=True),
+    ]
+    for g in (32, 64, 128):
+        fmts.append(Format(f"int4-g{g}", "int4", 4, group_size=g, symmetric=False))
+        fmts.append(Format(f"int4-g{g}-sym", "int4", 4, group_size=g, symmetric=True))
+    return {f.name: f for f in fmts}
+
+
+FORMATS: dict[str, Format] = _build()
+# Short names: int4 is the asymmetric group-32 grid (the grid of GGUF Q4_1), fp8 is E4M3.
+ALIASES = {"int4": "int4-g32", "fp8": "fp8-e4m3", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+# For a die lacking a precision: the nearest ones to try, in order.
+FALLBACK = {
+    "int4": ["int8", "fp8", "fp16", "bf16", "fp32"],
+    "int8": ["fp8", "fp16", "bf16", "int4", "fp32"],
+    "fp8": ["fp16", "bf16", "int8", "fp32", "int4"],
+    "fp16": ["bf16", "fp32", "fp8", "int8", "int4"],
+    "bf16": ["fp16", "fp32", "fp8", "int8", "int4"],
+    "fp32": ["fp16", "bf16", "fp8", "int8", "int4"],
+}
+DEFAULT_FORMAT = {"int4": "int4-g32", "int8": "int8", "fp8": "fp8-e4m3", "fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
+
+
+def get_format(name: str) -> Format:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in FORMATS:
+        raise SpecError(f"unknown precision {name!r}; accepted: {', '.join(list(FORMATS) + list(ALIASES))}")
+    return FORMATS[key]

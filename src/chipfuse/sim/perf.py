@@ -1,0 +1,121 @@
+"""Performance model, first version: per-op roofline on each die, link transfers, host overheads.
+
+Pure functions over the IR's op costs and the system spec: no torch, no model weights, so
+the compiler can call it inside its search and sweeps can call it thousands of times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hw.spec import HOST, System
+from ..ir.graph import Graph, OpCosts, block_sums, op_costs, Workload
+from ..quant.formats import DEFAULT_FORMAT, FALLBACK, Format, get_format
+
+TERA = 1e12
+PRECISION_BYTES = {"int4": 0.5, "int8": 1, "fp8": 1, "fp16": 2, "bf16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class DieRates:
+    """What the roofline needs of one die, in SI units, efficiencies applied."""
+
+    die: str
+    weight_precision: str
+    act_precision: str
+    weight_flop_per_s: float
+    act_flop_per_s: float
+    bytes_per_s: float
+    op_overhead_s: float
+
+    @property
+    def act_bytes(self) -> float:
+        return PRECISION_BYTES[self.act_precision]
+
+
+def supported(system: System, die: str, precision: str) -> str:
+    """The precision the die runs for a requested one: itself, or the nearest it has."""
+    tops = system.die_type(die).tops
+    if precision in tops:
+        return precision
+    return next(p for p in FALLBACK[precision] if p in tops)
+
+
+def die_format(system: System, die: str, fmt: Format) -> Format:
+    """The weight format a die holds: `fmt` if it supports its precision, else the fallback's default."""
+    p = supported(system, die, fmt.precision)
+    return fmt if p == fmt.precision else get_format(DEFAULT_FORMAT[p])
+
+
+def die_rates(system: System, die: str, fmt: Format) -> DieRates:
+    dt = system.die_type(die)
+    wp = supported(system, die, fmt.precision)
+    ap = supported(system, die, dt.activation_precision)
+    eff = dt.compute_efficiency
+    return DieRates(die, wp, ap, dt.tops[wp] * TERA * eff, dt.tops[ap] * TERA * eff,
+                    system.die_bandwidth_bytes_per_s(die), dt.op_overhead_s)
+
+
+def op_times(c: OpCosts, r: DieRates) -> tuple[np.ndarray, np.ndarray]:
+    """(compute seconds, memory seconds) of each op on a die; the roofline is their max."""
+    return c.weight_flop / r.weight_flop_per_s + c.act_flop / r.act_flop_per_s, c.read_bytes / r.bytes_per_s
+
+
+def block_times(graph: Graph, c: OpCosts, r: DieRates) -> np.ndarray:
+    """Seconds each block takes on this die for the workload behind `c`."""
+    comp, mem = op_times(c, r)
+    return block_sums(graph, np.maximum(comp, mem)) + r.op_overhead_s
+
+
+def transfer_s(system: System, a: str, b: str, nbytes: float) -> float:
+    """Time to move `nbytes` from node a to node b along the quickest route (per hop)."""
+    return sum(link.transfer_s(nbytes) for link in system.route(a, b, nbytes))
+
+
+def required_bandwidth_bytes_per_s(bytes_per_token: float, tokens_per_s: float) -> float:
+    """The talk's arithmetic: each generated token reads the whole model once."""
+    return bytes_per_token * tokens_per_s
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Time of one stage for one workload step, split for explanation."""
+
+    die: str
+    compute_s: float      # sum over ops of compute time
+    memory_s: float       # sum over ops of memory time
+    time_s: float         # sum over ops of the roofline max, plus overheads
+    link_out_s: float     # sending the stage's output to the next stage (or the host)
+    read_bytes: float
+    flop: float
+
+
+def stage_cost(graph: Graph, system: System, die: str, blocks: range, fmt: Format, w: Workload,
+               kv_bytes: float, next_node: str, out_bytes: float, costs: OpCosts | None = None) -> StageCost:
+    r = die_rates(system, die, fmt)
+    c = costs if costs is not None else op_costs(graph, die_format(system, die, fmt), w, r.act_bytes, kv_bytes)
+    comp, mem = op_times(c, r)
+    mask = np.isin(graph.op_block, list(blocks))
+    t = float(np.maximum(comp, mem)[mask].sum()) + r.op_overhead_s * len(blocks)
+    link = transfer_s(system, die, next_node, out_bytes) if next_node != die else 0.0
+    return StageCost(die, float(comp[mask].sum()), float(mem[mask].sum()), t, link,
+                     float(c.read_bytes[mask].sum()), float((c.weight_flop + c.act_flop)[mask].sum()))
+
+
+def out_bytes(graph: Graph, block_end: int, tokens: int, act_bytes: float) -> float:
+    """Bytes a stage ending before `block_end` sends on: a hidden state, or fp32 logits to the host."""
+    last = block_end - 1
+    if last == graph.n_blocks - 1:
+        return tokens * graph.hidden_bytes_per_token[last] * 4.0
+    return tokens * graph.hidden_bytes_per_token[last] * act_bytes
+
+
+def host_in_bytes(tokens: int) -> float:
+    """The host sends token ids (int32) to the first stage."""
+    return 4.0 * tokens
+
+
+__all__ = ["DieRates", "StageCost", "die_rates", "die_format", "supported", "op_times", "block_times",
+           "transfer_s", "stage_cost", "required_bandwidth_bytes_per_s", "out_bytes", "host_in_bytes", "HOST"]

@@ -1,0 +1,84 @@
+"""Predict a plan's speed: time to first token, decode tokens/s, and each stage's bottleneck in words."""
+
+from __future__ import annotations
+
+import math
+
+from ..frontends.config import ModelConfig
+from ..hw.spec import HOST, System
+from ..ir.graph import Graph, Workload, op_costs
+from ..ir.llm import build_llm_graph
+from ..plan.plan import Plan, Prediction, StagePrediction
+from ..quant.formats import get_format
+from .perf import PRECISION_BYTES, die_rates, host_in_bytes, out_bytes, stage_cost, transfer_s
+
+GB = 1e9
+
+
+def _reason(die: str, bound: str, precision: str, comp: float, mem: float, link: float, step: float,
+            need_gbps: float, has_gbps: float) -> str:
+    if bound == "link":
+        return (f"{die}: link-bound; sending its output takes {link * 1e6:.0f} us against "
+                f"{step * 1e6:.0f} us of work")
+    if bound == "memory":
+        return (f"{die}: memory-bound; needs {need_gbps:.1f} GB/s to keep its {precision} compute busy, "
+                f"has {has_gbps:.1f}")
+    return (f"{die}: compute-bound at {precision} ({100 * comp / step:.0f}% of the step computing); "
+            f"memory alone would allow a {mem / comp:.0%} shorter step at {has_gbps:.1f} GB/s")
+
+
+def predict(plan: Plan, graph: Graph | None = None, system: System | None = None) -> Prediction:
+    """Evaluate the performance model for a plan. Pure: rebuilds the IR from the plan if needed."""
+    system = system or System.model_validate(plan.system)
+    graph = graph or build_llm_graph(ModelConfig.model_validate(plan.model.config))
+    wl = plan.workload
+    fmt = get_format(plan.precision)
+    kvb = PRECISION_BYTES[get_format(wl.kv_precision).precision]
+    n = len(plan.stages)
+    micro = min(wl.batch, n)
+    seqs = math.ceil(wl.batch / micro)
+    dec = Workload.decode(wl.context, seqs)
+    pre = Workload.prefill(wl.prompt_tokens, 1)
+    stages, round_trip, slowest = [], 0.0, 0.0
+    ttft = system.host.overhead_per_token_s + transfer_s(system, HOST, plan.stages[0].die, host_in_bytes(wl.prompt_tokens))
+    round_trip += transfer_s(system, HOST, plan.stages[0].die, host_in_bytes(seqs))
+    for j, st in enumerate(plan.stages):
+        nxt = plan.stages[j + 1].die if j + 1 < n else HOST
+        blocks = range(*st.blocks)
+        f = get_format(st.format)
+        r = die_rates(system, st.die, fmt)
+        c = op_costs(graph, f, dec, r.act_bytes, kvb)
+        d = stage_cost(graph, system, st.die, blocks, f, dec, kvb, nxt, out_bytes(graph, st.blocks[1], seqs, r.act_bytes), c)
+        cp = op_costs(graph, f, pre, r.act_bytes, kvb)
+        p = stage_cost(graph, system, st.die, blocks, f, pre, kvb, nxt,
+                       out_bytes(graph, st.blocks[1], 1 if nxt == HOST else wl.prompt_tokens, r.act_bytes), cp)
+        ttft += p.time_s + p.link_out_s
+        round_trip += d.time_s + d.link_out_s
+        slowest = max(slowest, d.time_s, d.link_out_s)
+        bound = "link" if d.link_out_s > d.time_s else ("memory" if d.memory_s > d.compute_s else "compute")
+        need = d.read_bytes / d.compute_s / GB if d.compute_s > 0 else float("inf")
+        has = r.bytes_per_s / GB
+        stages.append(StagePrediction(
+            die=st.die, decode_s=d.time_s, prefill_s=p.time_s, link_out_s=d.link_out_s, bound=bound,
+            compute_utilisation=d.compute_s / d.time_s if d.time_s else 0.0,
+            bandwidth_needed_gb_per_s=need, bandwidth_has_gb_per_s=has, read_bytes_per_step=d.read_bytes,
+            reason=_reason(st.die, bound, r.weight_precision, d.compute_s, d.memory_s, d.link_out_s, d.time_s, need, has)))
+    round_trip += system.host.overhead_per_token_s * seqs
+    cycle = max(round_trip, micro * slowest)
+    # bytes read for one token at batch 1: what the talk's "reads the whole model" counts
+    one = Workload.decode(wl.context, 1)
+    per_token = 0.0
+    for st in plan.stages:
+        r = die_rates(system, st.die, fmt)
+        c = op_costs(graph, get_format(st.format), one, r.act_bytes, kvb)
+        mask = [graph.ops[i].block in range(*st.blocks) for i in range(len(graph.ops))]
+        per_token += float(c.read_bytes[mask].sum())
+    notes = []
+    if wl.batch == 1 and n > 1:
+        notes.append("batch 1: one token is in flight, so the dies take turns; more dies add memory and "
+                     "throughput for concurrent requests, not single-stream speed")
+    if micro * slowest > round_trip:
+        notes.append(f"{micro} micro-batches in flight; the slowest stage sets the pace")
+    return Prediction(ttft_s=ttft, decode_tokens_per_s=wl.batch / cycle, decode_tokens_per_s_per_request=1 / cycle,
+                      decode_step_s=cycle, micro_batches=micro, bytes_read_per_token=per_token, stages=stages,
+                      notes=notes)

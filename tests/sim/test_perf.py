@@ -1,0 +1,57 @@
+"""The performance model reproduces the talk's arithmetic and the bandwidth roofline."""
+
+import pytest
+
+from chipfuse.compile.compiler import compile_plan
+from chipfuse.frontends import load_model_config
+from chipfuse.sim.perf import required_bandwidth_bytes_per_s
+
+
+def test_talk_arithmetic_3gb_model_at_10_tokens_needs_30_gbps():
+    assert required_bandwidth_bytes_per_s(3e9, 10) == pytest.approx(30e9)
+
+
+@pytest.mark.parametrize("model", ["llama-2-7b", "llama-3.2-3b", "qwen2.5-1.5b"])
+@pytest.mark.parametrize("precision", ["int4", "int8", "fp16"])
+def test_one_die_decode_is_bandwidth_over_bytes_per_token(system_factory, model, precision):
+    system = system_factory(1, capacity_gib=32)
+    plan = compile_plan(load_model_config(model), system, precision, context=1024, prompt_tokens=128)
+    pred = plan.prediction
+    bw = system.die_bandwidth_bytes_per_s("die0")
+    roofline = bw / pred.bytes_read_per_token
+    assert pred.decode_tokens_per_s == pytest.approx(roofline, rel=0.05)
+    assert pred.decode_tokens_per_s <= roofline  # overheads only ever slow it down
+    assert pred.stages[0].bound == "memory"
+
+
+def test_weight_bytes_dominate_bytes_per_token(system_factory):
+    """At short context the bytes read per token are the model's weight bytes (the talk's claim)."""
+    system = system_factory(1, capacity_gib=32)
+    plan = compile_plan(load_model_config("llama-2-7b"), system, "int8", context=16, prompt_tokens=8)
+    weights = sum(s.weight_bytes for s in plan.stages)
+    # the embedding table is resident but only one row per token is read
+    emb = 32000 * 4096 + 32000 * 2
+    assert plan.prediction.bytes_read_per_token == pytest.approx(weights - emb, rel=0.01)
+
+
+def test_pipeline_adds_capacity_not_bandwidth_when_memory_bound(system_factory):
+    """Memory-bound decode: 4 pipelined dies each read their quarter per micro-batch, so the
+    batch's throughput matches one die holding everything, and single-stream is never faster."""
+    cfg = load_model_config("llama-3.2-3b")
+    one = compile_plan(cfg, system_factory(1), "int4", context=1024, batch=4, prompt_tokens=128).prediction
+    four = compile_plan(cfg, system_factory(4), "int4", context=1024, batch=4, prompt_tokens=128).prediction
+    assert four.micro_batches == 4
+    assert four.decode_tokens_per_s == pytest.approx(one.decode_tokens_per_s, rel=0.25)
+    single1 = compile_plan(cfg, system_factory(1), "int4", context=1024, prompt_tokens=128).prediction
+    single4 = compile_plan(cfg, system_factory(4), "int4", context=1024, prompt_tokens=128).prediction
+    assert single4.decode_tokens_per_s <= single1.decode_tokens_per_s
+
+
+def test_pipeline_speeds_up_compute_bound_prefill_throughput(system_factory):
+    """Where a die is compute-bound, four dies in a pipeline carry four micro-batches at once."""
+    cfg = load_model_config("llama-3.2-3b")
+    slow = {"tops": {"int4": 2, "int8": 1, "fp16": 0.5}}
+    one = compile_plan(cfg, system_factory(1, **slow), "int4", context=512, batch=64, prompt_tokens=128).prediction
+    four = compile_plan(cfg, system_factory(4, **slow), "int4", context=512, batch=64, prompt_tokens=128).prediction
+    assert one.stages[0].bound == "compute"
+    assert four.decode_tokens_per_s > 2.5 * one.decode_tokens_per_s
