@@ -128,6 +128,10 @@ def test_shared_memory_bandwidth_is_what_the_display_leaves(base_system):
     d = copy.deepcopy(base_system)
     d["die_types"]["npu"]["memory"] = {"shared": {"capacity_gib": 2, "bandwidth_share": 1.0}}
     d["host"]["traffic"] = {"display_width_px": 1920, "display_height_px": 1080, "refresh_hz": 60}
+    pcie = parse_system(d, "t")
+    # over PCIe gen3 x4 the die reads host DRAM no faster than the link carries
+    assert pcie.die_bandwidth_bytes_per_s("die0") == pytest.approx(4 * 8e9 * 128 / 130 / 8 * 0.8)
+    d["links"][0] = {"between": ["host", "die0"], "kind": "on-chip"}
     s = parse_system(d, "t")
     free = 12.8e9 * 0.75 - 1920 * 1080 * 4 * 60
     assert s.die_bandwidth_bytes_per_s("die0") == pytest.approx(free)

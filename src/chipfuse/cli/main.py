@@ -157,6 +157,34 @@ def presets(as_json: bool = typer.Option(False, "--json", help="machine-readable
     console.print(t)
 
 
+@app.command()
+@friendly
+def calibrate(
+    markdown: Optional[Path] = typer.Option(None, help="write the calibration table (Markdown) to this file"),
+    apply: bool = typer.Option(False, help="write the fitted factors into the real-device presets"),
+):
+    """Fit the performance model's efficiency factors to published measurements; report the error."""
+    from ..sim.calibrate import apply_to_presets, calibrate as run, load_measurements, markdown_report
+
+    with console.status("fitting efficiency factors per device family..."):
+        results, skipped = run()
+    report = markdown_report(results, skipped, len(load_measurements()))
+    console.print(report, markup=False, highlight=False)
+    if apply:
+        changed = apply_to_presets(results)
+        console.print(f"updated presets: {', '.join(changed)}")
+    if markdown:
+        text = markdown.read_text() if markdown.exists() else ""
+        start, end = "<!-- calibration:start -->", "<!-- calibration:end -->"
+        block = f"{start}\n{report}\n{end}"
+        if start in text and end in text:
+            text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+        else:
+            text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
+        markdown.write_text(text)
+        console.print(f"table written to {markdown}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

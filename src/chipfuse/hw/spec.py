@@ -152,6 +152,10 @@ class DieType(Strict):
 
     description: str = ""
     tops: dict[Precision, float] = Field(description="peak TOPS (TFLOPS for floating point) per supported precision")
+    weight_only: list[Precision] = Field(
+        default_factory=list,
+        description="weight formats the die stores and expands on the fly to a precision it computes in "
+                    "(weight-only quantisation, as GPUs and CPUs run INT4 weights)")
     sram_mib: float = Field(0, ge=0)
     memory: DieMemory
     nvm: NVM | None = None
@@ -364,7 +368,10 @@ class System(Strict):
         mem = self.die_type(die).memory
         if mem.own:
             return mem.own.usable_bytes_per_s
-        return self.host.dram_free_bytes_per_s * mem.shared.bandwidth_share
+        # a die sharing host DRAM reads it over its route from the host: the slowest off-chip link caps it
+        links = [lk for lk in self.route(HOST, die, 1 << 20) if lk.kind != "on-chip"]
+        link_cap = min((lk.bytes_per_s for lk in links), default=float("inf"))
+        return min(self.host.dram_free_bytes_per_s * mem.shared.bandwidth_share, link_cap)
 
     def shared_capacity_overflow_bytes(self) -> float:
         """How far dies sharing host DRAM plus the host's reserve exceed the host DRAM (0 if not)."""

@@ -44,7 +44,9 @@ def supported(system: System, die: str, precision: str) -> str:
 
 
 def die_format(system: System, die: str, fmt: Format) -> Format:
-    """The weight format a die holds: `fmt` if it supports its precision, else the fallback's default."""
+    """The weight format a die holds: `fmt` if it computes in or expands that precision, else the fallback's."""
+    if fmt.precision in system.die_type(die).weight_only:
+        return fmt
     p = supported(system, die, fmt.precision)
     return fmt if p == fmt.precision else get_format(DEFAULT_FORMAT[p])
 

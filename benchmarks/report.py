@@ -1,0 +1,36 @@
+"""Write one benchmark's section of BENCHMARKS.md, leaving the other sections as they are."""
+
+from __future__ import annotations
+
+import platform
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "BENCHMARKS.md"
+HEADER = ("# Benchmarks\n\nEvery section is written by the command named in it; figures are from one run on one "
+          "machine and are compared only within that run.\n")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_section(key: str, body: str) -> None:
+    text = BENCH.read_text() if BENCH.exists() else HEADER
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    block = f"<!-- {key}:start -->\n{body.rstrip()}\n\n_Run {stamp} on {machine()}._\n<!-- {key}:end -->"
+    pat = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
+    text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    BENCH.write_text(text)

@@ -1,0 +1,315 @@
+"""Calibrate the performance model against published measurements of real devices.
+
+Data: `sim/data/measurements.yaml` (device preset, model, format, measured prefill and
+decode tokens/s, source). For each device family we fit three efficiency factors of the
+spec — DRAM efficiency, compute efficiency and a fixed cost per block — by least squares on
+the log of predicted over measured time, decode and prefill points together, and on those
+points only. The fit evaluates the same roofline as `sim.perf` (single-die systems), so the
+fitted numbers can be written into the presets and used as they are.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import yaml
+from scipy.optimize import least_squares
+
+from ..frontends import load_model_config, resolve_name
+from ..hw.load import load_system, preset_names
+from ..hw.spec import HOST, System
+from ..ir.graph import Workload, op_costs
+from ..ir.llm import build_llm_graph
+from ..quant.formats import Format
+from .perf import PRECISION_BYTES, die_rates, host_in_bytes, op_times, out_bytes, transfer_s
+
+# Device presets grouped into families that share efficiency factors.
+FAMILIES = {
+    "Apple M-series GPU (Metal)": ("apple-",),
+    "NVIDIA Jetson GPU": ("jetson-",),
+    "NVIDIA desktop GPU": ("rtx-",),
+    "Arm SBC CPU": ("raspberry-pi-", "rk3588"),
+    "x86 desktop CPU": ("ryzen-", "core-i"),
+}
+
+
+def family_of(device: str) -> str:
+    return next((f for f, prefixes in FAMILIES.items() if device.startswith(prefixes)), "other")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    device: str
+    model: str
+    quant: str
+    bits_per_weight: float
+    engine: str
+    backend: str
+    prompt_tokens: int | None
+    prefill_tokens_per_s: float | None
+    decode_tokens: int | None
+    decode_tokens_per_s: float | None
+    source: str
+    notes: str = ""
+
+
+@lru_cache(maxsize=1)
+def load_measurements() -> tuple[Measurement, ...]:
+    text = (resources.files("chipfuse") / "sim" / "data" / "measurements.yaml").read_text()
+    out = []
+    for r in yaml.safe_load(text):
+        out.append(Measurement(**{k: r.get(k) for k in Measurement.__dataclass_fields__ if k in r or k != "notes"}))
+    return tuple(out)
+
+
+def record_format(m: Measurement) -> Format:
+    """A format with the record's bits per weight, executed at the nearest die precision."""
+    q = m.quant.lower()
+    if q in ("f16", "fp16") or m.bits_per_weight >= 15.5 and "bf" not in q:
+        p = "fp16" if m.bits_per_weight < 17 else "fp32"
+    elif "bf16" in q:
+        p = "bf16"
+    elif m.bits_per_weight <= 6.5:
+        p = "int4"
+    else:
+        p = "int8"
+    return Format(m.quant, p, m.bits_per_weight, group_size=0)  # type: ignore[arg-type]
+
+
+GPU_FAMILIES = ("Apple M-series GPU (Metal)", "NVIDIA Jetson GPU", "NVIDIA desktop GPU")
+GGML_ENGINES = ("llama.cpp", "ollama", "llamafile")
+
+
+def compute_format(m: Measurement, fmt: Format) -> Format:
+    """The precision the engine computes in: ggml engines multiply quantised weights with
+    int8-quantised activations (Q8 dot products); other engines expand 4-bit weights to fp16."""
+    if fmt.precision in ("int4", "int8"):
+        p = "int8" if m.engine in GGML_ENGINES else "fp16"
+        return Format(fmt.name, p, fmt.bits, group_size=0)  # type: ignore[arg-type]
+    return fmt
+
+
+@dataclass
+class Point:
+    """One measurement with the model's work split into parts at unit efficiencies."""
+
+    m: Measurement
+    kind: str  # decode | prefill
+    tokens: int  # tokens the measured time covers
+    measured_s: float  # seconds per token (decode) or for the whole prompt (prefill)
+    comp1: np.ndarray = field(repr=False)  # per-op compute seconds at compute efficiency 1
+    read_bytes: np.ndarray = field(repr=False)  # per-op DRAM bytes
+    peak_bytes_per_s: float = 0.0  # the DRAM's peak
+    other_bytes_per_s: float = 0.0  # taken by other masters (display) before the die
+    share: float = 1.0  # the die's share of what is left
+    cap_bytes_per_s: float = float("inf")  # an off-chip link in the way
+    blocks: int = 0
+    fixed_s: float = 0.0  # links and host overhead (not fitted)
+
+    def predict_s(self, mem_eff: float, comp_eff: float, overhead_s: float) -> float:
+        bw = min(max(self.peak_bytes_per_s * mem_eff - self.other_bytes_per_s, 1.0) * self.share, self.cap_bytes_per_s)
+        return float(np.maximum(self.comp1 / comp_eff, self.read_bytes / bw).sum()) + self.blocks * overhead_s + self.fixed_s
+
+
+def _unit_system(system: System) -> System:
+    """The same system with every efficiency set to 1 and no per-block overhead."""
+    data = system.model_dump(mode="json")
+    data["host"]["dram"]["efficiency"] = 1.0
+    for dt in data["die_types"].values():
+        dt["compute_efficiency"] = 1.0
+        dt["op_overhead_s"] = 0.0
+        if dt["memory"].get("own"):
+            dt["memory"]["own"]["efficiency"] = 1.0
+    return System.model_validate(data)
+
+
+def with_efficiency(system: System, mem_eff: float, comp_eff: float, overhead_s: float) -> System:
+    data = system.model_dump(mode="json")
+    for dt in data["die_types"].values():
+        dt["compute_efficiency"] = round(comp_eff, 4)
+        dt["op_overhead_s"] = overhead_s
+        if dt["memory"].get("own"):
+            dt["memory"]["own"]["efficiency"] = round(mem_eff, 4)
+        else:
+            data["host"]["dram"]["efficiency"] = round(mem_eff, 4)
+    return System.model_validate(data)
+
+
+def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[Point], list[str]]:
+    """Points for every usable record; reasons for the records skipped."""
+    records = records or load_measurements()
+    presets = set(preset_names())
+    points, skipped = [], []
+    systems: dict[str, System] = {}
+    for m in records:
+        name = resolve_name(m.model)
+        if m.device not in presets:
+            skipped.append(f"{m.device} / {m.model}: no preset for the device")
+            continue
+        if name is None:
+            skipped.append(f"{m.device} / {m.model}: model not in the catalogue")
+            continue
+        if m.device not in systems:
+            systems[m.device] = load_system(m.device)
+        system = systems[m.device]
+        if len(system.dies) != 1:
+            skipped.append(f"{m.device}: calibration covers single-engine devices")
+            continue
+        if m.backend == "CPU" and family_of(m.device) in GPU_FAMILIES:
+            skipped.append(f"{m.device} / {m.model} ({m.engine}, CPU backend): the preset models the GPU")
+            continue
+        unit = _unit_system(system)
+        die = system.die_names[0]
+        graph = build_llm_graph(load_model_config(name))
+        fmt = record_format(m)
+        r = die_rates(unit, die, compute_format(m, fmt))
+        kvb = 2.0
+        runs = []
+        if m.decode_tokens_per_s:
+            n = m.decode_tokens or 128
+            w = Workload.decode(max(n // 2, 1))  # mean context over the generated tokens
+            fixed = (transfer_s(unit, HOST, die, host_in_bytes(1)) + transfer_s(unit, die, HOST, out_bytes(graph, graph.n_blocks, 1, 4))
+                     + unit.host.overhead_per_token_s)
+            runs.append(("decode", 1, 1.0 / m.decode_tokens_per_s, w, fixed))
+        if m.prefill_tokens_per_s and m.prompt_tokens:
+            p = m.prompt_tokens
+            fixed = transfer_s(unit, HOST, die, host_in_bytes(p)) + transfer_s(unit, die, HOST, out_bytes(graph, graph.n_blocks, 1, 4))
+            runs.append(("prefill", p, p / m.prefill_tokens_per_s, Workload.prefill(p), fixed))
+        mem = system.die_type(die).memory
+        if mem.own:
+            peak, other, share, cap = mem.own.peak_bytes_per_s, 0.0, 1.0, float("inf")
+        else:
+            peak, other, share = system.host.dram.peak_bytes_per_s, system.host.traffic.bytes_per_s, mem.shared.bandwidth_share
+            cap = min((lk.bytes_per_s for lk in system.route(HOST, die, 1 << 20) if lk.kind != "on-chip"), default=float("inf"))
+        for kind, tokens, t, w, fixed in runs:
+            c = op_costs(graph, fmt, w, r.act_bytes, kvb)
+            comp, _ = op_times(c, r)
+            points.append(Point(m, kind, tokens, t, comp, c.read_bytes, peak, other, share, cap, graph.n_blocks, fixed))
+    return points, skipped
+
+
+def fit(points: list[Point]) -> tuple[float, float, float]:
+    """(DRAM efficiency, compute efficiency, seconds per block) minimising squared log error."""
+    def resid(x):
+        me, ce, oh = x[0], x[1], x[2] * 1e-6
+        return [math.log(p.predict_s(me, ce, oh) / p.measured_s) for p in points]
+
+    res = least_squares(resid, x0=[0.6, 0.4, 5.0], bounds=([0.05, 0.005, 0.0], [1.0, 1.0, 2000.0]))
+    return float(res.x[0]), float(res.x[1]), float(res.x[2] * 1e-6)
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    devices: list[str]
+    n_decode: int
+    n_prefill: int
+    mem_eff: float
+    comp_eff: float
+    overhead_s: float
+    errors: dict[str, list[float]]  # kind -> signed relative errors, in-sample
+    loo_errors: dict[str, list[float]]  # kind -> signed relative errors, leave-one-out
+    default_errors: dict[str, list[float]]  # with the spec's default factors (0.75, 0.5, 2 us)
+
+
+def _err(p: Point, x: tuple[float, float, float]) -> float:
+    return p.measured_s / p.predict_s(*x) - 1.0  # relative error of predicted tokens/s
+
+
+def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], list[str]]:
+    skipped: list[str] = []
+    if points is None:
+        points, skipped = build_points()
+    results = []
+    for fam in FAMILIES:
+        pts = [p for p in points if family_of(p.m.device) == fam]
+        if not pts:
+            continue
+        x = fit(pts)
+        errs: dict[str, list[float]] = {"decode": [], "prefill": []}
+        loo: dict[str, list[float]] = {"decode": [], "prefill": []}
+        dflt: dict[str, list[float]] = {"decode": [], "prefill": []}
+        for i, p in enumerate(pts):
+            errs[p.kind].append(_err(p, x))
+            dflt[p.kind].append(_err(p, (0.75, 0.5, 2e-6)))
+            rest = pts[:i] + pts[i + 1:]
+            if rest:
+                loo[p.kind].append(_err(p, fit(rest)))
+        results.append(FamilyResult(fam, sorted({p.m.device for p in pts}), len(errs["decode"]), len(errs["prefill"]),
+                                    *x, errs, loo, dflt))
+    return results, skipped
+
+
+def _stat(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    a = [abs(v) for v in xs]
+    return f"{100 * statistics.median(a):.0f}% / {100 * max(a):.0f}%"
+
+
+def markdown_report(results: list[FamilyResult], skipped: list[str], n_records: int) -> str:
+    lines = [
+        "| family | devices | points (decode + prefill) | fitted DRAM eff. | fitted compute eff. | per-block cost | "
+        "decode error, median / worst | prefill error, median / worst | leave-one-out decode | leave-one-out prefill | "
+        "decode error with defaults |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.family} | {', '.join(r.devices)} | {r.n_decode} + {r.n_prefill} | {r.mem_eff:.2f} | {r.comp_eff:.3f} | "
+            f"{r.overhead_s * 1e6:.1f} us | {_stat(r.errors['decode'])} | {_stat(r.errors['prefill'])} | "
+            f"{_stat(r.loo_errors['decode'])} | {_stat(r.loo_errors['prefill'])} | {_stat(r.default_errors['decode'])} |")
+    used = sum(r.n_decode + r.n_prefill for r in results)
+    lines += ["", f"{n_records} published records, {used} points used (a record may give a decode and a prefill point)."]
+    if skipped:
+        lines += ["", "Records not used:", *[f"- {s}" for s in sorted(set(skipped))]]
+    return "\n".join(lines)
+
+
+def apply_to_presets(results: list[FamilyResult]) -> list[str]:
+    """Write each family's fitted factors into its device presets (text edits keep comments)."""
+    import re
+    from pathlib import Path
+
+    from ..hw.load import PRESET_DIR
+
+    changed = []
+    for r in results:
+        for device in r.devices:
+            path = Path(str(PRESET_DIR / f"{device}.yaml"))
+            text = path.read_text()
+            system = load_system(device)
+            dt_name = system.dies[0].type
+            own = system.die_types[dt_name].memory.own is not None
+            note = f"fitted by `chipfuse calibrate --apply` on sim/data/measurements.yaml ({r.family} family)"
+            # DRAM efficiency: the die's own DRAM, or the host's it shares
+            if own:
+                text = re.sub(r"(\n\s+own: \{[^}\n]*?efficiency: )[0-9.]+", rf"\g<1>{r.mem_eff:.3f}", text, count=1)
+            else:
+                text = re.sub(r"(\n  dram: \{[^}\n]*?efficiency: )[0-9.]+", rf"\g<1>{r.mem_eff:.3f}", text, count=1)
+            text = re.sub(r"(\n(\s+)compute_efficiency: )[0-9.]+", rf"\g<1>{r.comp_eff:.3f}", text, count=1)
+            if re.search(r"\n\s+op_overhead_s: ", text):
+                text = re.sub(r"(\n\s+op_overhead_s: )[0-9.eE+-]+", rf"\g<1>{r.overhead_s:.3g}", text, count=1)
+            else:
+                text = re.sub(r"(\n(\s+)compute_efficiency: [0-9.]+\n)", rf"\g<1>\g<2>op_overhead_s: {r.overhead_s:.3g}\n",
+                              text, count=1)
+            src_ce = f"die_types.{dt_name}.compute_efficiency"
+            src_oh = f"die_types.{dt_name}.op_overhead_s"
+            text = re.sub(rf"(\n  {re.escape(src_ce)}: ).*", rf'\g<1>"{note}"', text, count=1)
+            if f"  {src_oh}:" not in text:
+                text = re.sub(rf"(\n  {re.escape(src_ce)}: .*)", rf'\g<1>\n  {src_oh}: "{note}"', text, count=1)
+            mem_note = "(DRAM efficiency " + note + ")"
+            text = text.replace("efficiency 0.75 is a placeholder for the calibration fit", "").replace(";  (", "; (")
+            if mem_note not in text:
+                key = f"die_types.{dt_name}.memory" if own else "host.dram"
+                text = re.sub(rf'(\n  {re.escape(key)}: "?)([^\n]*?)("?)\n', lambda mm: f'{mm.group(1)}{mm.group(2).rstrip(chr(34))} {mem_note}"\n'
+                              if mm.group(1).endswith('"') else f'{mm.group(1)}{mm.group(2)} {mem_note}\n', text, count=1)
+            path.write_text(text)
+            load_system(device)  # still valid
+            changed.append(device)
+    return changed
