@@ -37,7 +37,7 @@ def _dp(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
             s = np.arange(j, e)
             prev = best[j, s]
             cost = tc[e, j] - tc[s, j] + extra[j]
-            ok = (mc[e, j] - mc[s, j] <= cap[j]) & (cost <= limit) & np.isfinite(prev)
+            ok = (mc[e, j] - mc[s, j] <= cap[j] * (1 + 1e-12) + 1e-9) & (cost <= limit) & np.isfinite(prev)
             if not ok.any():
                 continue
             cand = np.maximum(prev, cost) if combine == "max" else prev + cost
