@@ -22,7 +22,8 @@ def test_fit_points_use_the_planners_model():
     system = load_system("apple-m2-max")
     dt = system.die_type("gpu")
     me = system.host.dram.efficiency
-    plan = compile_plan(load_model_config("llama-2-7b"), system, "int4-g32-sym", context=64, prompt_tokens=16)
+    plan = compile_plan(load_model_config("llama-2-7b"), system, "int4-g32-sym",
+                        head_precision="int4-g32-sym", context=64, prompt_tokens=16)
     assert plan.prediction.decode_tokens_per_s == pytest.approx(1 / p.predict_s(me, dt.compute_efficiency, dt.op_overhead_s), rel=1e-6)
 
 

@@ -18,8 +18,8 @@ from ..ir.graph import (Graph, Workload, block_weight_bytes, kv_cache_bytes, op_
                         workspace_bytes)
 from ..ir.llm import build_llm_graph
 from ..plan.plan import ModelRef, Plan, Stage, WorkloadSpec
-from ..quant.formats import FORMATS, Format, get_format
-from ..sim.perf import (PRECISION_BYTES, block_times, die_format, die_rates, host_in_bytes, out_bytes,
+from ..quant.formats import FORMATS, Format, Recipe, get_format
+from ..sim.perf import (PRECISION_BYTES, block_times, die_format, die_rates, die_recipe, host_in_bytes, out_bytes,
                         transfer_s)
 from ..units import GiB, fmt_bytes
 from .order import die_order
@@ -36,8 +36,9 @@ def _kv_bytes(kv_precision: str) -> float:
 class _Problem:
     """Per-block, per-die numbers the split needs, for one system, format and workload."""
 
-    def __init__(self, graph: Graph, system: System, order: list[str], fmt: Format, wl: WorkloadSpec):
-        self.graph, self.system, self.order, self.fmt, self.wl = graph, system, order, fmt, wl
+    def __init__(self, graph: Graph, system: System, order: list[str], recipe: Recipe, wl: WorkloadSpec):
+        self.graph, self.system, self.order, self.recipe, self.wl = graph, system, order, recipe, wl
+        self.fmt = recipe.default
         kvb = _kv_bytes(wl.kv_precision)
         k, mblocks = len(order), graph.n_blocks
         micro = min(wl.batch, k)
@@ -46,11 +47,11 @@ class _Problem:
         self.time = np.zeros((mblocks, k))
         self.mem = np.zeros((mblocks, k))
         self.cap = np.zeros(k)
-        self.formats: list[Format] = []
+        self.formats: list[Recipe] = []
         kv = kv_cache_bytes(graph, kvb, wl.context, wl.batch)
         for j, die in enumerate(order):
-            f = die_format(system, die, fmt)
-            r = die_rates(system, die, fmt)
+            f = die_recipe(system, die, recipe)
+            r = die_rates(system, die, recipe.default)
             self.formats.append(f)
             self.time[:, j] = block_times(graph, op_costs(graph, f, step, r.act_bytes, kvb), r)
             self.mem[:, j] = block_weight_bytes(graph, f) + kv
@@ -93,7 +94,7 @@ def _fit_error(prob: _Problem, model: ModelConfig, system: System, precision: st
     w = float(block_weight_bytes(graph, prob.formats[j])[s:e].sum())
     kv = float(prob.kv[s:e].sum())
     lines = [
-        f"{model.name} does not fit {system.name} at {prob.fmt.name} (context {wl.context} x batch {wl.batch}):",
+        f"{model.name} does not fit {system.name} at {prob.recipe.name} (context {wl.context} x batch {wl.batch}):",
         f"  {die} would need {fmt_bytes(worst + caps[j] + ws)} (weights {fmt_bytes(w)} + KV cache {fmt_bytes(kv)}"
         f" + workspace {fmt_bytes(mem[s:e].sum() - w - kv + ws)}) but has {fmt_bytes(system.die_memory_bytes(die))}:"
         f" over by {fmt_bytes(worst)} ({worst:,.0f} bytes).",
@@ -111,7 +112,7 @@ def _fit_error(prob: _Problem, model: ModelConfig, system: System, precision: st
     lower = _lower_precisions(prob.fmt)
     fits_lower = None
     for name in lower:
-        p2 = _Problem(graph, system, prob.order, FORMATS[name], wl)
+        p2 = _Problem(graph, system, prob.order, Recipe.of(FORMATS[name]), wl)
         if split_pipeline(p2.time, p2.extra(prob.order), p2.mem, p2.cap) is not None:
             fits_lower = name
             break
@@ -130,14 +131,16 @@ def _lower_precisions(fmt: Format) -> list[str]:
     return [c for c in cands if FORMATS[c].bits_per_weight() < bpw - 1e-9]
 
 
-def compile_plan(model: ModelConfig, system: System, precision: str = "int4", *, context: int = 4096,
+def compile_plan(model: ModelConfig, system: System, precision: str | Format | Recipe = "int4", *,
+                 head_precision: str | None = None, context: int = 4096,
                  batch: int = 1, prompt_tokens: int = 512, kv_precision: str = "fp16",
                  max_dies: int | None = None, strict: bool = False, model_source: str = "",
                  graph: Graph | None = None) -> Plan:
     """Split `model` over `system`'s dies as an optimal pipeline and predict its speed."""
     from ..sim.predict import predict
 
-    fmt = get_format(precision)
+    recipe = Recipe.of(precision, head_precision)
+    fmt = recipe.default
     if prompt_tokens > context:
         raise SpecError(f"--prompt-tokens {prompt_tokens} exceeds --context {context}")
     if context > model.max_position:
@@ -150,18 +153,19 @@ def compile_plan(model: ModelConfig, system: System, precision: str = "int4", *,
             raise SpecError(f"--dies {max_dies}: {system.name} has {len(dies)} die(s)")
     warnings: list[str] = []
     for d in dies:
-        f = die_format(system, d, fmt)
-        if f.name != fmt.name:
-            msg = (f"{d} has no {fmt.precision} support (it supports {', '.join(system.die_type(d).tops)}); "
-                   f"using {f.name} there")
-            if strict:
-                raise SpecError(msg.replace("; using", "; --strict forbids falling back to"))
-            warnings.append(msg)
+        for want in sorted(recipe.formats(), key=lambda f: f.name):
+            f = die_format(system, d, want)
+            if f.name != want.name:
+                msg = (f"{d} has no {want.precision} support (it supports {', '.join(system.die_type(d).tops)}); "
+                       f"using {f.name} there for {want.name}")
+                if strict:
+                    raise SpecError(msg.replace("; using", "; --strict forbids falling back to"))
+                warnings.append(msg)
     h_bytes = graph.hidden_bytes_per_token[1] * 2.0
     order = die_order(system, dies, h_bytes)
     k = min(len(order), max_dies or len(order), graph.n_blocks)
     order = order[:k]
-    prob = _Problem(graph, system, order, fmt, wl)
+    prob = _Problem(graph, system, order, recipe, wl)
     split = split_pipeline(prob.time, prob.extra(order), prob.mem, prob.cap)
     if split is None:
         raise _fit_error(prob, model, system, precision, wl, len(dies))
@@ -177,7 +181,8 @@ def compile_plan(model: ModelConfig, system: System, precision: str = "int4", *,
         route_in = system.route_nodes(prev, die, h_bytes)
         stages.append(Stage(
             index=j, die=die, blocks=(s, e), layers=(min(layers), max(layers)) if layers else None,
-            has_embedding=s == 0, has_lm_head=e == graph.n_blocks, format=f.name,
+            has_embedding=s == 0, has_lm_head=e == graph.n_blocks, format=f.default.name,
+            head_format=f.head.name if (s == 0 or e == graph.n_blocks) else None,
             weight_bytes=int(wb), kv_bytes=int(prob.kv[s:e].sum()),
             workspace_bytes=int(workspace_bytes(graph, blocks, prompt_tokens, batch, ab)),
             memory_bytes=int(system.die_memory_bytes(die)), route_in=route_in))
@@ -192,6 +197,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str = "int4", *,
         model=ModelRef(name=model.name, source=model_source or model.name, config=model.model_dump(mode="json")),
         system=system.model_dump(mode="json"),
         precision=fmt.name,
+        head_precision=recipe.head.name,
         workload=wl,
         route=[HOST, *order, HOST],
         stages=stages,

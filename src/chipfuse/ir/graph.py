@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ..quant.formats import Format
+from ..quant.formats import Format, Recipe
 
 OP_KINDS = ("embedding", "matmul", "attention", "norm", "elementwise")
 
@@ -149,12 +149,14 @@ def _attn_positions(op: Op, w: Workload) -> float:
     return total * w.seqs
 
 
-def op_costs(graph: Graph, fmt: Format, w: Workload, act_bytes: float = 2.0, kv_bytes: float = 2.0) -> OpCosts:
-    """Work and bytes of every op for one step of `w` with weights in `fmt`."""
+def op_costs(graph: Graph, fmt: Format | Recipe, w: Workload, act_bytes: float = 2.0, kv_bytes: float = 2.0) -> OpCosts:
+    """Work and bytes of every op for one step of `w` with weights held as `fmt` (a format or a recipe)."""
+    recipe = Recipe.of(fmt)
     n = len(graph.ops)
     wf, af, rb, wb, kv = (np.zeros(n) for _ in range(5))
     for i, op in enumerate(graph.ops):
         tok = w.seqs if op.last_token_only else w.tokens
+        fmt = recipe.for_op(op)
         if op.kind == "matmul":
             wf[i] = 2.0 * op.in_features * op.out_features * tok
             # a tied head reads the same table as the embedding: same bytes, counted here
@@ -192,15 +194,17 @@ def kv_cache_bytes(graph: Graph, kv_bytes: float, context: int, seqs: int) -> np
     return out
 
 
-def block_weight_bytes(graph: Graph, fmt: Format) -> np.ndarray:
+def block_weight_bytes(graph: Graph, fmt: Format | Recipe) -> np.ndarray:
     """Resident weight bytes per block, each block counted as if alone on its die."""
-    return block_sums(graph, np.array([op.weight_bytes(fmt) for op in graph.ops], dtype=float))
+    r = Recipe.of(fmt)
+    return block_sums(graph, np.array([op.weight_bytes(r.for_op(op)) for op in graph.ops], dtype=float))
 
 
-def tied_shared_bytes(graph: Graph, fmt: Format, blocks: range) -> float:
+def tied_shared_bytes(graph: Graph, fmt: Format | Recipe, blocks: range) -> float:
     """Bytes saved when a tied LM head and its embedding sit on the same die (one copy)."""
+    r = Recipe.of(fmt)
     names = {op.name: op for op in graph.ops}
-    return float(sum(op.weight_bytes(fmt) for op in graph.ops
+    return float(sum(op.weight_bytes(r.for_op(op)) for op in graph.ops
                      if op.tied_to and op.block in blocks and names[op.tied_to].block in blocks))
 
 

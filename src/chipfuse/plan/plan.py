@@ -53,7 +53,8 @@ class Stage(_M):
     layers: tuple[int, int] | None = Field(description="[first, last] transformer layers, inclusive; null if none")
     has_embedding: bool
     has_lm_head: bool
-    format: str = Field(description="weight format held on this die (after any precision fallback)")
+    format: str = Field(description="weight format of the layers on this die (after any precision fallback)")
+    head_format: str | None = Field(None, description="format of the embedding / LM head table, if this die holds one")
     weight_bytes: int
     kv_bytes: int = Field(description="KV cache at the workload's context x batch")
     workspace_bytes: int
@@ -96,7 +97,8 @@ class Plan(_M):
     created_by: str
     model: ModelRef
     system: dict = Field(description="the full system description the plan was made for")
-    precision: str
+    precision: str = Field(description="requested weight format of the layers")
+    head_precision: str = Field(description="requested format of the embedding and LM head")
     workload: WorkloadSpec
     route: list[str] = Field(description="host, the dies in stage order, host")
     stages: list[Stage]

@@ -83,3 +83,52 @@ def get_format(name: str) -> Format:
     if key not in FORMATS:
         raise SpecError(f"unknown precision {name!r}; accepted: {', '.join(list(FORMATS) + list(ALIASES))}")
     return FORMATS[key]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Which format each weight is held in: a default, the embedding/LM-head table, and per-block overrides.
+
+    INT4 recipes keep the embedding and LM head at INT8 by default: the head's errors land
+    directly on the logits (llama.cpp's 4-bit files keep them at 6-8 bits for the same reason).
+    """
+
+    default: Format
+    head: Format
+    blocks: tuple[tuple[int, str], ...] = ()  # (block index, format name) overrides
+
+    @staticmethod
+    def of(fmt: Format | str | Recipe, head: Format | str | None = None) -> Recipe:
+        if isinstance(fmt, Recipe):
+            return fmt
+        f = get_format(fmt) if isinstance(fmt, str) else fmt
+        if head is None:
+            h = FORMATS["int8"] if f.precision == "int4" else f
+        else:
+            h = get_format(head) if isinstance(head, str) else head
+        return Recipe(f, h)
+
+    def for_block(self, block: int) -> Format:
+        for b, name in self.blocks:
+            if b == block:
+                return get_format(name)
+        return self.default
+
+    def for_op(self, op) -> Format:
+        """The format of one IR op's weight."""
+        if op.kind == "embedding" or (op.kind == "matmul" and op.last_token_only):
+            return self.head
+        return self.for_block(op.block)
+
+    def formats(self) -> set[Format]:
+        return {self.default, self.head, *(get_format(n) for _, n in self.blocks)}
+
+    def map(self, fn) -> Recipe:
+        """The same recipe with every format passed through `fn` (e.g. a die's fallback)."""
+        return Recipe(fn(self.default), fn(self.head), tuple((b, fn(get_format(n)).name) for b, n in self.blocks))
+
+    @property
+    def name(self) -> str:
+        extra = f"+head {self.head.name}" if self.head != self.default else ""
+        mixed = f"+{len(self.blocks)} mixed" if self.blocks else ""
+        return self.default.name + extra + mixed

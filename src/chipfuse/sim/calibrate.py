@@ -25,7 +25,7 @@ from ..hw.load import load_system, preset_names
 from ..hw.spec import HOST, System
 from ..ir.graph import Workload, op_costs
 from ..ir.llm import build_llm_graph
-from ..quant.formats import Format
+from ..quant.formats import Format, Recipe
 from .perf import PRECISION_BYTES, die_rates, host_in_bytes, op_times, out_bytes, transfer_s
 
 # Device presets grouped into families that share efficiency factors.
@@ -187,7 +187,7 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
             peak, other, share = system.host.dram.peak_bytes_per_s, system.host.traffic.bytes_per_s, mem.shared.bandwidth_share
             cap = min((lk.bytes_per_s for lk in system.route(HOST, die, 1 << 20) if lk.kind != "on-chip"), default=float("inf"))
         for kind, tokens, t, w, fixed in runs:
-            c = op_costs(graph, fmt, w, r.act_bytes, kvb)
+            c = op_costs(graph, Recipe(fmt, fmt), w, r.act_bytes, kvb)  # the record's bits for every weight
             comp, _ = op_times(c, r)
             points.append(Point(m, kind, tokens, t, comp, c.read_bytes, peak, other, share, cap, graph.n_blocks, fixed))
     return points, skipped

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..hw.spec import HOST, System
 from ..ir.graph import Graph, OpCosts, block_sums, op_costs, Workload
-from ..quant.formats import DEFAULT_FORMAT, FALLBACK, Format, get_format
+from ..quant.formats import DEFAULT_FORMAT, FALLBACK, Format, Recipe, get_format
 
 TERA = 1e12
 PRECISION_BYTES = {"int4": 0.5, "int8": 1, "fp8": 1, "fp16": 2, "bf16": 2, "fp32": 4}
@@ -49,6 +49,11 @@ def die_format(system: System, die: str, fmt: Format) -> Format:
         return fmt
     p = supported(system, die, fmt.precision)
     return fmt if p == fmt.precision else get_format(DEFAULT_FORMAT[p])
+
+
+def die_recipe(system: System, die: str, recipe: Recipe) -> Recipe:
+    """The recipe a die holds: every format passed through the die's precision fallback."""
+    return recipe.map(lambda f: die_format(system, die, f))
 
 
 def die_rates(system: System, die: str, fmt: Format) -> DieRates:
@@ -94,10 +99,10 @@ class StageCost:
     flop: float
 
 
-def stage_cost(graph: Graph, system: System, die: str, blocks: range, fmt: Format, w: Workload,
+def stage_cost(graph: Graph, system: System, die: str, blocks: range, recipe: Recipe, w: Workload,
                kv_bytes: float, next_node: str, out_bytes: float, costs: OpCosts | None = None) -> StageCost:
-    r = die_rates(system, die, fmt)
-    c = costs if costs is not None else op_costs(graph, die_format(system, die, fmt), w, r.act_bytes, kv_bytes)
+    r = die_rates(system, die, recipe.default)
+    c = costs if costs is not None else op_costs(graph, die_recipe(system, die, recipe), w, r.act_bytes, kv_bytes)
     comp, mem = op_times(c, r)
     mask = np.isin(graph.op_block, list(blocks))
     t = float(np.maximum(comp, mem)[mask].sum()) + r.op_overhead_s * len(blocks)
@@ -119,5 +124,5 @@ def host_in_bytes(tokens: int) -> float:
     return 4.0 * tokens
 
 
-__all__ = ["DieRates", "StageCost", "die_rates", "die_format", "supported", "op_times", "block_times",
+__all__ = ["DieRates", "StageCost", "die_rates", "die_format", "die_recipe", "supported", "op_times", "block_times",
            "transfer_s", "stage_cost", "required_bandwidth_bytes_per_s", "out_bytes", "host_in_bytes", "HOST"]

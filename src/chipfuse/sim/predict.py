@@ -9,8 +9,8 @@ from ..hw.spec import HOST, System
 from ..ir.graph import Graph, Workload, op_costs
 from ..ir.llm import build_llm_graph
 from ..plan.plan import Plan, Prediction, StagePrediction
-from ..quant.formats import get_format
-from .perf import PRECISION_BYTES, die_rates, host_in_bytes, out_bytes, stage_cost, transfer_s
+from ..quant.formats import Recipe, get_format
+from .perf import PRECISION_BYTES, die_rates, die_recipe, host_in_bytes, out_bytes, stage_cost, transfer_s
 
 GB = 1e9
 
@@ -32,7 +32,7 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
     system = system or System.model_validate(plan.system)
     graph = graph or build_llm_graph(ModelConfig.model_validate(plan.model.config))
     wl = plan.workload
-    fmt = get_format(plan.precision)
+    recipe = Recipe.of(plan.precision, plan.head_precision)
     kvb = PRECISION_BYTES[get_format(wl.kv_precision).precision]
     n = len(plan.stages)
     micro = min(wl.batch, n)
@@ -45,8 +45,8 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
     for j, st in enumerate(plan.stages):
         nxt = plan.stages[j + 1].die if j + 1 < n else HOST
         blocks = range(*st.blocks)
-        f = get_format(st.format)
-        r = die_rates(system, st.die, fmt)
+        f = die_recipe(system, st.die, recipe)
+        r = die_rates(system, st.die, recipe.default)
         c = op_costs(graph, f, dec, r.act_bytes, kvb)
         d = stage_cost(graph, system, st.die, blocks, f, dec, kvb, nxt, out_bytes(graph, st.blocks[1], seqs, r.act_bytes), c)
         cp = op_costs(graph, f, pre, r.act_bytes, kvb)
@@ -69,8 +69,8 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
     one = Workload.decode(wl.context, 1)
     per_token = 0.0
     for st in plan.stages:
-        r = die_rates(system, st.die, fmt)
-        c = op_costs(graph, get_format(st.format), one, r.act_bytes, kvb)
+        r = die_rates(system, st.die, recipe.default)
+        c = op_costs(graph, die_recipe(system, st.die, recipe), one, r.act_bytes, kvb)
         mask = [graph.ops[i].block in range(*st.blocks) for i in range(len(graph.ops))]
         per_token += float(c.read_bytes[mask].sum())
     notes = []

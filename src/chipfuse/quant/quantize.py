@@ -1,0 +1,82 @@
+"""Round-to-nearest quantizers for every format, and their inverse.
+
+Conventions (one for all INT4 variants, so one kernel runs them): a weight [N, K] is split
+along K into groups; w ~= (q - 8) * scale + zero with q in 0..15. Symmetric: zero = 0 and
+scale = absmax / 7 (q - 8 in -7..7). Asymmetric: scale = (max - min) / 15, q = round((w - min)
+/ scale), zero = min + 8 * scale — the grid of GGUF Q4_1 when groups are 32. INT8: per output
+channel, symmetric, scale = absmax / 127. FP8: one per-tensor scale mapping absmax to the
+format's largest finite value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .formats import Format
+
+FP8_DTYPES = {"fp8-e4m3": torch.float8_e4m3fn, "fp8-e5m2": torch.float8_e5m2}
+FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class QuantizedInt4:
+    q: torch.Tensor  # int32 [N, K], values 0..15
+    scale: torch.Tensor  # float32 [N, K // group]
+    zero: torch.Tensor  # float32 [N, K // group]
+    group: int
+
+
+def quantize_int4(w: torch.Tensor, group: int, symmetric: bool) -> QuantizedInt4:
+    n, k = w.shape
+    if k % group:
+        raise ValueError(f"input features {k} are not a multiple of the group size {group}")
+    g = w.float().reshape(n, k // group, group)
+    if symmetric:
+        scale = g.abs().amax(-1) / 7.0
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        q = torch.clamp(torch.round(g / scale[..., None]), -7, 7) + 8
+        zero = torch.zeros_like(scale)
+    else:
+        mn, mx = g.amin(-1), g.amax(-1)
+        scale = (mx - mn) / 15.0
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        q = torch.clamp(torch.round((g - mn[..., None]) / scale[..., None]), 0, 15)
+        zero = mn + 8 * scale
+    return QuantizedInt4(q.reshape(n, k).to(torch.int32), scale, zero, group)
+
+
+def dequantize_int4(t: QuantizedInt4) -> torch.Tensor:
+    n, k = t.q.shape
+    g = (t.q.reshape(n, k // t.group, t.group).float() - 8) * t.scale[..., None] + t.zero[..., None]
+    return g.reshape(n, k)
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric INT8: (q int8 [N, K], scale float32 [N])."""
+    scale = w.float().abs().amax(1) / 127.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.clamp(torch.round(w.float() / scale[:, None]), -127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_fp8(w: torch.Tensor, name: str) -> tuple[torch.Tensor, float]:
+    """Per-tensor scaled FP8: (values in the fp8 dtype, scale as a float)."""
+    dtype = FP8_DTYPES[name]
+    amax = float(w.abs().max()) or 1.0
+    scale = amax / torch.finfo(dtype).max
+    return (w.float() / scale).to(dtype), scale
+
+
+def fake_quantize(w: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Quantize then dequantize to FP32: what the format keeps of `w`."""
+    if fmt.precision == "int4":
+        return dequantize_int4(quantize_int4(w, fmt.group_size or 32, fmt.symmetric))
+    if fmt.name == "int8":
+        q, s = quantize_int8(w)
+        return q.float() * s[:, None]
+    if fmt.name in FP8_DTYPES:
+        v, s = quantize_fp8(w, fmt.name)
+        return v.float() * s
+    return w.to(FLOAT_DTYPES[fmt.name]).float()

@@ -1,0 +1,156 @@
+"""Linear layers held in a die's precision, executed by PyTorch's packed CPU kernels.
+
+INT4 uses `_weight_int4pack_mm_for_cpu` and INT8 `_weight_int8pack_mm`, both fed bfloat16
+activations (they are fast only then); BF16/FP16 use a half-precision GEMM; FP8 keeps the
+weight in a float8 dtype and widens it per call; FP32 is the dense reference. Every layer
+reports the bytes it holds, which the runtime compares with the plan.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..quant.formats import Format
+from ..quant.quantize import FP8_DTYPES, quantize_fp8, quantize_int4, quantize_int8
+
+
+def _nbytes(*ts: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+class Linear:
+    """y = x @ W^T for x of shape [T, K] (float32 in, float32 out)."""
+
+    resident_bytes: int = 0
+    out_features: int = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """FP32 values of the weight rows `idx` as held (for exact re-scoring), if the layout allows."""
+        return None
+
+
+def refine_top(lin: Linear, x: torch.Tensor, logits: torch.Tensor, k: int = 64) -> torch.Tensor:
+    """Recompute the top-k logits of each row in FP32 from the held weights.
+
+    The packed kernels return bfloat16 (8 significant bits: steps of 0.125 near 25), which
+    turns near-ties between the best tokens into exact ties; the top candidates are
+    re-scored at full precision so greedy decoding picks what the held weights say.
+    """
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    for i in range(logits.shape[0]):
+        w = lin.rows(top[i])
+        if w is None:
+            return logits
+        logits[i, top[i]] = w @ x[i]
+    return logits
+
+
+class DenseLinear(Linear):
+    def __init__(self, w: torch.Tensor, dtype: torch.dtype):
+        self.w = w.to(dtype).contiguous()
+        self.dtype = dtype
+        self.out_features = w.shape[0]
+        self.resident_bytes = _nbytes(self.w)
+
+    def __call__(self, x):
+        if self.dtype == torch.float32:
+            return F.linear(x, self.w)
+        return F.linear(x.to(self.dtype), self.w).float()
+
+    def rows(self, idx):
+        return self.w[idx].float()
+
+
+class Int8Linear(Linear):
+    def __init__(self, w: torch.Tensor):
+        q, s = quantize_int8(w)
+        self.q = q.contiguous()
+        self.s = s.to(torch.bfloat16)
+        self.out_features = w.shape[0]
+        self.resident_bytes = _nbytes(self.q, self.s)
+
+    def __call__(self, x):
+        return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.q, self.s).float()
+
+    def rows(self, idx):
+        return self.q[idx].float() * self.s[idx].float()[:, None]
+
+
+class Int4Linear(Linear):
+    def __init__(self, w: torch.Tensor, group: int, symmetric: bool):
+        t = quantize_int4(w, group, symmetric)
+        self.packed = torch._convert_weight_to_int4pack_for_cpu(t.q, 1)
+        # kernel layout: [K / group, N, 2] holding (scale, zero) with w = (q - 8) * scale + zero
+        self.sz = torch.stack([t.scale.t(), t.zero.t()], -1).contiguous().to(torch.bfloat16)
+        self.group = group
+        self.out_features = w.shape[0]
+        self.resident_bytes = _nbytes(self.packed, self.sz)
+
+    def __call__(self, x):
+        return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, self.group, self.sz).float()
+
+
+class Fp8Linear(Linear):
+    def __init__(self, w: torch.Tensor, name: str):
+        self.w, self.scale = quantize_fp8(w, name)
+        self.out_features = w.shape[0]
+        self.resident_bytes = _nbytes(self.w) + 4
+
+    def __call__(self, x):
+        return F.linear(x.to(torch.bfloat16), self.w.to(torch.bfloat16)).float() * self.scale
+
+
+def make_linear(w: torch.Tensor, fmt: Format) -> Linear:
+    """Quantize an FP32 weight [N, K] into `fmt` and return the layer that runs it."""
+    if fmt.precision == "int4":
+        return Int4Linear(w, fmt.group_size or 32, fmt.symmetric)
+    if fmt.name == "int8":
+        return Int8Linear(w)
+    if fmt.name in FP8_DTYPES:
+        return Fp8Linear(w, fmt.name)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[fmt.name]
+    return DenseLinear(w, dtype)
+
+
+class Embedding:
+    """A token-embedding table held in a format, read by row (the die reads one row per token)."""
+
+    def __init__(self, w: torch.Tensor, fmt: Format):
+        self.fmt = fmt
+        if fmt.precision == "int4":
+            t = quantize_int4(w, fmt.group_size or 32, fmt.symmetric)
+            q = t.q.to(torch.uint8)
+            self.packed = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()  # two weights per byte
+            self.scale, self.zero, self.group = t.scale.to(torch.float16), t.zero.to(torch.float16), t.group
+            self.resident_bytes = _nbytes(self.packed, self.scale) + (0 if fmt.symmetric else _nbytes(self.zero))
+        elif fmt.name == "int8":
+            self.q, self.s = quantize_int8(w)
+            self.resident_bytes = _nbytes(self.q, self.s.to(torch.float16))
+        elif fmt.name in FP8_DTYPES:
+            self.v, self.fscale = quantize_fp8(w, fmt.name)
+            self.resident_bytes = _nbytes(self.v) + 4
+        else:
+            self.table = w.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[fmt.name])
+            self.resident_bytes = _nbytes(self.table)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.fmt.precision == "int4":
+            p = self.packed[ids]
+            q = torch.stack([p & 0xF, p >> 4], -1).reshape(len(ids), -1).float()
+            n, k = q.shape
+            g = (q.view(n, k // self.group, self.group) - 8) * self.scale[ids].float()[..., None] + \
+                self.zero[ids].float()[..., None]
+            return g.reshape(n, k)
+        if self.fmt.name == "int8":
+            return self.q[ids].float() * self.s[ids][:, None]
+        if self.fmt.name in FP8_DTYPES:
+            return self.v[ids].float() * self.fscale
+        return self.table[ids].float()
+
+
+def make_embedding(w: torch.Tensor, fmt: Format) -> Embedding:
+    return Embedding(w, fmt)

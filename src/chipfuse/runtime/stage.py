@@ -1,0 +1,167 @@
+"""One die's share of a Llama-family model: its blocks' weights in its precision, and its KV cache.
+
+A `StageModel` runs "my blocks" for a micro-batch of sequences: token ids in (if it holds the
+embedding) or a hidden state; a hidden state out, or logits of each sequence's last token
+(if it holds the LM head). The same class, given every block, is the single-process
+reference the distributed runtime is checked against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..frontends.config import ModelConfig
+from ..quant.formats import Format
+from .kernels import Linear, make_embedding, make_linear, refine_top
+from .weights import wanted_names
+
+KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A sequence's part of a micro-batch: its KV slot, first position, and token count."""
+
+    slot: int
+    pos: int
+    n: int
+
+
+class _Layer:
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], i: int, fmt: Format):
+        p = f"layers.{i}."
+        self.attn_norm = w[p + "attn_norm"].float()
+        self.mlp_norm = w[p + "mlp_norm"].float()
+        # fused projections: one kernel call for q, k, v and one for gate, up
+        self.qkv = make_linear(torch.cat([w[p + "q_proj"], w[p + "k_proj"], w[p + "v_proj"]]), fmt)
+        biases = [w.get(p + n) for n in ("q_bias", "k_bias", "v_bias")]
+        self.qkv_bias = torch.cat(biases).float() if all(b is not None for b in biases) else None
+        self.q_norm = w.get(p + "q_norm")
+        self.k_norm = w.get(p + "k_norm")
+        self.o = make_linear(w[p + "o_proj"], fmt)
+        self.gate_up = make_linear(torch.cat([w[p + "gate_proj"], w[p + "up_proj"]]), fmt)
+        self.down = make_linear(w[p + "down_proj"], fmt)
+
+    def linears(self) -> list[Linear]:
+        return [self.qkv, self.o, self.gate_up, self.down]
+
+
+class StageModel:
+    """Blocks [start, end) of the model: 0 = embedding, 1..L = layers, L+1 = final norm + head."""
+
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], blocks: tuple[int, int], fmt: Format,
+                 context: int, kv_precision: str = "fp16", head_fmt: Format | None = None):
+        self.cfg, self.blocks, self.fmt, self.context = cfg, blocks, fmt, context
+        head_fmt = head_fmt or fmt
+        start, end = blocks
+        last = cfg.num_layers + 1
+        self.has_embedding = start == 0
+        self.has_head = end == last + 1
+        self.layer_ids = [b - 1 for b in range(max(start, 1), min(end, last))]
+        missing = wanted_names(cfg, range(start, end)) - set(weights) - {
+            f"layers.{i}.{n}" for i in self.layer_ids for n in ("q_bias", "k_bias", "v_bias", "q_norm", "k_norm")}
+        if missing:
+            raise KeyError(f"weights missing for blocks {blocks}: {sorted(missing)[:5]}")
+        self.embed = make_embedding(weights["embed"], head_fmt) if self.has_embedding else None
+        self.layers = [_Layer(cfg, weights, i, fmt) for i in self.layer_ids]
+        if self.has_head:
+            self.final_norm = weights["final_norm"].float()
+            self.head = make_linear(weights["embed"] if cfg.tied_embeddings else weights["lm_head"], head_fmt)
+        self.kv_dtype = KV_DTYPES[kv_precision]
+        self.cache: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        hd = cfg.head_dim
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+        ang = torch.outer(torch.arange(context, dtype=torch.float64), inv)
+        self.cos = torch.cat([ang.cos(), ang.cos()], -1).float()
+        self.sin = torch.cat([ang.sin(), ang.sin()], -1).float()
+        self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
+
+    # ---- memory ----
+    def resident_weight_bytes(self) -> int:
+        n = self.embed.resident_bytes if self.embed else 0
+        for layer in self.layers:
+            n += sum(lin.resident_bytes for lin in layer.linears())
+            n += 4 * (layer.attn_norm.numel() + layer.mlp_norm.numel())
+        if self.has_head:
+            n += self.head.resident_bytes + 4 * self.final_norm.numel()
+        return n
+
+    def kv_bytes(self) -> int:
+        return sum(k.numel() * k.element_size() * 2 for slot in self.cache.values() for k, _ in slot)
+
+    def _slot(self, slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if slot not in self.cache:
+            shape = (self.cfg.num_kv_heads, self.context, self.cfg.head_dim)
+            self.cache[slot] = [(torch.zeros(shape, dtype=self.kv_dtype), torch.zeros(shape, dtype=self.kv_dtype))
+                                for _ in self.layers]
+        return self.cache[slot]
+
+    def free(self, slot: int) -> None:
+        self.cache.pop(slot, None)
+
+    # ---- compute ----
+    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps) * w
+
+    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        half = x.shape[-1] // 2
+        rot = torch.cat([-x[..., half:], x[..., :half]], -1)
+        return x * cos + rot * sin
+
+    @torch.inference_mode()
+    def forward(self, inp: torch.Tensor, segs: list[Segment]) -> torch.Tensor:
+        """ids [T] (int64) or hidden [T, H] -> hidden [T, H], or logits [len(segs), V] at the head."""
+        for s in segs:
+            if s.pos + s.n > self.context:
+                raise ValueError(f"sequence in slot {s.slot} would reach {s.pos + s.n} tokens; context is {self.context}")
+        x = self.embed.lookup(inp) if self.has_embedding else inp.float()
+        if self.layers:
+            pos = torch.cat([torch.arange(s.pos, s.pos + s.n) for s in segs]) if len(segs) > 1 else \
+                torch.arange(segs[0].pos, segs[0].pos + segs[0].n)
+            caches = [self._slot(s.slot) for s in segs]
+            for li, layer in enumerate(self.layers):
+                x = self._layer(layer, li, x, pos, segs, caches)
+        if not self.has_head:
+            return x
+        ends = torch.tensor([sum(s.n for s in segs[: i + 1]) - 1 for i in range(len(segs))])
+        h = self._norm(x[ends], self.final_norm)
+        return refine_top(self.head, h, self.head(h))
+
+    def _layer(self, layer: _Layer, li: int, x: torch.Tensor, pos: torch.Tensor, segs: list[Segment], caches) -> torch.Tensor:
+        cfg = self.cfg
+        t = x.shape[0]
+        qkv = layer.qkv(self._norm(x, layer.attn_norm))
+        if layer.qkv_bias is not None:
+            qkv = qkv + layer.qkv_bias
+        q = qkv[:, : self.q_dim].view(t, cfg.num_heads, cfg.head_dim)
+        k = qkv[:, self.q_dim: self.q_dim + self.kv_dim].view(t, cfg.num_kv_heads, cfg.head_dim)
+        v = qkv[:, self.q_dim + self.kv_dim:].view(t, cfg.num_kv_heads, cfg.head_dim)
+        if layer.q_norm is not None:
+            q = self._norm(q, layer.q_norm)
+            k = self._norm(k, layer.k_norm)
+        q, k = self._rope(q, pos), self._rope(k, pos)
+        outs = []
+        row = 0
+        for s, cache in zip(segs, caches):
+            kc, vc = cache[li]
+            kc[:, s.pos: s.pos + s.n] = k[row: row + s.n].transpose(0, 1)
+            vc[:, s.pos: s.pos + s.n] = v[row: row + s.n].transpose(0, 1)
+            keys = kc[:, : s.pos + s.n].float()
+            vals = vc[:, : s.pos + s.n].float()
+            qs = q[row: row + s.n].transpose(0, 1)  # [heads, n, hd]
+            if s.n == 1:
+                o = F.scaled_dot_product_attention(qs[None], keys[None], vals[None], enable_gqa=True)[0]
+            else:
+                mask = torch.ones(s.n, s.pos + s.n, dtype=torch.bool).tril(diagonal=s.pos)
+                o = F.scaled_dot_product_attention(qs[None], keys[None], vals[None], attn_mask=mask, enable_gqa=True)[0]
+            outs.append(o.transpose(0, 1).reshape(s.n, self.q_dim))
+            row += s.n
+        attn = outs[0] if len(outs) == 1 else torch.cat(outs)
+        x = x + layer.o(attn)
+        gu = layer.gate_up(self._norm(x, layer.mlp_norm))
+        inter = gu.shape[1] // 2
+        return x + layer.down(F.silu(gu[:, :inter]) * gu[:, inter:])
