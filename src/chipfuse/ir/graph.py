@@ -47,7 +47,9 @@ class Op:
     def weight_bytes(self, fmt: Format) -> int:
         """Resident weight bytes in `fmt` (norm weights and biases stay fp32)."""
         if self.kind in ("matmul", "embedding"):
-            rows, cols = (self.out_features, self.in_features)
+            # a table is stored one row per token ([vocab, hidden]); a matmul weight [out, in]
+            rows, cols = (self.in_features, self.out_features) if self.kind == "embedding" else \
+                (self.out_features, self.in_features)
             return fmt.matrix_bytes(rows, cols) + (4 * self.out_features if self.bias else 0)
         if self.kind == "norm":
             return 4 * self.dim

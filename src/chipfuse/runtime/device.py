@@ -1,0 +1,428 @@
+"""`Device`: N emulated dies behind one interface. The user never addresses a die.
+
+    with Device("talk-4die-d2d") as dev:              # SmolLM2 on four dies
+        for piece in dev.chat([{"role": "user", "content": "Hi"}]):
+            print(piece, end="")
+
+The host compiles a plan (or takes one), starts one worker process per stage, tokenises,
+schedules requests into micro-batches (up to one per die in flight), samples and
+detokenises; hidden states flow die to die over torch.distributed (gloo).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ChipfuseError
+from ..frontends import load_model_config, resolve_name
+from ..frontends.config import ModelConfig, from_hf_config
+from ..hw.load import load_system
+from ..hw.spec import System
+from ..plan.plan import Plan
+from .model_files import default_gguf
+from .sampling import SamplingParams, sample
+from .stage import Segment
+from .tokenizer import StreamDecoder, load_tokenizer
+from .transport import FORWARD, FREE, IDS, MAX_SEGS, SHUTDOWN, Header, recv_json, recv_msg, send_json, send_msg
+from .weights import read_config_json
+
+DEFAULT_SYSTEM = "talk-4die-d2d"
+DEFAULT_MODELS = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}
+
+
+class DeviceError(ChipfuseError):
+    """A die failed or the device was used wrongly; the message says which and what happened."""
+
+
+def resolve_model(model: str | Path | None) -> tuple[Path, ModelConfig]:
+    """A runnable model: None or 'smollm2' (the embedded default), a .gguf file, or a HF folder."""
+    if model is None or str(model).lower() in DEFAULT_MODELS:
+        p = default_gguf()
+        return p, load_model_config(p)
+    p = Path(model)
+    if p.suffix == ".gguf" and p.exists():
+        return p, load_model_config(p)
+    if p.is_dir() and (p / "config.json").exists():
+        return p, from_hf_config(read_config_json(p), name=p.name, source=str(p / "config.json"))
+    if resolve_name(str(model)):
+        raise DeviceError(f"{model!r} is a catalogue entry (architecture only, no weights); to run it give a "
+                          f".gguf file or a folder with config.json and *.safetensors (the default is smollm2)")
+    raise DeviceError(f"{model}: no such model file or folder")
+
+
+@dataclass
+class Request:
+    """One generation in flight: its own slot (KV cache on every die), sampling and output queue."""
+
+    id: int
+    prompt: list[int]
+    max_tokens: int
+    params: SamplingParams
+    stop_ids: frozenset[int]
+    out: queue.Queue = field(default_factory=queue.Queue)
+    gen: torch.Generator | None = None
+    slot: int = -1
+    pos: int = 0
+    next_token: int | None = None
+    generated: list[int] = field(default_factory=list)
+    t_submit: float = 0.0
+    t_first: float | None = None
+    t_last: float | None = None
+    cancelled: bool = False
+    finish_reason: str = ""
+
+
+class Generation:
+    """An iterator over text pieces of one request; speed figures are filled in as it runs."""
+
+    def __init__(self, device: Device, req: Request):
+        self.device, self.req = device, req
+        self.decoder = StreamDecoder(device.tokenizer)
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            item = self.req.out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            piece = self.decoder.push(item)
+            if piece:
+                self.text += piece
+                yield piece
+
+    def cancel(self) -> None:
+        self.req.cancelled = True
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self.req.generated)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.req.t_first is None else self.req.t_first - self.req.t_submit
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        r = self.req
+        n = len(r.generated) - 1
+        if r.t_first is None or r.t_last is None or n < 1 or r.t_last <= r.t_first:
+            return None
+        return n / (r.t_last - r.t_first)
+
+    @property
+    def finish_reason(self) -> str:
+        return self.req.finish_reason
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for worker processes: idle OpenMP threads sleep instead of spinning, since the
+    dies of a pipeline take turns on the same cores (spinning threads would starve the active die)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Device:
+    """Every die of a system as one device: compile, load, generate, close."""
+
+    def __init__(self, system: str | Path | System = DEFAULT_SYSTEM, model: str | Path | None = None,
+                 precision: str = "int4", *, head_precision: str | None = None, context: int = 2048,
+                 max_batch: int = 4, kv_precision: str = "fp16", threads: int | None = None,
+                 plan: Plan | None = None, spawn: bool = True, master: str | None = None,
+                 startup_timeout_s: float = 300.0, on_status=None):
+        from ..compile.compiler import compile_plan
+
+        self._status = on_status or (lambda msg: None)
+        self.system = system if isinstance(system, System) else load_system(system)
+        self.model_path, self.config = resolve_model(model)
+        if plan is None:
+            plan = compile_plan(self.config, self.system, precision, head_precision=head_precision, context=context,
+                                batch=max_batch, prompt_tokens=min(512, context), kv_precision=kv_precision,
+                                model_source=str(self.model_path))
+        self.plan = plan
+        self.max_batch = plan.workload.batch
+        self.context = plan.workload.context
+        self.n_stages = len(plan.stages)
+        self.world = self.n_stages + 1
+        self.threads = threads or os.cpu_count() or 1
+        self._status("loading tokenizer")
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
+        self._procs: list[subprocess.Popen] = []
+        self._logs: list[Path] = []
+        self._closed = False
+        self.error: BaseException | None = None
+        self._pending: queue.Queue[Request] = queue.Queue()
+        self._ids = itertools.count()
+        self._wake = threading.Event()
+        self.worker_info: list[dict] = []
+        self._start(spawn, master, startup_timeout_s)
+        self._thread = threading.Thread(target=self._run, name="chipfuse-scheduler", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    # ---------------------------------------------------------------- start-up
+    def _start(self, spawn: bool, master: str | None, timeout_s: float) -> None:
+        if dist.is_initialized():
+            raise DeviceError("another Device is open in this process; close it first")
+        host, port = (master.rsplit(":", 1) if master else ("127.0.0.1", "0"))
+        port = int(port) or _free_port()
+        self.master = f"{host}:{port}"
+        if spawn:
+            self._logdir = Path(tempfile.mkdtemp(prefix="chipfuse-workers-"))
+            for rank in range(1, self.world):
+                log = self._logdir / f"worker{rank}.log"
+                self._logs.append(log)
+                self._procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "chipfuse.runtime.worker", "--rank", str(rank), "--world", str(self.world),
+                     "--master", self.master, "--parent-pid", str(os.getpid()), "--timeout", str(timeout_s)],
+                    stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True, env=worker_env()))
+        else:
+            self._status(f"waiting for {self.world - 1} workers: chipfuse worker --rank K --world {self.world} "
+                         f"--master {self.master}  (K = 1..{self.world - 1})")
+        self._status(f"starting {self.n_stages} worker process(es)")
+        self._death: DeviceError | None = None
+        threading.Thread(target=self._watchdog, name="chipfuse-watchdog", daemon=True).start()
+        err: list[BaseException] = []
+
+        def init():
+            try:
+                dist.init_process_group("gloo", init_method=f"tcp://{self.master}", rank=0, world_size=self.world,
+                                        timeout=timedelta(seconds=timeout_s))
+            except BaseException as e:  # reported below
+                err.append(e)
+
+        t = threading.Thread(target=init, daemon=True)
+        t.start()
+        deadline = time.monotonic() + timeout_s
+        while t.is_alive():
+            t.join(0.05)
+            try:
+                self._alive()
+            except DeviceError:
+                self._kill()
+                raise
+            if time.monotonic() > deadline:
+                self._kill()
+                raise DeviceError(f"workers did not join the rendezvous at {self.master} within {timeout_s:.0f} s")
+        if err:
+            self._kill()
+            raise self._death or DeviceError(f"rendezvous at {self.master} failed: {err[0]}")
+        try:
+            self._setup_workers()
+        except DeviceError:
+            raise
+        except BaseException as e:
+            self._kill()
+            raise self._death or DeviceError(f"workers failed during setup: {e}") from None
+
+    def _setup_workers(self) -> None:
+        plan_json = self.plan.model_dump(mode="json", by_alias=True)
+        for rank in range(1, self.world):
+            send_json({"plan": plan_json, "weights": str(self.model_path), "threads": self.threads}, rank)
+        self._status("dies loading their layers")
+        for rank in range(1, self.world):
+            info = recv_json(rank)
+            stage = self.plan.stages[rank - 1]
+            info["plan_weight_bytes"] = stage.weight_bytes
+            info["die_memory_bytes"] = stage.memory_bytes
+            if info["resident_weight_bytes"] + stage.kv_bytes > stage.memory_bytes:
+                self.close()
+                raise DeviceError(f"{stage.die} holds {info['resident_weight_bytes']:,} weight bytes plus "
+                                  f"{stage.kv_bytes:,} of KV cache: more than its {stage.memory_bytes:,} bytes")
+            self.worker_info.append(info)
+
+    def _watchdog(self) -> None:
+        """If a worker dies, record why and kill the others: every blocked transfer then fails fast."""
+        while not self._closed:
+            try:
+                self._alive()
+            except DeviceError as e:
+                if not self._closed:
+                    self._death = e
+                    self._kill()
+                return
+            time.sleep(0.05)
+
+    def _alive(self) -> None:
+        """Raise DeviceError if any worker process has exited."""
+        for rank, p in enumerate(self._procs, start=1):
+            code = p.poll()
+            if code is not None:
+                stage = self.plan.stages[rank - 1]
+                tail = ""
+                try:
+                    lines = self._logs[rank - 1].read_text().strip().splitlines()
+                    tail = f": {lines[-1]}" if lines else ""
+                except OSError:
+                    pass
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                raise DeviceError(f"die {stage.die} (worker rank {rank}, pid {p.pid}) {how}{tail}")
+
+    # ---------------------------------------------------------------- API
+    def submit(self, prompt: str | list[int], max_tokens: int = 128, *, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop_ids: set[int] | None = None) -> Generation:
+        """Queue a request; iterate the returned Generation for its text."""
+        if self._closed or self.error:
+            raise DeviceError(f"the device is closed{': ' + str(self.error) if self.error else ''}")
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise DeviceError("empty prompt")
+        if max_tokens < 1:
+            raise DeviceError("max_tokens must be at least 1")
+        if len(ids) + max_tokens > self.context:
+            raise DeviceError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceed the plan's context "
+                              f"of {self.context} tokens; shorten one or plan a longer --context")
+        params = SamplingParams(temperature, top_k, top_p, seed)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        req = Request(next(self._ids), ids, max_tokens, params, frozenset(stop_ids or self.eos_ids), gen=gen,
+                      t_submit=time.perf_counter())
+        self._pending.put(req)
+        self._wake.set()
+        return Generation(self, req)
+
+    def generate(self, prompt: str | list[int], max_tokens: int = 128, **kw) -> Generation:
+        return self.submit(prompt, max_tokens, **kw)
+
+    def chat(self, messages: list[dict], max_tokens: int = 128, **kw) -> Generation:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return self.submit(list(ids), max_tokens, **kw)
+
+    # ---------------------------------------------------------------- scheduler
+    def _run(self) -> None:
+        free_slots = list(range(self.max_batch))
+        active: dict[int, Request] = {}
+        waiting_prefill: list[Request] = []
+        ready: list[Request] = []
+        inflight: list[list[Request]] = []
+        mb_ids = itertools.count()
+        try:
+            while not self._closed:
+                while free_slots and not self._pending.empty():
+                    r = self._pending.get()
+                    r.slot = free_slots.pop(0)
+                    active[r.slot] = r
+                    waiting_prefill.append(r)
+                while len(inflight) < self.n_stages and (waiting_prefill or ready):
+                    if waiting_prefill:
+                        r = waiting_prefill.pop(0)
+                        batch, ids = [r], torch.tensor(r.prompt, dtype=torch.int64)
+                        segs = (Segment(r.slot, 0, len(r.prompt)),)
+                    else:
+                        batch, ready = ready[:MAX_SEGS], ready[MAX_SEGS:]
+                        ids = torch.tensor([r.next_token for r in batch], dtype=torch.int64)
+                        segs = tuple(Segment(r.slot, r.pos, 1) for r in batch)
+                    send_msg(Header(FORWARD, next(mb_ids), segs, IDS), ids, 1)
+                    inflight.append(batch)
+                if not inflight:
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                    continue
+                h, logits = recv_msg(self.world - 1 if self.world > 2 else 1)
+                batch = inflight.pop(0)
+                now = time.perf_counter()
+                done = []
+                for i, r in enumerate(batch):
+                    tok = sample(logits[i], r.params, r.gen)
+                    r.pos = len(r.prompt) if r.t_first is None else r.pos + 1
+                    if r.t_first is None:
+                        r.t_first = now
+                    r.t_last = now
+                    r.generated.append(tok)
+                    r.out.put(tok)
+                    if r.cancelled or tok in r.stop_ids or len(r.generated) >= r.max_tokens:
+                        r.finish_reason = "cancelled" if r.cancelled else ("stop" if tok in r.stop_ids else "length")
+                        done.append(r)
+                    else:
+                        r.next_token = tok
+                        ready.append(r)
+                for r in done:
+                    r.out.put(None)
+                    active.pop(r.slot)
+                    send_msg(Header(FREE, 0, (Segment(r.slot, 0, 0),)), None, 1)
+                    free_slots.append(r.slot)
+        except BaseException as err:  # a dead die: fail every request, stop every process
+            if self._closed:
+                return
+            time.sleep(0.1)  # let the watchdog name the die that died
+            self.error = self._death or (err if isinstance(err, DeviceError) else DeviceError(f"device failed: {err}"))
+            for r in list(active.values()) + waiting_prefill:
+                r.out.put(self.error)
+            while not self._pending.empty():
+                self._pending.get().out.put(self.error)
+            self._kill()
+
+    # ---------------------------------------------------------------- shutdown
+    def _kill(self) -> None:
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self._procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def close(self) -> None:
+        """Stop every worker and release the rendezvous. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self.error is None and dist.is_initialized():
+            if hasattr(self, "_thread"):
+                self._thread.join(timeout=5)
+            try:
+                send_msg(Header(SHUTDOWN), None, 1)
+            except BaseException:
+                pass
+            for p in self._procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+        self._kill()
+        if dist.is_initialized():
+            t = threading.Thread(target=dist.destroy_process_group, daemon=True)
+            t.start()
+            t.join(5)
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- reports
+    def memory_report(self) -> list[dict]:
+        """Per die: resident weight bytes measured in the worker, beside the plan's figures."""
+        return [dict(die=i["die"], resident_weight_bytes=i["resident_weight_bytes"],
+                     plan_weight_bytes=i["plan_weight_bytes"], die_memory_bytes=i["die_memory_bytes"],
+                     load_s=round(i["load_s"], 2)) for i in self.worker_info]
