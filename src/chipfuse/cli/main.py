@@ -185,6 +185,153 @@ def calibrate(
         console.print(f"table written to {markdown}")
 
 
+SAMPLE_QUESTION = "What is the capital of France?"
+
+
+def _predict_on_this_host(plan, prompt_tokens: int, probe_file: Path | None):
+    """The performance model's figures for this run's plan on a spec of this machine."""
+    from ..hw.load import load_system
+    from ..runtime.probe import probe
+    from ..sim.predict import predict
+
+    dies = [st.die for st in plan.stages]
+    if probe_file and probe_file.exists():
+        host = load_system(probe_file)
+        if sorted(host.die_names) != sorted(dies):
+            raise ChipfuseError(f"{probe_file} describes dies {host.die_names}, the plan uses {dies}; "
+                                f"re-run `chipfuse probe --dies {len(dies)}`")
+    else:
+        with console.status("measuring this host for the prediction (chipfuse probe)..."):
+            host, _ = probe(dies)
+    wl = plan.workload.model_copy(update={"batch": 1, "prompt_tokens": max(1, prompt_tokens)})
+    return predict(plan.model_copy(update={"workload": wl}), system=host)
+
+
+@app.command()
+@friendly
+def run(
+    system: str = typer.Option("talk-4die-d2d", "--system", "-s", help="preset name or system YAML path"),
+    model: str = typer.Option("smollm2", "--model", "-m", help="smollm2 (embedded default), a .gguf file or a HF folder"),
+    prompt: str = typer.Option(SAMPLE_QUESTION, help="the user message (sent through the chat template)"),
+    max_tokens: int = typer.Option(64, help="tokens to generate at most"),
+    precision: str = typer.Option("int4", help="weight format of the layers"),
+    context: int = typer.Option(2048, help="tokens per sequence the KV cache holds"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_k: int = typer.Option(0),
+    top_p: float = typer.Option(1.0),
+    seed: Optional[int] = typer.Option(None),
+    raw: bool = typer.Option(False, help="send the prompt as plain text, without the chat template"),
+    probe_file: Optional[Path] = typer.Option(None, "--probe", help="system file from `chipfuse probe` (else measured now)"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write plan, text and measured/predicted speed here"),
+):
+    """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed."""
+    import signal
+
+    from ..runtime.device import Device
+
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with console.status("compiling the plan and starting the dies...") as status:
+        dev = Device(system, model, precision, context=context, on_status=lambda m: status.update(m))
+    with dev:
+        print_plan(dev.plan, title=f"{dev.plan.model.name} on {dev.plan.system['name']} ({len(dev.plan.stages)} dies)")
+        mem = Table(title="memory held by each die (measured in its worker)")
+        for col in ("die", "resident weights", "plan", "die DRAM", "load s"):
+            mem.add_column(col, justify="right")
+        for r in dev.memory_report():
+            mem.add_row(r["die"], f"{r['resident_weight_bytes'] / 2**20:.1f} MiB", f"{r['plan_weight_bytes'] / 2**20:.1f} MiB",
+                        f"{r['die_memory_bytes'] / 2**30:.1f} GiB", f"{r['load_s']:.1f}")
+        console.print(mem)
+        console.print(f"[bold]user:[/] {prompt}\n[bold]assistant:[/] ", end="")
+        kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        gen = dev.submit(prompt, max_tokens, **kw) if raw else dev.chat([{"role": "user", "content": prompt}], max_tokens, **kw)
+        for piece in gen:
+            console.print(piece, end="", markup=False, highlight=False)
+        console.print()
+        prompt_tokens = len(gen.req.prompt)
+    pred = _predict_on_this_host(dev.plan, prompt_tokens, probe_file)
+    t = Table(title="speed on this machine: measured vs the performance model (same plan)")
+    for col in ("", "measured", "predicted", "measured / predicted"):
+        t.add_column(col, justify="right")
+    rows = [("time to first token (s)", gen.ttft_s, pred.ttft_s), ("decode tokens/s", gen.decode_tokens_per_s, pred.decode_tokens_per_s)]
+    for name, m, p in rows:
+        t.add_row(name, f"{m:.3f}" if m else "-", f"{p:.3f}", f"{m / p:.2f}" if m else "-")
+    console.print(t)
+    console.print(f"[dim]{len(gen.tokens)} tokens generated ({gen.finish_reason}), prompt {prompt_tokens} tokens[/]")
+    if json_path:
+        out = {"plan": dev.plan.model_dump(mode="json", by_alias=True), "prompt": prompt, "text": gen.text,
+               "tokens": gen.tokens, "finish_reason": gen.finish_reason,
+               "measured": {"ttft_s": gen.ttft_s, "decode_tokens_per_s": gen.decode_tokens_per_s},
+               "predicted": {"ttft_s": pred.ttft_s, "decode_tokens_per_s": pred.decode_tokens_per_s},
+               "memory": dev.memory_report()}
+        json_path.write_text(json.dumps(out, indent=2) + "\n")
+        console.print(f"written to {json_path}")
+
+
+@app.command()
+@friendly
+def chat(
+    system: str = typer.Option("talk-4die-d2d", "--system", "-s"),
+    model: str = typer.Option("smollm2", "--model", "-m"),
+    precision: str = typer.Option("int4"),
+    max_tokens: int = typer.Option(256),
+    temperature: float = typer.Option(0.0),
+):
+    """Talk to the model interactively (empty line or Ctrl-D to leave)."""
+    from ..runtime.device import Device
+
+    with console.status("starting the dies..."):
+        dev = Device(system, model, precision)
+    with dev:
+        console.print(f"[dim]{dev.plan.model.name} on {len(dev.plan.stages)} dies of {dev.plan.system['name']}; "
+                      f"empty line to quit[/]")
+        history: list[dict] = []
+        while True:
+            try:
+                line = console.input("[bold]you:[/] ")
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not line.strip():
+                break
+            history.append({"role": "user", "content": line})
+            console.print("[bold]model:[/] ", end="")
+            gen = dev.chat(history, max_tokens, temperature=temperature)
+            for piece in gen:
+                console.print(piece, end="", markup=False, highlight=False)
+            console.print(f"  [dim]({gen.decode_tokens_per_s or 0:.1f} tokens/s)[/]")
+            history.append({"role": "assistant", "content": gen.text})
+
+
+@app.command()
+def worker(
+    rank: int = typer.Option(..., help="this die's rank (1..N; the host is 0)"),
+    world: int = typer.Option(..., help="N + 1"),
+    master: str = typer.Option(..., help="HOST:PORT of the host's rendezvous"),
+    timeout: float = typer.Option(600.0, help="seconds to wait for peers"),
+):
+    """Serve one emulated die for a host elsewhere (multi-host runs)."""
+    from ..runtime.worker import main as worker_main
+
+    worker_main(["--rank", str(rank), "--world", str(world), "--master", master, "--timeout", str(timeout)])
+
+
+@app.command()
+@friendly
+def probe(
+    dies: int = typer.Option(4, help="number of emulated dies to describe"),
+    out: Path = typer.Option(Path("this-host.yaml"), help="system file to write"),
+):
+    """Measure this machine (bandwidth, kernels, hops) and write it as a system of emulated dies."""
+    from ..runtime.probe import probe as run_probe, save_system
+
+    with console.status("probing") as status:
+        system, fig = run_probe([f"die{i}" for i in range(dies)], on_status=lambda m: status.update(f"measuring {m}"))
+    save_system(system, out)
+    console.print(f"streaming {fig['bandwidth_gb_per_s']:.1f} GB/s, int4 kernel {fig['int4_kernel_gb_per_s']:.1f} GB/s; "
+                  f"TOPS {fig['tops']}; per-layer cost {fig['layer_overhead_s'] * 1e6:.0f} us; "
+                  f"hop {fig['hop_latency_s'] * 1e6:.0f} us, {fig['hop_gb_per_s']:.2f} GB/s")
+    console.print(f"written to {out}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

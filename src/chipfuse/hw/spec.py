@@ -38,6 +38,8 @@ class DRAM(Strict):
     capacity_gib: float = Field(gt=0)
     efficiency: float = Field(0.75, gt=0, le=1, description="fraction of peak a streaming read achieves")
     pj_per_byte: float = Field(40.0, ge=0, description="access energy per byte moved")
+    bandwidth_gb_per_s: float | None = Field(
+        None, gt=0, description="peak GB/s stated or measured; overrides bus width x data rate")
 
     @field_validator("type")
     @classmethod
@@ -57,6 +59,8 @@ class DRAM(Strict):
 
     @property
     def peak_bytes_per_s(self) -> float:
+        if self.bandwidth_gb_per_s is not None:
+            return self.bandwidth_gb_per_s * GB
         return peak_bandwidth_bytes_per_s(self.bus_width_bits, self.data_rate_mtps)
 
     @property

@@ -39,7 +39,7 @@ from .model_files import default_gguf
 from .sampling import SamplingParams, sample
 from .stage import Segment
 from .tokenizer import StreamDecoder, load_tokenizer
-from .transport import FORWARD, FREE, IDS, MAX_SEGS, SHUTDOWN, Header, recv_json, recv_msg, send_json, send_msg
+from .transport import FORWARD, FREE, IDS, MAX_SEGS, SHUTDOWN, Channel, Header, inline_bytes, recv_json, send_json
 from .weights import read_config_json
 
 DEFAULT_SYSTEM = "talk-4die-d2d"
@@ -133,10 +133,12 @@ class Generation:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment for worker processes: idle OpenMP threads sleep instead of spinning, since the
-    dies of a pipeline take turns on the same cores (spinning threads would starve the active die)."""
+    """Environment for worker processes. The dies of a pipeline take turns on the same cores: an
+    OpenMP thread spins briefly between kernels of its own stage, then sleeps, so an idle die does
+    not starve the active one (measured: 1 die 73 vs 48 tok/s with fully passive waits)."""
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+    env.setdefault("GOMP_SPINCOUNT", "30000")  # spin ~tens of microseconds between kernels, then sleep
     return env
 
 
@@ -181,6 +183,9 @@ class Device:
         self._wake = threading.Event()
         self.worker_info: list[dict] = []
         self._start(spawn, master, startup_timeout_s)
+        last = self.world - 1
+        self._to_first = Channel(1, inline_bytes(self.plan, 0, 1))
+        self._from_last = Channel(last, inline_bytes(self.plan, last, 0))
         self._thread = threading.Thread(target=self._run, name="chipfuse-scheduler", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -338,13 +343,13 @@ class Device:
                         batch, ready = ready[:MAX_SEGS], ready[MAX_SEGS:]
                         ids = torch.tensor([r.next_token for r in batch], dtype=torch.int64)
                         segs = tuple(Segment(r.slot, r.pos, 1) for r in batch)
-                    send_msg(Header(FORWARD, next(mb_ids), segs, IDS), ids, 1)
+                    self._to_first.send(Header(FORWARD, next(mb_ids), segs, IDS), ids)
                     inflight.append(batch)
                 if not inflight:
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
-                h, logits = recv_msg(self.world - 1 if self.world > 2 else 1)
+                h, logits = self._from_last.recv()
                 batch = inflight.pop(0)
                 now = time.perf_counter()
                 done = []
@@ -365,7 +370,7 @@ class Device:
                 for r in done:
                     r.out.put(None)
                     active.pop(r.slot)
-                    send_msg(Header(FREE, 0, (Segment(r.slot, 0, 0),)), None, 1)
+                    self._to_first.send(Header(FREE, 0, (Segment(r.slot, 0, 0),)))
                     free_slots.append(r.slot)
         except BaseException as err:  # a dead die: fail every request, stop every process
             if self._closed:
@@ -399,7 +404,7 @@ class Device:
             if hasattr(self, "_thread"):
                 self._thread.join(timeout=5)
             try:
-                send_msg(Header(SHUTDOWN), None, 1)
+                self._to_first.send(Header(SHUTDOWN))
             except BaseException:
                 pass
             for p in self._procs:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -19,6 +20,7 @@ from .stage import Segment
 
 MAX_SEGS = 64
 HEADER_LEN = 8 + 3 * MAX_SEGS
+HEADER_BYTES = 8 * HEADER_LEN
 
 FORWARD, FREE, SHUTDOWN = 1, 2, 3
 IDS, HIDDEN, LOGITS = 1, 2, 3
@@ -31,32 +33,79 @@ class Header:
     segs: tuple[Segment, ...] = ()
     kind: int = 0
     width: int = 0  # hidden size or vocabulary for float payloads
+    inline: int = 0  # payload carried in the same message
 
     @property
     def tokens(self) -> int:
         return sum(s.n for s in self.segs)
 
-    def encode(self) -> torch.Tensor:
+    def encode_into(self, t: torch.Tensor) -> None:
         if len(self.segs) > MAX_SEGS:
             raise ValueError(f"a micro-batch holds at most {MAX_SEGS} sequences")
-        t = torch.zeros(HEADER_LEN, dtype=torch.int64)
-        t[:5] = torch.tensor([self.cmd, self.mb, len(self.segs), self.kind, self.width])
-        for i, s in enumerate(self.segs):
-            t[8 + 3 * i: 11 + 3 * i] = torch.tensor([s.slot, s.pos, s.n])
-        return t
+        a = np.zeros(HEADER_LEN, dtype=np.int64)
+        a[:6] = (self.cmd, self.mb, len(self.segs), self.kind, self.width, self.inline)
+        if self.segs:
+            a[8: 8 + 3 * len(self.segs)] = np.array([(s.slot, s.pos, s.n) for s in self.segs]).ravel()
+        t.copy_(torch.from_numpy(a))
 
     @staticmethod
     def decode(t: torch.Tensor) -> Header:
-        cmd, mb, n, kind, width = (int(v) for v in t[:5])
-        segs = tuple(Segment(*(int(v) for v in t[8 + 3 * i: 11 + 3 * i])) for i in range(n))
-        return Header(cmd, mb, segs, kind, width)
+        a = t.numpy()
+        cmd, mb, n, kind, width, inline = (int(v) for v in a[:6])
+        segs = tuple(Segment(*(int(v) for v in a[8 + 3 * i: 11 + 3 * i])) for i in range(n))
+        return Header(cmd, mb, segs, kind, width, inline)
 
-    def payload_buffer(self) -> torch.Tensor:
+    def payload_shape(self) -> tuple[torch.dtype, tuple[int, ...]]:
         if self.kind == IDS:
-            return torch.empty(self.tokens, dtype=torch.int64)
+            return torch.int64, (self.tokens,)
         if self.kind == HIDDEN:
-            return torch.empty(self.tokens, self.width, dtype=torch.float32)
-        return torch.empty(len(self.segs), self.width, dtype=torch.float32)
+            return torch.float32, (self.tokens, self.width)
+        return torch.float32, (len(self.segs), self.width)
+
+
+class Channel:
+    """One direction between two ranks. A message is the header plus, when it fits in
+    `inline_bytes`, the payload itself: a decode step's hidden state crosses a hop as one
+    transfer. Larger payloads (prefill, logits) follow as a second transfer."""
+
+    def __init__(self, peer: int, inline_bytes: int):
+        self.peer = peer
+        self.inline_bytes = inline_bytes
+        self.buf = torch.zeros(HEADER_BYTES + inline_bytes, dtype=torch.uint8)
+
+    def send(self, h: Header, payload: torch.Tensor | None = None) -> None:
+        raw = payload.contiguous().view(torch.uint8).reshape(-1) if payload is not None else None
+        h.inline = int(raw is not None and raw.numel() <= self.inline_bytes)
+        h.encode_into(self.buf[:HEADER_BYTES].view(torch.int64))
+        if h.inline:
+            self.buf[HEADER_BYTES: HEADER_BYTES + raw.numel()] = raw
+        dist.send(self.buf, self.peer)
+        if raw is not None and not h.inline:
+            dist.send(raw, self.peer)
+
+    def recv(self) -> tuple[Header, torch.Tensor | None]:
+        dist.recv(self.buf, self.peer)
+        h = Header.decode(self.buf[:HEADER_BYTES].view(torch.int64))
+        if h.cmd != FORWARD:
+            return h, None
+        dtype, shape = h.payload_shape()
+        n = int(np.prod(shape)) * (8 if dtype == torch.int64 else 4)
+        if h.inline:
+            return h, self.buf[HEADER_BYTES: HEADER_BYTES + n].clone().view(dtype).reshape(shape)
+        out = torch.empty(shape, dtype=dtype)
+        dist.recv(out.view(torch.uint8).reshape(-1) if out.numel() else out, self.peer)
+        return h, out
+
+
+def inline_bytes(plan, src: int, dst: int) -> int:
+    """Inline payload room for the hop src -> dst (ranks: 0 host, k stage k-1), from the plan."""
+    cfg = plan.model.config
+    b = plan.workload.batch
+    if src == 0:
+        return 8 * b  # token ids of a decode step
+    if dst == 0:
+        return 4 * cfg["vocab_size"]  # one sequence's logits
+    return 4 * b * cfg["hidden_size"]
 
 
 def send(t: torch.Tensor, dst: int) -> None:
@@ -66,19 +115,6 @@ def send(t: torch.Tensor, dst: int) -> None:
 def recv(t: torch.Tensor, src: int) -> torch.Tensor:
     dist.recv(t, src)
     return t
-
-
-def send_msg(h: Header, payload: torch.Tensor | None, dst: int) -> None:
-    send(h.encode(), dst)
-    if payload is not None:
-        send(payload.contiguous(), dst)
-
-
-def recv_msg(src: int) -> tuple[Header, torch.Tensor | None]:
-    h = Header.decode(recv(torch.empty(HEADER_LEN, dtype=torch.int64), src))
-    if h.cmd != FORWARD:
-        return h, None
-    return h, recv(h.payload_buffer(), src)
 
 
 def send_json(obj: dict, dst: int) -> None:

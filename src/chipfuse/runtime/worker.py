@@ -22,7 +22,7 @@ from ..frontends.config import ModelConfig
 from ..plan.plan import Plan
 from ..quant.formats import get_format
 from .stage import StageModel
-from .transport import FORWARD, FREE, HIDDEN, LOGITS, SHUTDOWN, Header, recv_json, recv_msg, send_json, send_msg
+from .transport import FORWARD, FREE, HIDDEN, LOGITS, SHUTDOWN, Channel, Header, inline_bytes, recv_json, send_json
 from .weights import open_weights, wanted_names
 
 
@@ -53,22 +53,24 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
     send_json({"rank": rank, "die": stage.die, "resident_weight_bytes": model.resident_weight_bytes(),
                "load_s": time.perf_counter() - t0, "pid": os.getpid()}, 0)
     prev, nxt = rank - 1, (rank + 1) % world
+    inbox = Channel(prev, inline_bytes(plan, prev, rank))
+    outbox = Channel(nxt, inline_bytes(plan, rank, nxt))
     while True:
-        h, payload = recv_msg(prev)
+        h, payload = inbox.recv()
         if h.cmd == SHUTDOWN:
             if nxt != 0:
-                send_msg(h, None, nxt)
+                outbox.send(h)
             break
         if h.cmd == FREE:
             for s in h.segs:
                 model.free(s.slot)
             if nxt != 0:
-                send_msg(h, None, nxt)
+                outbox.send(h)
             continue
         if h.cmd == FORWARD:
             out = model.forward(payload, list(h.segs))
             kind = LOGITS if model.has_head else HIDDEN
-            send_msg(Header(FORWARD, h.mb, h.segs, kind, out.shape[-1]), out, nxt)
+            outbox.send(Header(FORWARD, h.mb, h.segs, kind, out.shape[-1]), out)
     dist.destroy_process_group()
 
 
