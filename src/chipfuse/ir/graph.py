@@ -203,8 +203,13 @@ def block_weight_bytes(graph: Graph, fmt: Format | Recipe) -> np.ndarray:
 
 
 def tied_shared_bytes(graph: Graph, fmt: Format | Recipe, blocks: range) -> float:
-    """Bytes saved when a tied LM head and its embedding sit on the same die (one copy)."""
+    """Bytes saved when a tied LM head and its embedding sit on the same die (one copy).
+
+    The runtime reads embedding rows out of the head's own weights for every format but
+    packed INT4, whose kernel layout cannot be read by row; there both copies are held."""
     r = Recipe.of(fmt)
+    if r.head.precision == "int4":
+        return 0.0
     names = {op.name: op for op in graph.ops}
     return float(sum(op.weight_bytes(r.for_op(op)) for op in graph.ops
                      if op.tied_to and op.block in blocks and names[op.tied_to].block in blocks))

@@ -153,7 +153,7 @@ class Device:
 
     def __init__(self, system: str | Path | System = DEFAULT_SYSTEM, model: str | Path | None = None,
                  precision: str = "int4", *, head_precision: str | None = None, context: int = 2048,
-                 max_batch: int = 4, kv_precision: str = "fp16", threads: int | None = None,
+                 max_batch: int = 4, kv_precision: str = "fp16", threads: int | None = None, dies: int | None = None,
                  plan: Plan | None = None, spawn: bool = True, master: str | None = None,
                  startup_timeout_s: float = 300.0, on_status=None):
         from ..compile.compiler import compile_plan
@@ -164,7 +164,7 @@ class Device:
         if plan is None:
             plan = compile_plan(self.config, self.system, precision, head_precision=head_precision, context=context,
                                 batch=max_batch, prompt_tokens=min(512, context), kv_precision=kv_precision,
-                                model_source=str(self.model_path))
+                                max_dies=dies, model_source=str(self.model_path))
         self.plan = plan
         self.max_batch = plan.workload.batch
         self.context = plan.workload.context
@@ -304,7 +304,7 @@ class Device:
                               f"of {self.context} tokens; shorten one or plan a longer --context")
         params = SamplingParams(temperature, top_k, top_p, seed)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        req = Request(next(self._ids), ids, max_tokens, params, frozenset(stop_ids or self.eos_ids), gen=gen,
+        req = Request(next(self._ids), ids, max_tokens, params, frozenset(self.eos_ids if stop_ids is None else stop_ids), gen=gen,
                       t_submit=time.perf_counter())
         self._pending.put(req)
         self._wake.set()

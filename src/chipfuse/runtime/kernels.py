@@ -128,8 +128,9 @@ class Embedding:
             self.scale, self.zero, self.group = t.scale.to(torch.float16), t.zero.to(torch.float16), t.group
             self.resident_bytes = _nbytes(self.packed, self.scale) + (0 if fmt.symmetric else _nbytes(self.zero))
         elif fmt.name == "int8":
-            self.q, self.s = quantize_int8(w)
-            self.resident_bytes = _nbytes(self.q, self.s.to(torch.float16))
+            q, s = quantize_int8(w)
+            self.q, self.s = q, s.to(torch.bfloat16)  # the same values Int8Linear.rows gives
+            self.resident_bytes = _nbytes(self.q, self.s)
         elif fmt.name in FP8_DTYPES:
             self.v, self.fscale = quantize_fp8(w, fmt.name)
             self.resident_bytes = _nbytes(self.v) + 4
@@ -146,7 +147,7 @@ class Embedding:
                 self.zero[ids].float()[..., None]
             return g.reshape(n, k)
         if self.fmt.name == "int8":
-            return self.q[ids].float() * self.s[ids][:, None]
+            return self.q[ids].float() * self.s[ids].float()[:, None]
         if self.fmt.name in FP8_DTYPES:
             return self.v[ids].float() * self.fscale
         return self.table[ids].float()

@@ -49,6 +49,18 @@ class _Layer:
         return [self.qkv, self.o, self.gate_up, self.down]
 
 
+class _TiedEmbedding:
+    """Token embedding read from the LM head's own weight rows (tied models, same die)."""
+
+    resident_bytes = 0
+
+    def __init__(self, head: Linear):
+        self.head = head
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head.rows(ids)
+
+
 class StageModel:
     """Blocks [start, end) of the model: 0 = embedding, 1..L = layers, L+1 = final norm + head."""
 
@@ -65,11 +77,16 @@ class StageModel:
             f"layers.{i}.{n}" for i in self.layer_ids for n in ("q_bias", "k_bias", "v_bias", "q_norm", "k_norm")}
         if missing:
             raise KeyError(f"weights missing for blocks {blocks}: {sorted(missing)[:5]}")
-        self.embed = make_embedding(weights["embed"], head_fmt) if self.has_embedding else None
         self.layers = [_Layer(cfg, weights, i, fmt) for i in self.layer_ids]
         if self.has_head:
             self.final_norm = weights["final_norm"].float()
             self.head = make_linear(weights["embed"] if cfg.tied_embeddings else weights["lm_head"], head_fmt)
+        self.embed = None
+        if self.has_embedding:
+            if self.has_head and cfg.tied_embeddings and self.head.rows(torch.tensor([0])) is not None:
+                self.embed = _TiedEmbedding(self.head)  # one copy of the table serves both
+            else:
+                self.embed = make_embedding(weights["embed"], head_fmt)
         self.kv_dtype = KV_DTYPES[kv_precision]
         self.cache: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         hd = cfg.head_dim

@@ -83,7 +83,7 @@ class GGUFWeights:
             if c is None or c not in names:
                 continue
             arr = dequantize(t.data, t.tensor_type)
-            w = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(
+            w = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True)).reshape(
                 [int(x) for x in reversed(t.shape)] if len(t.shape) > 1 else [int(t.shape[0])])
             if self.arch in ("llama", "mistral") and c.endswith(("q_proj", "k_proj")):
                 heads = self.cfg.num_heads if c.endswith("q_proj") else self.cfg.num_kv_heads
