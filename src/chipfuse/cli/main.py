@@ -28,7 +28,8 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except ChipfuseError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print("[bold red]error:[/] ", end="")
+            err_console.print(str(err), highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

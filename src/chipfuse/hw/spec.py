@@ -285,7 +285,7 @@ class System(Strict):
                     raise ValueError(f"links[{i}]: unknown node {end!r}; nodes are {', '.join(sorted(nodes))}")
         in_pkg: dict[str, str] = {}
         for p in self.packages:
-            if not 1 <= len(p.dies) <= 4:
+            if len(p.dies) not in (1, 2, 4):
                 raise ValueError(f"package {p.name}: holds {len(p.dies)} dies; packages hold 1, 2 or 4")
             for d in p.dies:
                 if d not in names:

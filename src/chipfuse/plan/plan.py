@@ -74,7 +74,8 @@ class StagePrediction(_M):
     link_out_s: float = Field(description="decode: sending this stage's output on")
     bound: Literal["compute", "memory", "link"]
     compute_utilisation: float = Field(description="share of the decode step spent computing at peak x efficiency")
-    bandwidth_needed_gb_per_s: float = Field(description="bandwidth at which memory time would equal compute time")
+    bandwidth_needed_gb_per_s: float | None = Field(
+        description="bandwidth at which memory time would equal compute time (null if the stage computes nothing)")
     bandwidth_has_gb_per_s: float
     read_bytes_per_step: float
     reason: str
@@ -98,7 +99,8 @@ class Plan(_M):
     model: ModelRef
     system: dict = Field(description="the full system description the plan was made for")
     precision: str = Field(description="requested weight format of the layers")
-    head_precision: str = Field(description="requested format of the embedding and LM head")
+    head_precision: str | None = Field(None, description="requested format of the embedding and LM head "
+                                                          "(null: int8 for int4 layers, else the layers' format)")
     workload: WorkloadSpec
     route: list[str] = Field(description="host, the dies in stage order, host")
     stages: list[Stage]

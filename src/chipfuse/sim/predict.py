@@ -16,15 +16,17 @@ GB = 1e9
 
 
 def _reason(die: str, bound: str, precision: str, comp: float, mem: float, link: float, step: float,
-            need_gbps: float, has_gbps: float) -> str:
+            need_gbps: float | None, has_gbps: float) -> str:
     if bound == "link":
         return (f"{die}: link-bound; sending its output takes {link * 1e6:.0f} us against "
                 f"{step * 1e6:.0f} us of work")
+    if bound == "memory" and need_gbps is None:
+        return f"{die}: memory-bound; it only moves data ({has_gbps:.1f} GB/s)"
     if bound == "memory":
         return (f"{die}: memory-bound; needs {need_gbps:.1f} GB/s to keep its {precision} compute busy, "
                 f"has {has_gbps:.1f}")
     return (f"{die}: compute-bound at {precision} ({100 * comp / step:.0f}% of the step computing); "
-            f"memory alone would allow a {mem / comp:.0%} shorter step at {has_gbps:.1f} GB/s")
+            f"its memory traffic takes {mem / comp:.0%} of the compute time at {has_gbps:.1f} GB/s")
 
 
 def predict(plan: Plan, graph: Graph | None = None, system: System | None = None) -> Prediction:
@@ -56,7 +58,7 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
         round_trip += d.time_s + d.link_out_s
         slowest = max(slowest, d.time_s, d.link_out_s)
         bound = "link" if d.link_out_s > d.time_s else ("memory" if d.memory_s > d.compute_s else "compute")
-        need = d.read_bytes / d.compute_s / GB if d.compute_s > 0 else float("inf")
+        need = d.read_bytes / d.compute_s / GB if d.compute_s > 0 else None
         has = r.bytes_per_s / GB
         stages.append(StagePrediction(
             die=st.die, decode_s=d.time_s, prefill_s=p.time_s, link_out_s=d.link_out_s, bound=bound,
