@@ -28,6 +28,8 @@ HF_LAYER = {"input_layernorm.weight": "attn_norm", "self_attn.q_proj.weight": "q
             "self_attn.v_proj.bias": "v_bias", "self_attn.q_norm.weight": "q_norm", "self_attn.k_norm.weight": "k_norm",
             "post_attention_layernorm.weight": "mlp_norm", "mlp.gate_proj.weight": "gate_proj",
             "mlp.up_proj.weight": "up_proj", "mlp.down_proj.weight": "down_proj"}
+GGUF_TOP = {"token_embd.weight": "embed", "output_norm.weight": "final_norm", "output.weight": "lm_head"}
+HF_TOP = {"embed_tokens.weight": "embed", "norm.weight": "final_norm", "lm_head.weight": "lm_head"}
 RUNTIME_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
@@ -61,25 +63,12 @@ class GGUFWeights:
         self.arch = str(self.reader.fields["general.architecture"].contents())
         self.by_name = {t.name: t for t in self.reader.tensors}
 
-    def _canonical(self, gname: str) -> str | None:
-        if gname == "token_embd.weight":
-            return "embed"
-        if gname == "output_norm.weight":
-            return "final_norm"
-        if gname == "output.weight":
-            return "lm_head"
-        if gname.startswith("blk."):
-            _, i, rest = gname.split(".", 2)
-            if rest in GGUF_LAYER:
-                return f"layers.{i}.{GGUF_LAYER[rest]}"
-        return None
-
     def load(self, names: set[str]) -> dict[str, torch.Tensor]:
         from gguf.quants import dequantize
 
         out = {}
         for gname, t in self.by_name.items():
-            c = self._canonical(gname)
+            c = _canonical(gname, GGUF_TOP, "blk.", GGUF_LAYER)
             if c is None or c not in names:
                 continue
             arr = dequantize(t.data, t.tensor_type)
@@ -106,24 +95,20 @@ class SafetensorsWeights:
         for f in self.files:
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():
-                    c = _hf_canonical(key)
+                    c = _canonical(key.removeprefix("model."), HF_TOP, "layers.", HF_LAYER)
                     if c is not None and c in names:
                         out[c] = st.get_tensor(key).float()
         return out
 
 
-def _hf_canonical(key: str) -> str | None:
-    key = key.removeprefix("model.")
-    if key == "embed_tokens.weight":
-        return "embed"
-    if key == "norm.weight":
-        return "final_norm"
-    if key == "lm_head.weight":
-        return "lm_head"
-    if key.startswith("layers."):
+def _canonical(key: str, top: dict[str, str], layer_prefix: str, layer_map: dict[str, str]) -> str | None:
+    """A file's tensor name as a canonical name, or None for tensors the runtime does not use."""
+    if key in top:
+        return top[key]
+    if key.startswith(layer_prefix):
         _, i, rest = key.split(".", 2)
-        if rest in HF_LAYER:
-            return f"layers.{i}.{HF_LAYER[rest]}"
+        if rest in layer_map:
+            return f"layers.{i}.{layer_map[rest]}"
     return None
 
 
