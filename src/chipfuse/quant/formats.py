@@ -40,7 +40,8 @@ class Format:
         return data + groups * per_group
 
     def bits_per_weight(self, cols: int = 4096) -> float:
-        return 8 * self.matrix_bytes(1, cols) / cols if self.group_size is not None else float(self.bits)
+        """Storage bits per weight, scales included, for rows of `cols` inputs."""
+        return 8 * self.matrix_bytes(1, cols) / cols
 
     @property
     def bytes_per_element(self) -> float:

@@ -28,11 +28,19 @@ class QuantizedInt4:
     group: int
 
 
+def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
+    """Widen [N, K] to a multiple of `group` columns by repeating the last column: the last,
+    shorter group keeps its own min and max (the packed kernel needs whole groups)."""
+    k = w.shape[1]
+    extra = -k % group
+    return w if extra == 0 else torch.cat([w, w[:, -1:].expand(-1, extra)], 1)
+
+
 def quantize_int4(w: torch.Tensor, group: int, symmetric: bool) -> QuantizedInt4:
+    """Quantize [N, K]; when K is not a multiple of `group` the result covers the padded width."""
+    w = pad_to_group(w.float(), group)
     n, k = w.shape
-    if k % group:
-        raise ValueError(f"input features {k} are not a multiple of the group size {group}")
-    g = w.float().reshape(n, k // group, group)
+    g = w.reshape(n, k // group, group)
     if symmetric:
         scale = g.abs().amax(-1) / 7.0
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
@@ -72,7 +80,7 @@ def quantize_fp8(w: torch.Tensor, name: str) -> tuple[torch.Tensor, float]:
 def fake_quantize(w: torch.Tensor, fmt: Format) -> torch.Tensor:
     """Quantize then dequantize to FP32: what the format keeps of `w`."""
     if fmt.precision == "int4":
-        return dequantize_int4(quantize_int4(w, fmt.group_size or 32, fmt.symmetric))
+        return dequantize_int4(quantize_int4(w, fmt.group_size or 32, fmt.symmetric))[:, : w.shape[1]]
     if fmt.name == "int8":
         q, s = quantize_int8(w)
         return q.float() * s[:, None]

@@ -83,6 +83,7 @@ class Int8Linear(Linear):
 class Int4Linear(Linear):
     def __init__(self, w: torch.Tensor, group: int, symmetric: bool):
         t = quantize_int4(w, group, symmetric)
+        self.pad = t.q.shape[1] - w.shape[1]  # zero activations meet the padded columns
         self.packed = torch._convert_weight_to_int4pack_for_cpu(t.q, 1)
         # kernel layout: [K / group, N, 2] holding (scale, zero) with w = (q - 8) * scale + zero
         self.sz = torch.stack([t.scale.t(), t.zero.t()], -1).contiguous().to(torch.bfloat16)
@@ -91,7 +92,10 @@ class Int4Linear(Linear):
         self.resident_bytes = _nbytes(self.packed, self.sz)
 
     def __call__(self, x):
-        return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, self.group, self.sz).float()
+        xb = x.to(torch.bfloat16)
+        if self.pad:
+            xb = F.pad(xb, (0, self.pad))
+        return torch._weight_int4pack_mm_for_cpu(xb, self.packed, self.group, self.sz).float()
 
 
 class Fp8Linear(Linear):
@@ -121,6 +125,7 @@ class Embedding:
 
     def __init__(self, w: torch.Tensor, fmt: Format):
         self.fmt = fmt
+        self.width = w.shape[1]
         if fmt.precision == "int4":
             t = quantize_int4(w, fmt.group_size or 32, fmt.symmetric)
             q = t.q.to(torch.uint8)
@@ -145,7 +150,7 @@ class Embedding:
             n, k = q.shape
             g = (q.view(n, k // self.group, self.group) - 8) * self.scale[ids].float()[..., None] + \
                 self.zero[ids].float()[..., None]
-            return g.reshape(n, k)
+            return g.reshape(n, k)[:, : self.width]
         if self.fmt.name == "int8":
             return self.q[ids].float() * self.s[ids].float()[:, None]
         if self.fmt.name in FP8_DTYPES:

@@ -95,6 +95,7 @@ class StageModel:
         self.cos = torch.cat([ang.cos(), ang.cos()], -1).float()
         self.sin = torch.cat([ang.sin(), ang.sin()], -1).float()
         self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
+        self.capture = None  # optional callback(layer, input name, tensor): calibration statistics
 
     # ---- memory ----
     def resident_weight_bytes(self) -> int:
@@ -121,17 +122,19 @@ class StageModel:
 
     # ---- compute ----
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps) * w
+        return F.rms_norm(x, (x.shape[-1],), w, self.cfg.rms_norm_eps)
 
-    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding (Hugging Face's half rotation) on [T, heads, head_dim]."""
         half = x.shape[-1] // 2
         rot = torch.cat([-x[..., half:], x[..., :half]], -1)
         return x * cos + rot * sin
 
     @torch.inference_mode()
-    def forward(self, inp: torch.Tensor, segs: list[Segment]) -> torch.Tensor:
-        """ids [T] (int64) or hidden [T, H] -> hidden [T, H], or logits [len(segs), V] at the head."""
+    def forward(self, inp: torch.Tensor, segs: list[Segment], all_logits: bool = False) -> torch.Tensor:
+        """ids [T] (int64) or hidden [T, H] -> hidden [T, H], or logits [len(segs), V] at the head
+        (every position's logits [T, V] with `all_logits`, for scoring)."""
         for s in segs:
             if s.pos + s.n > self.context:
                 raise ValueError(f"sequence in slot {s.slot} would reach {s.pos + s.n} tokens; context is {self.context}")
@@ -140,27 +143,34 @@ class StageModel:
             pos = torch.cat([torch.arange(s.pos, s.pos + s.n) for s in segs]) if len(segs) > 1 else \
                 torch.arange(segs[0].pos, segs[0].pos + segs[0].n)
             caches = [self._slot(s.slot) for s in segs]
+            rope = (self.cos[pos][:, None, :], self.sin[pos][:, None, :])  # shared by every layer
             for li, layer in enumerate(self.layers):
-                x = self._layer(layer, li, x, pos, segs, caches)
+                x = self._layer(layer, li, x, rope, segs, caches)
         if not self.has_head:
             return x
+        if all_logits:
+            h = self._norm(x, self.final_norm)
+            return self.head(h)
         ends = torch.tensor([sum(s.n for s in segs[: i + 1]) - 1 for i in range(len(segs))])
         h = self._norm(x[ends], self.final_norm)
         return refine_top(self.head, h, self.head(h))
 
-    def _layer(self, layer: _Layer, li: int, x: torch.Tensor, pos: torch.Tensor, segs: list[Segment], caches) -> torch.Tensor:
+    def _layer(self, layer: _Layer, li: int, x: torch.Tensor, rope, segs: list[Segment], caches) -> torch.Tensor:
         cfg = self.cfg
         t = x.shape[0]
-        qkv = layer.qkv(self._norm(x, layer.attn_norm))
+        h = self._norm(x, layer.attn_norm)
+        if self.capture is not None:
+            self.capture(li, "attn_in", h)
+        qkv = layer.qkv(h)
         if layer.qkv_bias is not None:
             qkv = qkv + layer.qkv_bias
-        q = qkv[:, : self.q_dim].view(t, cfg.num_heads, cfg.head_dim)
-        k = qkv[:, self.q_dim: self.q_dim + self.kv_dim].view(t, cfg.num_kv_heads, cfg.head_dim)
-        v = qkv[:, self.q_dim + self.kv_dim:].view(t, cfg.num_kv_heads, cfg.head_dim)
+        nh, nkv = cfg.num_heads, cfg.num_kv_heads
+        qk = qkv[:, : self.q_dim + self.kv_dim].view(t, nh + nkv, cfg.head_dim)
+        v = qkv[:, self.q_dim + self.kv_dim:].view(t, nkv, cfg.head_dim)
         if layer.q_norm is not None:
-            q = self._norm(q, layer.q_norm)
-            k = self._norm(k, layer.k_norm)
-        q, k = self._rope(q, pos), self._rope(k, pos)
+            qk = torch.cat([self._norm(qk[:, :nh], layer.q_norm), self._norm(qk[:, nh:], layer.k_norm)], 1)
+        qk = self._rope(qk, *rope)  # queries and keys rotated in one pass
+        q, k = qk[:, :nh], qk[:, nh:]
         outs = []
         row = 0
         for s, cache in zip(segs, caches):
@@ -179,6 +189,12 @@ class StageModel:
             row += s.n
         attn = outs[0] if len(outs) == 1 else torch.cat(outs)
         x = x + layer.o(attn)
-        gu = layer.gate_up(self._norm(x, layer.mlp_norm))
+        h = self._norm(x, layer.mlp_norm)
+        gu = layer.gate_up(h)
         inter = gu.shape[1] // 2
-        return x + layer.down(F.silu(gu[:, :inter]) * gu[:, inter:])
+        act = F.silu(gu[:, :inter]) * gu[:, inter:]
+        if self.capture is not None:
+            self.capture(li, "o_in", attn)
+            self.capture(li, "mlp_in", h)
+            self.capture(li, "down_in", act)
+        return x + layer.down(act)

@@ -1,0 +1,99 @@
+"""Quantizers: round trips are exact, errors stay inside each format's bound, packed bytes match the planner."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from chipfuse.quant.formats import FORMATS, get_format
+from chipfuse.quant.quantize import dequantize_int4, fake_quantize, quantize_fp8, quantize_int4, quantize_int8
+from chipfuse.runtime.kernels import make_embedding, make_linear
+
+shapes = st.tuples(st.integers(1, 6), st.sampled_from([32, 64, 96, 128, 192, 256]))
+
+
+def _weights(shape, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * scale
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(0, 10**6), st.floats(1e-3, 50), st.sampled_from([32, 64, 128]), st.booleans())
+def test_int4_error_within_half_a_step(shape, seed, scale, group, symmetric):
+    w = _weights(shape, seed, scale)
+    t = quantize_int4(w, group, symmetric)
+    assert int(t.q.min()) >= 0 and int(t.q.max()) <= 15
+    deq = dequantize_int4(t)[:, : w.shape[1]]
+    step = t.scale.repeat_interleave(group, 1)[:, : w.shape[1]]
+    assert torch.all((w - deq).abs() <= step / 2 * (1 + 1e-5) + 1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(0, 10**6), st.floats(1e-3, 50))
+def test_int8_error_within_half_a_step(shape, seed, scale):
+    w = _weights(shape, seed, scale)
+    q, s = quantize_int8(w)
+    assert torch.all((w - q.float() * s[:, None]).abs() <= s[:, None] / 2 * (1 + 1e-5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, st.integers(0, 10**6), st.floats(1e-2, 50))
+def test_fp8_e4m3_relative_error_bound(shape, seed, scale):
+    w = _weights(shape, seed, scale)
+    v, s = quantize_fp8(w, "fp8-e4m3")
+    deq = v.float() * s
+    normal = (w / s).abs() >= 2.0 ** -6  # e4m3's smallest normal
+    # 3 mantissa bits: half an ulp is 2^-4 of the value
+    assert torch.all(((w - deq).abs() <= w.abs() * 2.0 ** -4 * (1 + 1e-5))[normal])
+
+
+def test_asymmetric_g32_reproduces_a_q4_1_grid_exactly():
+    """Values already on an asymmetric g32 grid (as in SmolLM2's Q4_1 file) survive unchanged."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (8, 64), generator=g).float()
+    q[:, ::32] = 0
+    q[:, 1::32] = 15  # each group spans the full range
+    d = torch.rand(8, 2, generator=g) + 0.1
+    m = -torch.rand(8, 2, generator=g)
+    w = (q.view(8, 2, 32) * d[..., None] + m[..., None]).view(8, 64)
+    assert torch.allclose(fake_quantize(w, get_format("int4-g32")), w, atol=1e-6)
+
+
+def test_two_per_byte_packing_round_trips_exactly():
+    w = torch.randn(50, 128)
+    for name in ("int4-g32", "int4-g128-sym"):
+        f = get_format(name)
+        emb = make_embedding(w, f)
+        assert emb.packed.dtype == torch.uint8 and emb.packed.shape == (50, 64)
+        ids = torch.arange(50)
+        assert torch.allclose(emb.lookup(ids), fake_quantize(w, f), atol=2e-3 * w.abs().max())
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16", "fp16", "int8", "int4-g32", "int4-g64", "int4-g128"])
+def test_planner_bytes_are_the_bytes_the_runtime_holds(name):
+    f = FORMATS[name]
+    lin = make_linear(torch.randn(256, 512), f)
+    assert lin.resident_bytes == f.matrix_bytes(256, 512)
+
+
+def test_bits_per_weight():
+    assert get_format("int4-g32-sym").bits_per_weight() == pytest.approx(4.5)  # GGUF Q4_0's size
+    assert get_format("int4-g32").bits_per_weight() == pytest.approx(5.0)  # Q4_1's size
+    assert get_format("int4-g128-sym").bits_per_weight() == pytest.approx(4.125)
+    assert get_format("int8").bits_per_weight(4096) == pytest.approx(8 + 16 / 4096)
+
+
+def test_gptq_reconstructs_layer_outputs_better_than_rtn():
+    from chipfuse.quant.gptq import gptq_int4
+
+    g = torch.Generator().manual_seed(1)
+    # correlated inputs with a few strong channels, as in real activations
+    base = torch.randn(2048, 32, generator=g)
+    x = base @ torch.randn(32, 256, generator=g) + 0.1 * torch.randn(2048, 256, generator=g)
+    x[:, :8] *= 6
+    w = torch.randn(64, 256, generator=g)
+    h = x.t() @ x / x.shape[0]
+    f = get_format("int4-g128")
+    err_rtn = ((x @ (fake_quantize(w, f) - w).t()) ** 2).mean()
+    err_gptq = ((x @ (gptq_int4(w, h, f) - w).t()) ** 2).mean()
+    assert err_gptq < 0.8 * err_rtn
