@@ -102,3 +102,26 @@ def test_sim_recomputes_the_same_prediction_from_the_plan_alone():
 def test_more_dies_than_blocks_is_explained(system_factory):
     with pytest.raises(SpecError, match="--dies"):
         compile_plan(load_model_config("smollm2-135m"), system_factory(2), "int4", max_dies=3)
+
+
+def test_mixed_precision_recipe_is_planned_recorded_and_reloaded(tmp_path):
+    from chipfuse.quant.formats import Recipe, get_format, load_recipe, save_recipe
+
+    cfg = load_model_config("qwen2.5-0.5b")
+    system = load_system("talk-heavy-2die-pcie")
+    uniform = compile_plan(cfg, system, "int4-g64", context=1024)
+    recipe = Recipe(get_format("int4-g64"), get_format("int8"), tuple((b, "int8") for b in range(1, 7)))
+    f = tmp_path / "recipe.json"
+    save_recipe(recipe, f)
+    mixed = compile_plan(cfg, system, load_recipe(f), context=1024)
+    assert mixed.block_formats == [(b, "int8") for b in range(1, 7)]
+    # six layers at 8 bits instead of ~4.5: the first stage holds more bytes
+    extra = sum(s.weight_bytes for s in mixed.stages) - sum(s.weight_bytes for s in uniform.stages)
+    layer_params = 2 * 896 * 896 + 2 * 896 * 128 + 3 * 896 * 4864  # q,o + k,v + gate,up,down
+    assert extra == pytest.approx(6 * layer_params * (8.0 + 16 / 896 - 4.5) / 8, rel=0.02)
+    p = tmp_path / "plan.json"
+    mixed.save(p)
+    assert Plan.load(p).recipe() == mixed.recipe()
+    from chipfuse.sim.predict import predict
+
+    assert predict(Plan.load(p)) == mixed.prediction

@@ -64,6 +64,12 @@ def print_plan(plan, title: str | None = None) -> None:
                   f"{_gb(st.used_bytes)} / {_gb(st.memory_bytes)}",
                   f"{sp.decode_s * 1e3:.2f}" if sp else "-", sp.bound if sp else "-")
     console.print(t)
+    if plan.block_formats:
+        from collections import Counter
+
+        counts = Counter(f for _, f in plan.block_formats)
+        console.print("mixed precision: " + ", ".join(f"{n} layer(s) at {f}" for f, n in counts.most_common())
+                      + f", the rest at {plan.precision}")
     console.print(f"route: {' -> '.join(plan.route)}")
     if pred:
         console.print(f"[bold]fits:[/] yes   [bold]time to first token:[/] {pred.ttft_s * 1e3:.1f} ms   "
@@ -91,6 +97,7 @@ def plan(
     dies: Optional[int] = typer.Option(None, help="use at most this many dies"),
     strict: bool = typer.Option(False, help="fail instead of falling back when a die lacks the precision"),
     target_tokens_per_s: Optional[float] = typer.Option(None, help="also say what bandwidth this decode rate needs"),
+    recipe: Optional[Path] = typer.Option(None, help="per-layer formats from `chipfuse quantize --recipe-out`"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the plan and prediction here"),
 ):
     """Split a model over a system's dies and predict its speed."""
@@ -101,7 +108,10 @@ def plan(
 
     sysm = load_system(system)
     cfg = load_model_config(model)
-    p = compile_plan(cfg, sysm, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
+    from ..quant.formats import load_recipe
+
+    p = compile_plan(cfg, sysm, load_recipe(recipe) if recipe else precision, context=context, batch=batch,
+                     prompt_tokens=prompt_tokens,
                      kv_precision=kv_precision, max_dies=dies, strict=strict, model_source=str(model))
     print_plan(p)
     if target_tokens_per_s:
@@ -200,9 +210,14 @@ def quantize(
     method: str = typer.Option("rtn", help="rtn, or gptq (error compensation; INT4 rows also show RTN for contrast)"),
     window: int = typer.Option(512, help="tokens per evaluation window"),
     sensitivity: Optional[str] = typer.Option(None, help="per-layer KL for this format (one layer quantized at a time)"),
+    budget_bytes: Optional[float] = typer.Option(None, help="mixed precision: whole-model weight bytes to stay within"),
+    candidates: str = typer.Option("int8,int4-g64,int4-g128", help="mixed precision: formats a layer may take"),
+    recipe_out: Optional[Path] = typer.Option(None, help="mixed precision: write the recipe here (for plan/run --recipe)"),
     json_path: Optional[Path] = typer.Option(None, "--json"),
 ):
-    """Measure each format's cost in accuracy (perplexity, KL vs FP32, top-1) and bytes."""
+    """Measure each format's cost in accuracy (perplexity, KL vs FP32, top-1) and bytes.
+
+    With --budget-bytes, choose one format per layer with the least KL that fits the budget."""
     import torch
     from rich.progress import Progress
 
@@ -220,7 +235,11 @@ def quantize(
     tok = load_tokenizer(path)
     wins = acc.windows(tok, acc.shipped_text("evaluation"), window)
     gptq_fmts = [f for f in fmts if method == "gptq" and f.precision == "int4"]
-    steps = 2 + len(fmts) + 2 * len(gptq_fmts) + (cfg.num_layers if sensitivity else 0)
+    cands = [get_format(c.strip()) for c in candidates.split(",") if c.strip()] if budget_bytes else []
+    if budget_bytes:
+        fmts = []  # the mixed-precision search replaces the per-format table
+    steps = 2 + len(fmts) + 2 * len(gptq_fmts) + (cfg.num_layers if sensitivity else 0) + \
+        len(cands) * cfg.num_layers + (1 if budget_bytes else 0)
     rows, sens = [], []
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("loading FP32 weights", total=steps)
@@ -254,6 +273,14 @@ def quantize(
                 m = scorer.score(acc.quantized_weights(weights, cfg, r, layers={i}), windows_used=2)
                 sens.append({"layer": i, **m})
                 prog.advance(task)
+        mixed = None
+        if budget_bytes:
+            mixed = _mixed_precision(cfg, weights, scorer, cands, budget_bytes, prog, task)
+    if mixed:
+        _print_mixed(mixed, cfg, recipe_out)
+        if json_path:
+            acc.save_json(json_path, {"model": cfg.name, "note": GRID_NOTE, "mixed": mixed["json"]})
+        return
     t = Table(title=f"accuracy of {cfg.name} per format ({len(wins)} windows x {window} tokens of evaluation text)",
               caption=GRID_NOTE)
     for col in ("format", "recipe", "method", "weight MiB", "bits/weight", "perplexity", "KL vs FP32", "top-1"):
@@ -277,6 +304,62 @@ def quantize(
         acc.save_json(json_path, {"model": cfg.name, "note": GRID_NOTE, "windows": len(wins), "window_tokens": window,
                                   "rows": acc.to_dict(rows), "sensitivity": sens})
         console.print(f"written to {json_path}")
+
+
+def _mixed_precision(cfg, weights, scorer, cands, budget_bytes, prog, task) -> dict:
+    """Per-layer KL of each candidate, then the MILP assignment, then the mixed model measured."""
+    import numpy as np
+
+    from ..ir.graph import block_weight_bytes, tied_shared_bytes
+    from ..ir.llm import build_llm_graph
+    from ..quant import accuracy as acc
+    from ..quant.formats import Recipe
+    from ..quant.mixed import assign
+
+    g = build_llm_graph(cfg)
+    base = Recipe.of(cands[-1])
+    kl = np.zeros((cfg.num_layers, len(cands)))
+    nbytes = np.zeros_like(kl)
+    for j, f in enumerate(cands):
+        r = Recipe(f, base.head)
+        per_block = block_weight_bytes(g, r)
+        for i in range(cfg.num_layers):
+            prog.update(task, description=f"sensitivity: layer {i} at {f.name}")
+            kl[i, j] = scorer.score(acc.quantized_weights(weights, cfg, r, layers={i}), windows_used=2)["kl"]
+            nbytes[i, j] = per_block[i + 1]
+            prog.advance(task)
+    total = block_weight_bytes(g, base)
+    fixed = float(total.sum() - total[1:-1].sum() - tied_shared_bytes(g, base, range(g.n_blocks)))
+    choice = assign(kl, nbytes, budget_bytes - fixed)
+    recipe = Recipe(base.default, base.head, tuple((i + 1, cands[c].name) for i, c in enumerate(choice)
+                                                    if cands[c] != base.default))
+    prog.update(task, description="measuring the mixed model")
+    measured = scorer.score(acc.quantized_weights(weights, cfg, recipe))
+    prog.advance(task)
+    used = fixed + sum(nbytes[i, c] for i, c in enumerate(choice))
+    per_layer = [cands[c].name for c in choice]
+    return {"recipe": recipe, "per_layer": per_layer, "bytes": used, "budget": budget_bytes,
+            "estimate_kl": float(sum(kl[i, c] for i, c in enumerate(choice))), "measured": measured,
+            "json": {"per_layer": per_layer, "bytes": used, "budget_bytes": budget_bytes,
+                     "estimated_kl_sum": float(sum(kl[i, c] for i, c in enumerate(choice))), **measured,
+                     "sensitivity_kl": kl.tolist(), "candidates": [c.name for c in cands]}}
+
+
+def _print_mixed(m: dict, cfg, recipe_out: Path | None) -> None:
+    from collections import Counter
+
+    from ..quant.formats import save_recipe
+
+    counts = Counter(m["per_layer"])
+    console.print(f"mixed precision for {cfg.name}: {m['bytes'] / 2**20:.1f} MiB of {m['budget'] / 2**20:.1f} MiB budget; "
+                  + ", ".join(f"{n} layers at {f}" for f, n in counts.most_common()))
+    console.print("per layer: " + " ".join(f"{i}:{f}" for i, f in enumerate(m["per_layer"])))
+    mm = m["measured"]
+    console.print(f"measured: perplexity {mm['perplexity']:.3f}, KL {mm['kl']:.5f}, top-1 {100 * mm['top1']:.1f}% "
+                  f"(sum of per-layer KL estimates {m['estimate_kl']:.5f})")
+    if recipe_out:
+        save_recipe(m["recipe"], recipe_out)
+        console.print(f"recipe written to {recipe_out}: use it with `chipfuse plan --recipe` or `chipfuse run --recipe`")
 
 
 SAMPLE_QUESTION = "What is the capital of France?"
@@ -316,6 +399,7 @@ def run(
     seed: Optional[int] = typer.Option(None),
     raw: bool = typer.Option(False, help="send the prompt as plain text, without the chat template"),
     probe_file: Optional[Path] = typer.Option(None, "--probe", help="system file from `chipfuse probe` (else measured now)"),
+    recipe: Optional[Path] = typer.Option(None, help="per-layer formats from `chipfuse quantize --recipe-out`"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write plan, text and measured/predicted speed here"),
 ):
     """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed."""
@@ -325,7 +409,10 @@ def run(
 
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with console.status("compiling the plan and starting the dies...") as status:
-        dev = Device(system, model, precision, context=context, on_status=lambda m: status.update(m))
+        from ..quant.formats import load_recipe
+
+        dev = Device(system, model, load_recipe(recipe) if recipe else precision, context=context,
+                     on_status=lambda m: status.update(m))
     with dev:
         print_plan(dev.plan, title=f"{dev.plan.model.name} on {dev.plan.system['name']} ({len(dev.plan.stages)} dies)")
         mem = Table(title="memory held by each die (measured in its worker)")

@@ -140,6 +140,11 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     from ..sim.predict import predict
 
     recipe = Recipe.of(precision, head_precision)
+    if isinstance(precision, Recipe) and head_precision:
+        recipe = Recipe(recipe.default, get_format(head_precision), recipe.blocks)
+    bad = [b for b, _ in recipe.blocks if not 1 <= b <= model.num_layers]
+    if bad:
+        raise SpecError(f"recipe overrides blocks {bad}: {model.name} has layer blocks 1..{model.num_layers}")
     fmt = recipe.default
     if prompt_tokens > context:
         raise SpecError(f"--prompt-tokens {prompt_tokens} exceeds --context {context}")
@@ -198,6 +203,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         system=system.model_dump(mode="json"),
         precision=fmt.name,
         head_precision=recipe.head.name,
+        block_formats=[(b, f) for b, f in recipe.blocks],
         workload=wl,
         route=[HOST, *order, HOST],
         stages=stages,

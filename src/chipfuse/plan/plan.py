@@ -101,6 +101,8 @@ class Plan(_M):
     precision: str = Field(description="requested weight format of the layers")
     head_precision: str | None = Field(None, description="requested format of the embedding and LM head "
                                                           "(null: int8 for int4 layers, else the layers' format)")
+    block_formats: list[tuple[int, str]] = Field(
+        default_factory=list, description="mixed precision: [block, format] overrides of `precision`")
     workload: WorkloadSpec
     route: list[str] = Field(description="host, the dies in stage order, host")
     stages: list[Stage]
@@ -109,6 +111,13 @@ class Plan(_M):
     prediction: Prediction | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def recipe(self):
+        """The weight formats the plan asks for (before any die's fallback)."""
+        from ..quant.formats import Recipe, get_format
+
+        base = Recipe.of(self.precision, self.head_precision)
+        return Recipe(base.default, base.head, tuple((b, get_format(f).name) for b, f in self.block_formats))
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, by_alias=True)

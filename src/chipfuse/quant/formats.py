@@ -133,3 +133,25 @@ class Recipe:
         extra = f"+head {self.head.name}" if self.head != self.default else ""
         mixed = f"+{len(self.blocks)} mixed" if self.blocks else ""
         return self.default.name + extra + mixed
+
+
+def save_recipe(recipe: Recipe, path) -> None:
+    """A recipe as JSON: {"default": format, "head": format, "blocks": [[block, format], ...]}."""
+    import json
+    from pathlib import Path
+
+    Path(path).write_text(json.dumps({"default": recipe.default.name, "head": recipe.head.name,
+                                      "blocks": [list(b) for b in recipe.blocks]}, indent=2) + "\n")
+
+
+def load_recipe(path) -> Recipe:
+    import json
+    from pathlib import Path
+
+    try:
+        d = json.loads(Path(path).read_text())
+        return Recipe(get_format(d["default"]), get_format(d["head"]),
+                      tuple((int(b), get_format(f).name) for b, f in d.get("blocks", [])))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SpecError(f"{path}: not a recipe file ({err}); expected "
+                        '{"default": "int4-g64", "head": "int8", "blocks": [[1, "int8"], ...]}') from None

@@ -35,6 +35,7 @@ from ..frontends.config import ModelConfig, from_hf_config
 from ..hw.load import load_system
 from ..hw.spec import System
 from ..plan.plan import Plan
+from ..quant.formats import Recipe
 from .model_files import default_gguf
 from .sampling import SamplingParams, sample
 from .stage import Segment
@@ -152,7 +153,7 @@ class Device:
     """Every die of a system as one device: compile, load, generate, close."""
 
     def __init__(self, system: str | Path | System = DEFAULT_SYSTEM, model: str | Path | None = None,
-                 precision: str = "int4", *, head_precision: str | None = None, context: int = 2048,
+                 precision: "str | Recipe" = "int4", *, head_precision: str | None = None, context: int = 2048,
                  max_batch: int = 4, kv_precision: str = "fp16", threads: int | None = None, dies: int | None = None,
                  plan: Plan | None = None, spawn: bool = True, master: str | None = None,
                  startup_timeout_s: float = 300.0, on_status=None):

@@ -18,18 +18,20 @@ from .weights import open_weights, wanted_names
 
 
 def reference_model(path: str | Path, cfg: ModelConfig, layer_format: str, head_format: str | None = None,
-                    context: int = 2048, kv_precision: str = "fp16") -> StageModel:
+                    context: int = 2048, kv_precision: str = "fp16", layer_formats: dict | None = None) -> StageModel:
     blocks = (0, cfg.num_layers + 2)
     w = open_weights(path, cfg).load(wanted_names(cfg, range(*blocks)))
     return StageModel(cfg, w, blocks, get_format(layer_format), context, kv_precision,
-                      get_format(head_format) if head_format else None)
+                      get_format(head_format) if head_format else None, layer_formats)
 
 
 def reference_for_plan(path: str | Path, plan: Plan) -> StageModel:
     st = plan.stages[0]
     head = st.head_format or plan.stages[-1].head_format
-    return reference_model(path, ModelConfig.model_validate(plan.model.config), st.format, head,
-                           plan.workload.context, plan.workload.kv_precision)
+    m = reference_model(path, ModelConfig.model_validate(plan.model.config), st.format, head,
+                        plan.workload.context, plan.workload.kv_precision,
+                        layer_formats={b - 1: get_format(f) for b, f in plan.block_formats})
+    return m
 
 
 @torch.inference_mode()

@@ -65,7 +65,8 @@ class StageModel:
     """Blocks [start, end) of the model: 0 = embedding, 1..L = layers, L+1 = final norm + head."""
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], blocks: tuple[int, int], fmt: Format,
-                 context: int, kv_precision: str = "fp16", head_fmt: Format | None = None):
+                 context: int, kv_precision: str = "fp16", head_fmt: Format | None = None,
+                 layer_formats: dict[int, Format] | None = None):
         self.cfg, self.blocks, self.fmt, self.context = cfg, blocks, fmt, context
         head_fmt = head_fmt or fmt
         start, end = blocks
@@ -77,7 +78,8 @@ class StageModel:
             f"layers.{i}.{n}" for i in self.layer_ids for n in ("q_bias", "k_bias", "v_bias", "q_norm", "k_norm")}
         if missing:
             raise KeyError(f"weights missing for blocks {blocks}: {sorted(missing)[:5]}")
-        self.layers = [_Layer(cfg, weights, i, fmt) for i in self.layer_ids]
+        layer_formats = layer_formats or {}
+        self.layers = [_Layer(cfg, weights, i, layer_formats.get(i, fmt)) for i in self.layer_ids]
         if self.has_head:
             self.final_norm = weights["final_norm"].float()
             self.head = make_linear(weights["embed"] if cfg.tied_embeddings else weights["lm_head"], head_fmt)

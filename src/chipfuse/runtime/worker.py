@@ -47,8 +47,14 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
     cfg = ModelConfig.model_validate(plan.model.config)
     t0 = time.perf_counter()
     weights = open_weights(setup["weights"], cfg).load(wanted_names(cfg, range(*stage.blocks)))
+    from ..hw.spec import System
+    from ..sim.perf import die_recipe
+
+    recipe = die_recipe(System.model_validate(plan.system), stage.die, plan.recipe())
+    layers = {b - 1: recipe.for_block(b) for b, _ in recipe.blocks}
     model = StageModel(cfg, weights, stage.blocks, get_format(stage.format), plan.workload.context,
-                       plan.workload.kv_precision, get_format(stage.head_format) if stage.head_format else None)
+                       plan.workload.kv_precision, get_format(stage.head_format) if stage.head_format else None,
+                       layer_formats=layers)
     del weights
     send_json({"rank": rank, "die": stage.die, "resident_weight_bytes": model.resident_weight_bytes(),
                "load_s": time.perf_counter() - t0, "pid": os.getpid()}, 0)

@@ -34,7 +34,7 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
     system = system or System.model_validate(plan.system)
     graph = graph or build_llm_graph(ModelConfig.model_validate(plan.model.config))
     wl = plan.workload
-    recipe = Recipe.of(plan.precision, plan.head_precision)
+    recipe = plan.recipe()
     kvb = PRECISION_BYTES[get_format(wl.kv_precision).precision]
     n = len(plan.stages)
     micro = min(wl.batch, n)
