@@ -31,7 +31,7 @@ from chipfuse.runtime.stage import Segment
 from chipfuse.runtime.tokenizer import load_tokenizer
 from chipfuse.runtime.weights import open_weights, wanted_names
 
-from report import write_section
+from report import llama_cpp_decode_rate, write_section
 
 WINDOW = 512
 THREADS = os.cpu_count() or 1
@@ -105,17 +105,7 @@ def llama_decode_rate(path: Path, prompt: list[int], n: int = 128) -> float:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=1024, n_threads=THREADS, verbose=False)
-    best = 0.0
-    for _ in range(3):
-        t_first, k = None, 0
-        for _tok in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
-            k += 1
-            if k == 1:
-                t_first = time.perf_counter()
-            if k > n:
-                break
-        best = max(best, n / (time.perf_counter() - t_first))
-    return best
+    return max(llama_cpp_decode_rate(llm, prompt, n) for _ in range(3))
 
 
 def chipfuse_decode_rate(path: Path, cfg, layer: str, head: str, prompt: list[int], n: int = 128) -> float:

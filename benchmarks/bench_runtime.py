@@ -23,7 +23,7 @@ from chipfuse.runtime.reference import reference_model
 from chipfuse.runtime.stage import Segment
 from chipfuse.runtime.tokenizer import load_tokenizer
 
-from report import write_section
+from report import llama_cpp_decode_rate, write_section
 
 DECODE_TOKENS = 128
 PREFILL_TOKENS = 512
@@ -41,16 +41,7 @@ def bench_llama_cpp(path, prompt_short, prompt_long):
     llm = Llama(model_path=str(path), n_ctx=2048, n_threads=THREADS, n_batch=512, verbose=False)
 
     def decode_rate():
-        llm.reset()
-        t_first = None
-        n = 0
-        for tok in llm.generate(prompt_short, top_k=1, top_p=1.0, temp=0.0, reset=True):
-            n += 1
-            if n == 1:
-                t_first = time.perf_counter()
-            if n > DECODE_TOKENS:
-                break
-        return DECODE_TOKENS / (time.perf_counter() - t_first)
+        return llama_cpp_decode_rate(llm, prompt_short, DECODE_TOKENS)
 
     def prefill_s():
         llm.reset()

@@ -34,3 +34,17 @@ def write_section(key: str, body: str) -> None:
     pat = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCH.write_text(text)
+
+
+def llama_cpp_decode_rate(llm, prompt: list[int], n: int) -> float:
+    """Greedy decode tokens/s of a llama_cpp.Llama over n tokens, timed from the first generated token."""
+    import time
+
+    t_first, k = None, 0
+    for _tok in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
+        k += 1
+        if k == 1:
+            t_first = time.perf_counter()
+        if k > n:
+            break
+    return n / (time.perf_counter() - t_first)
