@@ -126,3 +126,30 @@ def test_workers_started_by_hand_join_over_tcp(reference):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+def test_killed_host_leaves_no_orphan_worker(tmp_path):
+    """SIGKILL the host process: its workers notice and exit (parent watchdog)."""
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import sys, time\n"
+        "from chipfuse.runtime.device import Device\n"
+        "dev = Device('talk-heavy-2die-d2d', context=256)\n"
+        "print(' '.join(str(p.pid) for p in dev._procs), flush=True)\n"
+        "time.sleep(600)\n")
+    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in host.stdout.readline().split()]
+        assert len(pids) == 2
+        host.kill()
+        host.wait(10)
+        deadline = time.monotonic() + 20
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in alive if os.path.exists(f"/proc/{p}") and
+                     open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+        assert not alive, f"orphan workers: {alive}"
+    finally:
+        if host.poll() is None:
+            host.kill()
