@@ -98,6 +98,7 @@ def plan(
     strict: bool = typer.Option(False, help="fail instead of falling back when a die lacks the precision"),
     target_tokens_per_s: Optional[float] = typer.Option(None, help="also say what bandwidth this decode rate needs"),
     recipe: Optional[Path] = typer.Option(None, help="per-layer formats from `chipfuse quantize --recipe-out`"),
+    quantized: Optional[Path] = typer.Option(None, help="INT4 codes from `chipfuse quantize --method gptq --save`"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the plan and prediction here"),
 ):
     """Split a model over a system's dies and predict its speed."""
@@ -112,7 +113,8 @@ def plan(
 
     p = compile_plan(cfg, sysm, load_recipe(recipe) if recipe else precision, context=context, batch=batch,
                      prompt_tokens=prompt_tokens,
-                     kv_precision=kv_precision, max_dies=dies, strict=strict, model_source=str(model))
+                     kv_precision=kv_precision, max_dies=dies, strict=strict, model_source=str(model),
+                     quantized_weights=str(quantized) if quantized else None)
     print_plan(p)
     if target_tokens_per_s:
         need = required_bandwidth_bytes_per_s(p.prediction.bytes_read_per_token, target_tokens_per_s)
@@ -213,6 +215,8 @@ def quantize(
     budget_bytes: Optional[float] = typer.Option(None, help="mixed precision: whole-model weight bytes to stay within"),
     candidates: str = typer.Option("int8,int4-g64,int4-g128", help="mixed precision: formats a layer may take"),
     recipe_out: Optional[Path] = typer.Option(None, help="mixed precision: write the recipe here (for plan/run --recipe)"),
+    save: Optional[Path] = typer.Option(None, help="with --method gptq: write the first INT4 format's codes here "
+                                                   "(for plan/run --quantized)"),
     json_path: Optional[Path] = typer.Option(None, "--json"),
 ):
     """Measure each format's cost in accuracy (perplexity, KL vs FP32, top-1) and bytes.
@@ -229,6 +233,8 @@ def quantize(
 
     if method not in ("rtn", "gptq"):
         raise ChipfuseError(f"--method {method!r}: accepted rtn, gptq")
+    if save and method != "gptq":
+        raise ChipfuseError("--save writes GPTQ codes: add --method gptq and an int4 format to --formats")
     fmts = [get_format(f.strip()) for f in formats.split(",") if f.strip()]
     torch.set_num_threads(os.cpu_count() or 1)
     path, cfg = resolve_model(None if model == "smollm2" else model)
@@ -263,6 +269,12 @@ def quantize(
                     hess = collect_hessians(cfg, weights, acc.windows(tok, acc.shipped_text("calibration"), window))
                 prog.update(task, advance=1, description=f"{f.name} (gptq)")
                 g = gptq_weights(cfg, weights, hess, f)
+                if save and f == gptq_fmts[0]:
+                    from ..quant.checkpoint import save_quantized
+                    from ..quant.gptq import to_quantized
+
+                    save_quantized(save, {k: to_quantized(weights[k], v, f) for k, v in g.items()},
+                                   {"format": f.name, "layers": cfg.num_layers, "method": "gptq", "model": cfg.name})
                 m = scorer.score(acc.quantized_weights(weights, cfg, r, replace=g))
                 rows.append(acc.FormatRow(f.name, r.name, "gptq", rows[-1].weight_bytes, rows[-1].bits_per_weight, **m))
                 prog.advance(task)
@@ -293,6 +305,9 @@ def quantize(
         a = next(r for r in rows if r.format == f.name and r.method == "rtn")
         b = next(r for r in rows if r.format == f.name and r.method == "gptq")
         console.print(f"{f.name}: GPTQ lowers KL by {100 * (1 - b.kl / a.kl):.0f}% against round-to-nearest")
+    if save and gptq_fmts:
+        console.print(f"{gptq_fmts[0].name} GPTQ codes written to {save}: run them with "
+                      f"`chipfuse run --precision {gptq_fmts[0].name} --quantized {save}`")
     if sens:
         st = Table(title=f"per-layer sensitivity at {sensitivity} (only that layer quantized; 2 windows)")
         for col in ("layer", "KL vs FP32", "perplexity"):
@@ -400,6 +415,7 @@ def run(
     raw: bool = typer.Option(False, help="send the prompt as plain text, without the chat template"),
     probe_file: Optional[Path] = typer.Option(None, "--probe", help="system file from `chipfuse probe` (else measured now)"),
     recipe: Optional[Path] = typer.Option(None, help="per-layer formats from `chipfuse quantize --recipe-out`"),
+    quantized: Optional[Path] = typer.Option(None, help="INT4 codes from `chipfuse quantize --method gptq --save`"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write plan, text and measured/predicted speed here"),
 ):
     """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed."""
@@ -412,7 +428,7 @@ def run(
         from ..quant.formats import load_recipe
 
         dev = Device(system, model, load_recipe(recipe) if recipe else precision, context=context,
-                     on_status=lambda m: status.update(m))
+                     quantized=quantized, on_status=lambda m: status.update(m))
     with dev:
         print_plan(dev.plan, title=f"{dev.plan.model.name} on {dev.plan.system['name']} ({len(dev.plan.stages)} dies)")
         mem = Table(title="memory held by each die (measured in its worker)")

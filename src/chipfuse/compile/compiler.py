@@ -135,13 +135,21 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
                  head_precision: str | None = None, context: int = 4096,
                  batch: int = 1, prompt_tokens: int = 512, kv_precision: str = "fp16",
                  max_dies: int | None = None, strict: bool = False, model_source: str = "",
-                 graph: Graph | None = None) -> Plan:
+                 graph: Graph | None = None, quantized_weights: str | None = None) -> Plan:
     """Split `model` over `system`'s dies as an optimal pipeline and predict its speed."""
     from ..sim.predict import predict
 
     recipe = Recipe.of(precision, head_precision)
     if isinstance(precision, Recipe) and head_precision:
         recipe = Recipe(recipe.default, get_format(head_precision), recipe.blocks)
+    if quantized_weights:
+        from ..quant.checkpoint import read_meta
+
+        meta = read_meta(quantized_weights)
+        if meta.get("format") != recipe.default.name or meta.get("layers") != model.num_layers or recipe.blocks:
+            raise SpecError(f"{quantized_weights} holds {meta.get('format')} codes for {meta.get('layers')} layers; "
+                            f"the plan asks for {recipe.name} on {model.num_layers} layers (use --precision "
+                            f"{meta.get('format')} and no recipe)")
     bad = [b for b, _ in recipe.blocks if not 1 <= b <= model.num_layers]
     if bad:
         raise SpecError(f"recipe overrides blocks {bad}: {model.name} has layer blocks 1..{model.num_layers}")
@@ -160,6 +168,8 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     for d in dies:
         for want in sorted(recipe.formats(), key=lambda f: f.name):
             f = die_format(system, d, want)
+            if f.name != want.name and quantized_weights and want == recipe.default:
+                raise SpecError(f"{d} has no {want.precision} support, so it cannot run the codes in {quantized_weights}")
             if f.name != want.name:
                 msg = (f"{d} has no {want.precision} support (it supports {', '.join(system.die_type(d).tops)}); "
                        f"using {f.name} there for {want.name}")
@@ -204,6 +214,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         precision=fmt.name,
         head_precision=recipe.head.name,
         block_formats=[(b, f) for b, f in recipe.blocks],
+        quantized_weights=str(quantized_weights) if quantized_weights else None,
         workload=wl,
         route=[HOST, *order, HOST],
         stages=stages,

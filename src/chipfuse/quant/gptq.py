@@ -14,7 +14,7 @@ import torch
 
 from ..frontends.config import ModelConfig
 from .formats import Format
-from .quantize import pad_to_group
+from .quantize import QuantizedInt4, pad_to_group
 
 INPUT_OF = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
             "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "down_in"}
@@ -116,3 +116,21 @@ def gptq_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], hessians: d
         if progress:
             progress()
     return out
+
+
+def to_quantized(w: torch.Tensor, deq: torch.Tensor, fmt: Format) -> QuantizedInt4:
+    """The integer codes behind a GPTQ result, on the static grid of the original weight `w`.
+
+    Padded columns (K not a multiple of the group) get code 8, which with zero activations there
+    contributes nothing."""
+    group = fmt.group_size or 32
+    wp = pad_to_group(w.float(), group)
+    n, k = wp.shape
+    grids = [_grid(wp[:, g: g + group], fmt.symmetric) for g in range(0, k, group)]
+    scale = torch.stack([g[0] for g in grids], 1)
+    zero = torch.stack([g[1] for g in grids], 1)
+    s_full = scale.repeat_interleave(group, 1)[:, : deq.shape[1]]
+    z_full = zero.repeat_interleave(group, 1)[:, : deq.shape[1]]
+    q = torch.full((n, k), 8, dtype=torch.int32)
+    q[:, : deq.shape[1]] = torch.clamp(torch.round((deq - z_full) / s_full) + 8, 0, 15).to(torch.int32)
+    return QuantizedInt4(q, scale, zero, group)

@@ -156,6 +156,7 @@ class Device:
                  precision: "str | Recipe" = "int4", *, head_precision: str | None = None, context: int = 2048,
                  max_batch: int = 4, kv_precision: str = "fp16", threads: int | None = None, dies: int | None = None,
                  plan: Plan | None = None, spawn: bool = True, master: str | None = None,
+                 quantized: str | Path | None = None,
                  startup_timeout_s: float = 300.0, on_status=None):
         from ..compile.compiler import compile_plan
 
@@ -165,7 +166,8 @@ class Device:
         if plan is None:
             plan = compile_plan(self.config, self.system, precision, head_precision=head_precision, context=context,
                                 batch=max_batch, prompt_tokens=min(512, context), kv_precision=kv_precision,
-                                max_dies=dies, model_source=str(self.model_path))
+                                max_dies=dies, model_source=str(self.model_path),
+                                quantized_weights=str(quantized) if quantized else None)
         self.plan = plan
         self.max_batch = plan.workload.batch
         self.context = plan.workload.context

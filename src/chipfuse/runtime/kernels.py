@@ -81,14 +81,15 @@ class Int8Linear(Linear):
 
 
 class Int4Linear(Linear):
-    def __init__(self, w: torch.Tensor, group: int, symmetric: bool):
-        t = quantize_int4(w, group, symmetric)
-        self.pad = t.q.shape[1] - w.shape[1]  # zero activations meet the padded columns
+    def __init__(self, w: torch.Tensor | None, group: int, symmetric: bool, quantized=None, in_features: int = 0):
+        """From an FP32 weight (round-to-nearest), or from codes a calibration method chose."""
+        t = quantized if quantized is not None else quantize_int4(w, group, symmetric)
+        self.pad = t.q.shape[1] - (w.shape[1] if w is not None else in_features)  # zero activations meet padding
         self.packed = torch._convert_weight_to_int4pack_for_cpu(t.q, 1)
         # kernel layout: [K / group, N, 2] holding (scale, zero) with w = (q - 8) * scale + zero
         self.sz = torch.stack([t.scale.t(), t.zero.t()], -1).contiguous().to(torch.bfloat16)
-        self.group = group
-        self.out_features = w.shape[0]
+        self.group = t.group
+        self.out_features = t.q.shape[0]
         self.resident_bytes = _nbytes(self.packed, self.sz)
 
     def __call__(self, x):

@@ -18,20 +18,25 @@ from .weights import open_weights, wanted_names
 
 
 def reference_model(path: str | Path, cfg: ModelConfig, layer_format: str, head_format: str | None = None,
-                    context: int = 2048, kv_precision: str = "fp16", layer_formats: dict | None = None) -> StageModel:
+                    context: int = 2048, kv_precision: str = "fp16", layer_formats: dict | None = None,
+                    quantized: dict | None = None) -> StageModel:
     blocks = (0, cfg.num_layers + 2)
     w = open_weights(path, cfg).load(wanted_names(cfg, range(*blocks)))
     return StageModel(cfg, w, blocks, get_format(layer_format), context, kv_precision,
-                      get_format(head_format) if head_format else None, layer_formats)
+                      get_format(head_format) if head_format else None, layer_formats, quantized)
 
 
 def reference_for_plan(path: str | Path, plan: Plan) -> StageModel:
     st = plan.stages[0]
     head = st.head_format or plan.stages[-1].head_format
-    m = reference_model(path, ModelConfig.model_validate(plan.model.config), st.format, head,
-                        plan.workload.context, plan.workload.kv_precision,
-                        layer_formats={b - 1: get_format(f) for b, f in plan.block_formats})
-    return m
+    quantized = None
+    if plan.quantized_weights:
+        from ..quant.checkpoint import load_quantized
+
+        quantized = load_quantized(plan.quantized_weights)
+    return reference_model(path, ModelConfig.model_validate(plan.model.config), st.format, head,
+                           plan.workload.context, plan.workload.kv_precision,
+                           layer_formats={b - 1: get_format(f) for b, f in plan.block_formats}, quantized=quantized)
 
 
 @torch.inference_mode()

@@ -30,20 +30,34 @@ class Segment:
     n: int
 
 
+def _linear(w: dict, names: list[str], fmt: Format, quantized: dict) -> Linear:
+    """One kernel for the rows of `names` stacked: from given INT4 codes if all are there, else from FP32."""
+    if quantized and all(n in quantized for n in names):
+        from ..quant.quantize import QuantizedInt4
+        from .kernels import Int4Linear
+
+        ts = [quantized[n] for n in names]
+        t = QuantizedInt4(torch.cat([x.q for x in ts]), torch.cat([x.scale for x in ts]),
+                          torch.cat([x.zero for x in ts]), ts[0].group)
+        return Int4Linear(None, t.group, fmt.symmetric, quantized=t, in_features=w[names[0]].shape[1])
+    return make_linear(torch.cat([w[n] for n in names]) if len(names) > 1 else w[names[0]], fmt)
+
+
 class _Layer:
-    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], i: int, fmt: Format):
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], i: int, fmt: Format, quantized: dict | None = None):
         p = f"layers.{i}."
+        quantized = quantized or {}
         self.attn_norm = w[p + "attn_norm"].float()
         self.mlp_norm = w[p + "mlp_norm"].float()
         # fused projections: one kernel call for q, k, v and one for gate, up
-        self.qkv = make_linear(torch.cat([w[p + "q_proj"], w[p + "k_proj"], w[p + "v_proj"]]), fmt)
+        self.qkv = _linear(w, [p + "q_proj", p + "k_proj", p + "v_proj"], fmt, quantized)
         biases = [w.get(p + n) for n in ("q_bias", "k_bias", "v_bias")]
         self.qkv_bias = torch.cat(biases).float() if all(b is not None for b in biases) else None
         self.q_norm = w.get(p + "q_norm")
         self.k_norm = w.get(p + "k_norm")
-        self.o = make_linear(w[p + "o_proj"], fmt)
-        self.gate_up = make_linear(torch.cat([w[p + "gate_proj"], w[p + "up_proj"]]), fmt)
-        self.down = make_linear(w[p + "down_proj"], fmt)
+        self.o = _linear(w, [p + "o_proj"], fmt, quantized)
+        self.gate_up = _linear(w, [p + "gate_proj", p + "up_proj"], fmt, quantized)
+        self.down = _linear(w, [p + "down_proj"], fmt, quantized)
 
     def linears(self) -> list[Linear]:
         return [self.qkv, self.o, self.gate_up, self.down]
@@ -66,7 +80,7 @@ class StageModel:
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], blocks: tuple[int, int], fmt: Format,
                  context: int, kv_precision: str = "fp16", head_fmt: Format | None = None,
-                 layer_formats: dict[int, Format] | None = None):
+                 layer_formats: dict[int, Format] | None = None, quantized: dict | None = None):
         self.cfg, self.blocks, self.fmt, self.context = cfg, blocks, fmt, context
         head_fmt = head_fmt or fmt
         start, end = blocks
@@ -79,7 +93,7 @@ class StageModel:
         if missing:
             raise KeyError(f"weights missing for blocks {blocks}: {sorted(missing)[:5]}")
         layer_formats = layer_formats or {}
-        self.layers = [_Layer(cfg, weights, i, layer_formats.get(i, fmt)) for i in self.layer_ids]
+        self.layers = [_Layer(cfg, weights, i, layer_formats.get(i, fmt), quantized) for i in self.layer_ids]
         if self.has_head:
             self.final_norm = weights["final_norm"].float()
             self.head = make_linear(weights["embed"] if cfg.tied_embeddings else weights["lm_head"], head_fmt)

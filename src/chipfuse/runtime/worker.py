@@ -52,9 +52,14 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
 
     recipe = die_recipe(System.model_validate(plan.system), stage.die, plan.recipe())
     layers = {b - 1: recipe.for_block(b) for b, _ in recipe.blocks}
+    quantized = None
+    if plan.quantized_weights:
+        from ..quant.checkpoint import load_quantized
+
+        quantized = load_quantized(plan.quantized_weights, {n for n in wanted_names(cfg, range(*stage.blocks))})
     model = StageModel(cfg, weights, stage.blocks, get_format(stage.format), plan.workload.context,
                        plan.workload.kv_precision, get_format(stage.head_format) if stage.head_format else None,
-                       layer_formats=layers)
+                       layer_formats=layers, quantized=quantized)
     del weights
     send_json({"rank": rank, "die": stage.die, "resident_weight_bytes": model.resident_weight_bytes(),
                "load_s": time.perf_counter() - t0, "pid": os.getpid()}, 0)
