@@ -10,7 +10,6 @@ in one process and on 1, 2 and 4 emulated dies. Both greedy, both with all cores
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 

@@ -1,6 +1,5 @@
 """Quantizers: round trips are exact, errors stay inside each format's bound, packed bytes match the planner."""
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st

@@ -5,7 +5,7 @@ import pytest
 from chipfuse.compile.compiler import compile_plan
 from chipfuse.frontends import load_model_config
 from chipfuse.hw.load import load_system
-from chipfuse.sim.calibrate import build_points, calibrate, family_of, load_measurements
+from chipfuse.sim.calibrate import build_points, calibrate, load_measurements
 
 
 def test_at_least_twenty_measurements_with_sources():

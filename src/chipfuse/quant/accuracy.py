@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..frontends.config import ModelConfig
-from .formats import Format, Recipe, get_format
+from .formats import Recipe, get_format
 from .quantize import fake_quantize
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

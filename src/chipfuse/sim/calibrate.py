@@ -26,7 +26,7 @@ from ..hw.spec import HOST, System
 from ..ir.graph import Workload, op_costs
 from ..ir.llm import build_llm_graph
 from ..quant.formats import Format, Recipe
-from .perf import PRECISION_BYTES, die_rates, host_in_bytes, op_times, out_bytes, transfer_s
+from .perf import die_rates, host_in_bytes, op_times, out_bytes, transfer_s
 
 # Device presets grouped into families that share efficiency factors.
 FAMILIES = {

@@ -9,7 +9,7 @@ from ..hw.spec import HOST, System
 from ..ir.graph import Graph, Workload, op_costs
 from ..ir.llm import build_llm_graph
 from ..plan.plan import Plan, Prediction, StagePrediction
-from ..quant.formats import Recipe, get_format
+from ..quant.formats import get_format
 from .perf import PRECISION_BYTES, die_rates, die_recipe, host_in_bytes, out_bytes, stage_cost, transfer_s
 
 GB = 1e9
