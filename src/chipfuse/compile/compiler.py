@@ -64,8 +64,9 @@ class _Problem:
         self.kv = kv
         self.kvb = kvb
 
-    def extra(self, order: list[str]) -> np.ndarray:
+    def extra(self) -> np.ndarray:
         """Link time each stage pays per decode step: out to the next stage (the first also in)."""
+        order = self.order
         rates = [die_rates(self.system, d, self.fmt) for d in order]
         h = self.graph.hidden_bytes_per_token[1] * self.seqs_per_micro
         ext = np.zeros(len(order))
@@ -113,7 +114,7 @@ def _fit_error(prob: _Problem, model: ModelConfig, system: System, precision: st
     fits_lower = None
     for name in lower:
         p2 = _Problem(graph, system, prob.order, Recipe.of(FORMATS[name]), wl)
-        if split_pipeline(p2.time, p2.extra(prob.order), p2.mem, p2.cap) is not None:
+        if split_pipeline(p2.time, p2.extra(), p2.mem, p2.cap) is not None:
             fits_lower = name
             break
     lines.append(f"  - lower precision: {fits_lower} fits" if fits_lower
@@ -181,7 +182,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     k = min(len(order), max_dies or len(order), graph.n_blocks)
     order = order[:k]
     prob = _Problem(graph, system, order, recipe, wl)
-    split = split_pipeline(prob.time, prob.extra(order), prob.mem, prob.cap)
+    split = split_pipeline(prob.time, prob.extra(), prob.mem, prob.cap)
     if split is None:
         raise _fit_error(prob, model, system, precision, wl, len(dies))
     stages = []
