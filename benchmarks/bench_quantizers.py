@@ -81,22 +81,7 @@ def llama_perplexity(path: Path, wins: list[list[int]]) -> float:
         llm.reset()
         llm.eval(w)
         logits = torch.tensor(np.array(llm.scores[: len(w)]), dtype=torch.float64)
-        logp = torch.log_softmax(logits, -1)
-        nll += float(-logp[:-1].gather(1, torch.tensor(w[1:])[:, None]).sum())
-        n += len(w) - 1
-    return math.exp(nll / n)
-
-
-def chipfuse_perplexity(cfg, weights, wins) -> float:
-    from chipfuse.runtime.stage import StageModel
-
-    fp32 = get_format("fp32")
-    m = StageModel(cfg, weights, (0, cfg.num_layers + 2), fp32, WINDOW, "fp32", fp32)
-    nll, n = 0.0, 0
-    for w in wins:
-        m.free(0)
-        logp = torch.log_softmax(m.forward(torch.tensor(w), [Segment(0, 0, len(w))], all_logits=True).double(), -1)
-        nll += float(-logp[:-1].gather(1, torch.tensor(w[1:])[:, None]).sum())
+        nll += acc.next_token_nll(torch.log_softmax(logits, -1), w)
         n += len(w) - 1
     return math.exp(nll / n)
 
@@ -144,13 +129,14 @@ def main() -> None:
         bpw = 8 * path.stat().st_size / n_params  # file size, metadata included
         rows.append(("llama.cpp", name, bpw, llama_perplexity(path, wins), base_l))
     weights = open_weights(src, cfg).load(wanted_names(cfg, range(cfg.num_layers + 2)))
-    base_c = chipfuse_perplexity(cfg, weights, wins)
+    scorer = acc.Scorer(cfg, weights, wins)  # the same scoring `chipfuse quantize` uses
+    base_c = scorer.score(weights)["perplexity"]
     rows.append(("chipfuse", "fp32 (reference)", 32.0, base_c, base_c))
     hess = collect_hessians(cfg, weights, acc.windows(tok, acc.shipped_text("calibration"), WINDOW))
     for fmt, method in (("int8", "rtn"), ("int4-g64", "gptq"), ("int4-g128", "gptq"), ("int4-g32", "rtn")):
         r = Recipe.of(fmt)
         g = gptq_weights(cfg, weights, hess, get_format(fmt)) if method == "gptq" else None
-        ppl = chipfuse_perplexity(cfg, acc.quantized_weights(weights, cfg, r, replace=g), wins)
+        ppl = scorer.score(acc.quantized_weights(weights, cfg, r, replace=g))["perplexity"]
         rows.append(("chipfuse", f"{r.name} ({method})", 8 * acc.weight_bytes(cfg, r) / n_params, ppl, base_c))
     prompt = tok.encode("The history of computing is a story of ideas, machines and people.", add_special_tokens=False)
     dec = [("llama.cpp Q8_0 file", llama_decode_rate(q8, prompt)),

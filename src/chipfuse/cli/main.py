@@ -287,7 +287,12 @@ def quantize(
                 prog.advance(task)
         mixed = None
         if budget_bytes:
-            mixed = _mixed_precision(cfg, weights, scorer, cands, budget_bytes, prog, task)
+            from ..quant.mixed import search
+
+            def step(desc: str) -> None:
+                prog.update(task, advance=1, description=desc)
+
+            mixed = search(cfg, weights, scorer, cands, budget_bytes, step)
     if mixed:
         _print_mixed(mixed, cfg, recipe_out)
         if json_path:
@@ -319,45 +324,6 @@ def quantize(
         acc.save_json(json_path, {"model": cfg.name, "note": GRID_NOTE, "windows": len(wins), "window_tokens": window,
                                   "rows": acc.to_dict(rows), "sensitivity": sens})
         console.print(f"written to {json_path}")
-
-
-def _mixed_precision(cfg, weights, scorer, cands, budget_bytes, prog, task) -> dict:
-    """Per-layer KL of each candidate, then the MILP assignment, then the mixed model measured."""
-    import numpy as np
-
-    from ..ir.graph import block_weight_bytes, tied_shared_bytes
-    from ..ir.llm import build_llm_graph
-    from ..quant import accuracy as acc
-    from ..quant.formats import Recipe
-    from ..quant.mixed import assign
-
-    g = build_llm_graph(cfg)
-    base = Recipe.of(cands[-1])
-    kl = np.zeros((cfg.num_layers, len(cands)))
-    nbytes = np.zeros_like(kl)
-    for j, f in enumerate(cands):
-        r = Recipe(f, base.head)
-        per_block = block_weight_bytes(g, r)
-        for i in range(cfg.num_layers):
-            prog.update(task, description=f"sensitivity: layer {i} at {f.name}")
-            kl[i, j] = scorer.score(acc.quantized_weights(weights, cfg, r, layers={i}), windows_used=2)["kl"]
-            nbytes[i, j] = per_block[i + 1]
-            prog.advance(task)
-    total = block_weight_bytes(g, base)
-    fixed = float(total.sum() - total[1:-1].sum() - tied_shared_bytes(g, base, range(g.n_blocks)))
-    choice = assign(kl, nbytes, budget_bytes - fixed)
-    recipe = Recipe(base.default, base.head, tuple((i + 1, cands[c].name) for i, c in enumerate(choice)
-                                                    if cands[c] != base.default))
-    prog.update(task, description="measuring the mixed model")
-    measured = scorer.score(acc.quantized_weights(weights, cfg, recipe))
-    prog.advance(task)
-    used = fixed + sum(nbytes[i, c] for i, c in enumerate(choice))
-    per_layer = [cands[c].name for c in choice]
-    return {"recipe": recipe, "per_layer": per_layer, "bytes": used, "budget": budget_bytes,
-            "estimate_kl": float(sum(kl[i, c] for i, c in enumerate(choice))), "measured": measured,
-            "json": {"per_layer": per_layer, "bytes": used, "budget_bytes": budget_bytes,
-                     "estimated_kl_sum": float(sum(kl[i, c] for i, c in enumerate(choice))), **measured,
-                     "sensitivity_kl": kl.tolist(), "candidates": [c.name for c in cands]}}
 
 
 def _print_mixed(m: dict, cfg, recipe_out: Path | None) -> None:

@@ -78,8 +78,7 @@ class _Problem:
         return ext
 
 
-def _fit_error(prob: _Problem, model: ModelConfig, system: System, precision: str, wl: WorkloadSpec,
-               n_dies: int) -> FitError:
+def _fit_error(prob: _Problem, model: ModelConfig, system: System, wl: WorkloadSpec, n_dies: int) -> FitError:
     """Say which die overflows, by how much, and the smallest change that fits."""
     graph, k = prob.graph, len(prob.order)
     mem = prob.mem.max(axis=1)
@@ -141,8 +140,6 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     from ..sim.predict import predict
 
     recipe = Recipe.of(precision, head_precision)
-    if isinstance(precision, Recipe) and head_precision:
-        recipe = Recipe(recipe.default, get_format(head_precision), recipe.blocks)
     if quantized_weights:
         from ..quant.checkpoint import read_meta
 
@@ -184,7 +181,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     prob = _Problem(graph, system, order, recipe, wl)
     split = split_pipeline(prob.time, prob.extra(), prob.mem, prob.cap)
     if split is None:
-        raise _fit_error(prob, model, system, precision, wl, len(dies))
+        raise _fit_error(prob, model, system, wl, len(dies))
     stages = []
     prev = HOST
     for j, (s, e) in enumerate(split.bounds):

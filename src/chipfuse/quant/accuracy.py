@@ -56,18 +56,19 @@ def quantized_weights(weights: dict[str, torch.Tensor], cfg: ModelConfig, recipe
     return out
 
 
+def next_token_nll(logp: torch.Tensor, ids: list[int]) -> float:
+    """Summed negative log-likelihood of ids[1:] under log-probabilities logp [len(ids), V]."""
+    return float(-logp[:-1].gather(1, torch.tensor(ids[1:])[:, None]).sum())
+
+
 class Scorer:
     """FP32 reference next-token distributions over the evaluation windows, computed once."""
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], wins: list[list[int]]):
-        from ..runtime.stage import StageModel
-
         self.cfg, self.wins = cfg, wins
         self.ctx = max(len(w) for w in wins)
         ref = self._model(weights)
         self.ref_logp = [F.log_softmax(self._logits(ref, w), -1) for w in wins]
-        del ref
-        self._StageModel = StageModel
 
     def _model(self, weights):
         from ..runtime.stage import StageModel
@@ -90,8 +91,7 @@ class Scorer:
         nll = kl = agree = n = 0.0
         for w, ref in list(zip(self.wins, self.ref_logp))[:windows_used]:
             logp = F.log_softmax(self._logits(model, w), -1)
-            tgt = torch.tensor(w[1:])
-            nll += float(-logp[:-1].gather(1, tgt[:, None]).sum())
+            nll += next_token_nll(logp, w)
             kl += float((ref.exp() * (ref - logp)).sum())
             agree += float((ref.argmax(-1) == logp.argmax(-1)).sum())
             n += len(w)
@@ -121,12 +121,8 @@ def weight_bytes(cfg: ModelConfig, recipe: Recipe) -> int:
 
 
 def n_params(cfg: ModelConfig) -> int:
-    from ..ir.graph import block_weight_bytes, tied_shared_bytes
-    from ..ir.llm import build_llm_graph
-
-    g = build_llm_graph(cfg)
-    f = Recipe.of(get_format("fp32"))
-    return int((block_weight_bytes(g, f).sum() - tied_shared_bytes(g, f, range(g.n_blocks))) / 4)
+    """Parameters of the whole model (norms included; the tied table once): its FP32 bytes / 4."""
+    return weight_bytes(cfg, Recipe.of(get_format("fp32"))) // 4
 
 
 def to_dict(rows: list[FormatRow]) -> list[dict]:

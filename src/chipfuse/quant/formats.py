@@ -100,8 +100,10 @@ class Recipe:
 
     @staticmethod
     def of(fmt: Format | str | Recipe, head: Format | str | None = None) -> Recipe:
+        """A recipe from a format (int4 gets an int8 head) or a recipe; `head`, if given, replaces the head."""
         if isinstance(fmt, Recipe):
-            return fmt
+            return fmt if head is None else Recipe(fmt.default, get_format(head) if isinstance(head, str) else head,
+                                                   fmt.blocks)
         f = get_format(fmt) if isinstance(fmt, str) else fmt
         if head is None:
             h = FORMATS["int8"] if f.precision == "int4" else f

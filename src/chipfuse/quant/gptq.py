@@ -14,7 +14,7 @@ import torch
 
 from ..frontends.config import ModelConfig
 from .formats import Format
-from .quantize import QuantizedInt4, pad_to_group
+from .quantize import QuantizedInt4, int4_codes, int4_grid, pad_to_group
 
 INPUT_OF = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
             "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "down_in"}
@@ -44,24 +44,6 @@ def collect_hessians(cfg: ModelConfig, weights: dict[str, torch.Tensor], wins: l
     return {k: (v / counts[k]).float() for k, v in hs.items()}
 
 
-def _grid(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) per row for one group, in quantize_int4's convention w ~ (q - 8) * s + z."""
-    if symmetric:
-        s = w.abs().amax(1) / 7.0
-        s = torch.where(s == 0, torch.ones_like(s), s)
-        return s, torch.zeros_like(s)
-    mn, mx = w.amin(1), w.amax(1)
-    s = (mx - mn) / 15.0
-    s = torch.where(s == 0, torch.ones_like(s), s)
-    return s, mn + 8 * s
-
-
-def _round(col: torch.Tensor, s: torch.Tensor, z: torch.Tensor, symmetric: bool) -> torch.Tensor:
-    lo, hi = (1, 15) if symmetric else (0, 15)
-    q = torch.clamp(torch.round((col - z) / s) + 8, lo, hi)
-    return (q - 8) * s + z
-
-
 def gptq_int4(w: torch.Tensor, h: torch.Tensor, fmt: Format, damp: float = 0.01, block: int = 128,
               act_order: bool = True) -> torch.Tensor:
     """The weight [N, K] after GPTQ, dequantized: every value on the format's INT4 grid.
@@ -78,9 +60,7 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, fmt: Format, damp: float = 0.01,
     dead = torch.diag(hp) == 0
     hp[dead, dead] = 1.0
     w[:, dead] = 0
-    grids = [_grid(w[:, g: g + group], fmt.symmetric) for g in range(0, k, group)]
-    scale = torch.stack([g[0] for g in grids], 1)
-    zero = torch.stack([g[1] for g in grids], 1)
+    scale, zero = int4_grid(w, group, fmt.symmetric)
     perm = torch.argsort(torch.diag(hp), descending=True) if act_order else torch.arange(k)
     w, hp = w[:, perm], hp[perm][:, perm]
     hp += damp * torch.mean(torch.diag(hp)) * torch.eye(k)
@@ -94,7 +74,7 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, fmt: Format, damp: float = 0.01,
         hb = hinv[b0:b1, b0:b1]
         for j in range(b1 - b0):
             g = gidx[b0 + j]
-            qc = _round(wb[:, j], scale[:, g], zero[:, g], fmt.symmetric)
+            qc = (int4_codes(wb[:, j], scale[:, g], zero[:, g], fmt.symmetric) - 8) * scale[:, g] + zero[:, g]
             q[:, b0 + j] = qc
             e = (wb[:, j] - qc) / hb[j, j]
             wb[:, j + 1:] -= e[:, None] * hb[j, j + 1:][None, :]
@@ -126,11 +106,9 @@ def to_quantized(w: torch.Tensor, deq: torch.Tensor, fmt: Format) -> QuantizedIn
     group = fmt.group_size or 32
     wp = pad_to_group(w.float(), group)
     n, k = wp.shape
-    grids = [_grid(wp[:, g: g + group], fmt.symmetric) for g in range(0, k, group)]
-    scale = torch.stack([g[0] for g in grids], 1)
-    zero = torch.stack([g[1] for g in grids], 1)
+    scale, zero = int4_grid(wp, group, fmt.symmetric)
     s_full = scale.repeat_interleave(group, 1)[:, : deq.shape[1]]
     z_full = zero.repeat_interleave(group, 1)[:, : deq.shape[1]]
     q = torch.full((n, k), 8, dtype=torch.int32)
-    q[:, : deq.shape[1]] = torch.clamp(torch.round((deq - z_full) / s_full) + 8, 0, 15).to(torch.int32)
+    q[:, : deq.shape[1]] = int4_codes(deq, s_full, z_full, fmt.symmetric).to(torch.int32)
     return QuantizedInt4(q, scale, zero, group)

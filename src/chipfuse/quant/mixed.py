@@ -29,3 +29,39 @@ def assign(kl: np.ndarray, nbytes: np.ndarray, budget_bytes: float) -> list[int]
                             f"candidates need {smallest:,.0f} (add a smaller format or raise --budget-bytes)")
     x = res.x.reshape(n, m)
     return [int(np.argmax(x[i])) for i in range(n)]
+
+
+def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=lambda desc: None) -> dict:
+    """Measure each layer's KL at each candidate format (one layer quantized at a time), choose
+    per-layer formats by `assign`, and measure the mixed model. `step(description)` marks progress."""
+    from ..ir.graph import block_weight_bytes, tied_shared_bytes
+    from ..ir.llm import build_llm_graph
+    from . import accuracy as acc
+    from .formats import Recipe
+
+    g = build_llm_graph(cfg)
+    base = Recipe.of(cands[-1])
+    kl = np.zeros((cfg.num_layers, len(cands)))
+    nbytes = np.zeros_like(kl)
+    for j, f in enumerate(cands):
+        r = Recipe(f, base.head)
+        per_block = block_weight_bytes(g, r)
+        for i in range(cfg.num_layers):
+            kl[i, j] = scorer.score(acc.quantized_weights(weights, cfg, r, layers={i}), windows_used=2)["kl"]
+            nbytes[i, j] = per_block[i + 1]
+            step(f"sensitivity: layer {i} at {f.name}")
+    total = block_weight_bytes(g, base)
+    fixed = float(total.sum() - total[1:-1].sum() - tied_shared_bytes(g, base, range(g.n_blocks)))
+    choice = assign(kl, nbytes, budget_bytes - fixed)
+    recipe = Recipe(base.default, base.head, tuple((i + 1, cands[c].name) for i, c in enumerate(choice)
+                                                    if cands[c] != base.default))
+    measured = scorer.score(acc.quantized_weights(weights, cfg, recipe))
+    step("measured the mixed model")
+    used = fixed + sum(nbytes[i, c] for i, c in enumerate(choice))
+    per_layer = [cands[c].name for c in choice]
+    estimate = float(sum(kl[i, c] for i, c in enumerate(choice)))
+    return {"recipe": recipe, "per_layer": per_layer, "bytes": used, "budget": budget_bytes,
+            "estimate_kl": estimate, "measured": measured,
+            "json": {"per_layer": per_layer, "bytes": used, "budget_bytes": budget_bytes,
+                     "estimated_kl_sum": estimate, **measured,
+                     "sensitivity_kl": kl.tolist(), "candidates": [c.name for c in cands]}}

@@ -36,22 +36,30 @@ def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
     return w if extra == 0 else torch.cat([w, w[:, -1:].expand(-1, extra)], 1)
 
 
-def quantize_int4(w: torch.Tensor, group: int, symmetric: bool) -> QuantizedInt4:
-    """Quantize [N, K]; when K is not a multiple of `group` the result covers the padded width."""
-    w = pad_to_group(w.float(), group)
+def int4_grid(w: torch.Tensor, group: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group (scale, zero) of a weight [N, K] (K a multiple of `group`): [N, K // group] each."""
     n, k = w.shape
     g = w.reshape(n, k // group, group)
     if symmetric:
         scale = g.abs().amax(-1) / 7.0
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        q = torch.clamp(torch.round(g / scale[..., None]), -7, 7) + 8
-        zero = torch.zeros_like(scale)
     else:
-        mn, mx = g.amin(-1), g.amax(-1)
-        scale = (mx - mn) / 15.0
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        q = torch.clamp(torch.round((g - mn[..., None]) / scale[..., None]), 0, 15)
-        zero = mn + 8 * scale
+        scale = (g.amax(-1) - g.amin(-1)) / 15.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.zeros_like(scale) if symmetric else g.amin(-1) + 8 * scale
+    return scale, zero
+
+
+def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, symmetric: bool) -> torch.Tensor:
+    """Codes 0..15 (1..15 symmetric) of values `w` on a grid; scale and zero broadcast against w."""
+    return torch.clamp(torch.round((w - zero) / scale) + 8, 1 if symmetric else 0, 15)
+
+
+def quantize_int4(w: torch.Tensor, group: int, symmetric: bool) -> QuantizedInt4:
+    """Quantize [N, K]; when K is not a multiple of `group` the result covers the padded width."""
+    w = pad_to_group(w.float(), group)
+    n, k = w.shape
+    scale, zero = int4_grid(w, group, symmetric)
+    q = int4_codes(w.reshape(n, k // group, group), scale[..., None], zero[..., None], symmetric)
     return QuantizedInt4(q.reshape(n, k).to(torch.int32), scale, zero, group)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..frontends.config import ModelConfig
 from ..hw.spec import HOST, System
 from ..ir.graph import Graph, Workload, op_costs
@@ -41,7 +43,7 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
     seqs = math.ceil(wl.batch / micro)
     dec = Workload.decode(wl.context, seqs)
     pre = Workload.prefill(wl.prompt_tokens, 1)
-    stages, round_trip, slowest = [], 0.0, 0.0
+    stages, round_trip, slowest, held = [], 0.0, 0.0, []
     ttft = system.host.overhead_per_token_s + transfer_s(system, HOST, plan.stages[0].die, host_in_bytes(wl.prompt_tokens))
     round_trip += transfer_s(system, HOST, plan.stages[0].die, host_in_bytes(seqs))
     for j, st in enumerate(plan.stages):
@@ -49,6 +51,7 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
         blocks = range(*st.blocks)
         f = die_recipe(system, st.die, recipe)
         r = die_rates(system, st.die, recipe.default)
+        held.append((f, r))
         c = op_costs(graph, f, dec, r.act_bytes, kvb)
         d = stage_cost(graph, system, st.die, blocks, f, dec, kvb, nxt, out_bytes(graph, st.blocks[1], seqs, r.act_bytes), c)
         cp = op_costs(graph, f, pre, r.act_bytes, kvb)
@@ -70,11 +73,9 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
     # bytes read for one token at batch 1: what the talk's "reads the whole model" counts
     one = Workload.decode(wl.context, 1)
     per_token = 0.0
-    for st in plan.stages:
-        r = die_rates(system, st.die, recipe.default)
-        c = op_costs(graph, die_recipe(system, st.die, recipe), one, r.act_bytes, kvb)
-        mask = [graph.ops[i].block in range(*st.blocks) for i in range(len(graph.ops))]
-        per_token += float(c.read_bytes[mask].sum())
+    for st, (f, r) in zip(plan.stages, held):
+        c = op_costs(graph, f, one, r.act_bytes, kvb)
+        per_token += float(c.read_bytes[np.isin(graph.op_block, list(range(*st.blocks)))].sum())
     notes = []
     if wl.batch == 1 and n > 1:
         notes.append("batch 1: one token is in flight, so the dies take turns; more dies add memory and "
