@@ -60,7 +60,7 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, fmt: Format, damp: float = 0.01,
     dead = torch.diag(hp) == 0
     hp[dead, dead] = 1.0
     w[:, dead] = 0
-    scale, zero = int4_grid(w, group, fmt.symmetric)
+    scale, zero, _ = int4_grid(w, group, fmt.symmetric)
     perm = torch.argsort(torch.diag(hp), descending=True) if act_order else torch.arange(k)
     w, hp = w[:, perm], hp[perm][:, perm]
     hp += damp * torch.mean(torch.diag(hp)) * torch.eye(k)
@@ -106,7 +106,7 @@ def to_quantized(w: torch.Tensor, deq: torch.Tensor, fmt: Format) -> QuantizedIn
     group = fmt.group_size or 32
     wp = pad_to_group(w.float(), group)
     n, k = wp.shape
-    scale, zero = int4_grid(wp, group, fmt.symmetric)
+    scale, zero, _ = int4_grid(wp, group, fmt.symmetric)
     s_full = scale.repeat_interleave(group, 1)[:, : deq.shape[1]]
     z_full = zero.repeat_interleave(group, 1)[:, : deq.shape[1]]
     q = torch.full((n, k), 8, dtype=torch.int32)

@@ -36,8 +36,9 @@ def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
     return w if extra == 0 else torch.cat([w, w[:, -1:].expand(-1, extra)], 1)
 
 
-def int4_grid(w: torch.Tensor, group: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group (scale, zero) of a weight [N, K] (K a multiple of `group`): [N, K // group] each."""
+def int4_grid(w: torch.Tensor, group: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-group (scale, zero, low) of a weight [N, K] (K a multiple of `group`), [N, K // group] each;
+    `low` is the value code 0 stands for (the group minimum; 0 for symmetric grids, whose code 8 is 0)."""
     n, k = w.shape
     g = w.reshape(n, k // group, group)
     if symmetric:
@@ -45,21 +46,24 @@ def int4_grid(w: torch.Tensor, group: int, symmetric: bool) -> tuple[torch.Tenso
     else:
         scale = (g.amax(-1) - g.amin(-1)) / 15.0
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    zero = torch.zeros_like(scale) if symmetric else g.amin(-1) + 8 * scale
-    return scale, zero
+    low = torch.zeros_like(scale) if symmetric else g.amin(-1)
+    zero = torch.zeros_like(scale) if symmetric else low + 8 * scale
+    return scale, zero, low
 
 
-def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, symmetric: bool) -> torch.Tensor:
-    """Codes 0..15 (1..15 symmetric) of values `w` on a grid; scale and zero broadcast against w."""
-    return torch.clamp(torch.round((w - zero) / scale) + 8, 1 if symmetric else 0, 15)
+def int4_codes(w: torch.Tensor, scale: torch.Tensor, origin: torch.Tensor, symmetric: bool, shift: int = 8) -> torch.Tensor:
+    """Codes 0..15 (1..15 symmetric) of values `w`: round((w - origin) / scale) + shift, clamped.
+    With origin = zero the shift is 8; with origin = low (asymmetric) it is 0."""
+    return torch.clamp(torch.round((w - origin) / scale) + shift, 1 if symmetric else 0, 15)
 
 
 def quantize_int4(w: torch.Tensor, group: int, symmetric: bool) -> QuantizedInt4:
     """Quantize [N, K]; when K is not a multiple of `group` the result covers the padded width."""
     w = pad_to_group(w.float(), group)
     n, k = w.shape
-    scale, zero = int4_grid(w, group, symmetric)
-    q = int4_codes(w.reshape(n, k // group, group), scale[..., None], zero[..., None], symmetric)
+    scale, zero, low = int4_grid(w, group, symmetric)
+    q = int4_codes(w.reshape(n, k // group, group), scale[..., None], low[..., None], symmetric,
+                   shift=8 if symmetric else 0)
     return QuantizedInt4(q.reshape(n, k).to(torch.int32), scale, zero, group)
 
 
