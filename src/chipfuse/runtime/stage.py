@@ -112,6 +112,8 @@ class StageModel:
         self.sin = torch.cat([ang.sin(), ang.sin()], -1).float()
         self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
         self.capture = None  # optional callback(layer, input name, tensor): calibration statistics
+        self._fast = None  # the compiled decode path, built on the first one-token step (fastpath.py)
+        self._fast_tried = False
 
     # ---- memory ----
     def resident_weight_bytes(self) -> int:
@@ -131,10 +133,33 @@ class StageModel:
             shape = (self.cfg.num_kv_heads, self.context, self.cfg.head_dim)
             self.cache[slot] = [(torch.zeros(shape, dtype=self.kv_dtype), torch.zeros(shape, dtype=self.kv_dtype))
                                 for _ in self.layers]
+            if self._fast is not None:
+                self._fast.set_slot(slot, [t for kv in self.cache[slot] for t in kv])
         return self.cache[slot]
 
     def free(self, slot: int) -> None:
         self.cache.pop(slot, None)
+        if self._fast is not None:
+            self._fast.free_slot(slot)
+
+    def _compiled(self):
+        """The compiled decode path for these layers (None if unavailable or disabled)."""
+        if not self._fast_tried:
+            self._fast_tried = True
+            from . import fastpath
+
+            mod = fastpath.load()
+            if mod is not None and self.layers:
+                cfg = self.cfg
+                st = mod.Stage(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                               cfg.intermediate_size, cfg.rms_norm_eps, self.cos, self.sin)
+                for ly in self.layers:
+                    st.add_layer(ly.attn_norm, ly.mlp_norm, ly.qkv_bias, ly.q_norm, ly.k_norm,
+                                 *(lin.cpp_spec() for lin in ly.linears()))
+                for slot, kv in self.cache.items():
+                    st.set_slot(slot, [t for pair in kv for t in pair])
+                self._fast = st
+        return self._fast
 
     # ---- compute ----
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -159,9 +184,16 @@ class StageModel:
             pos = torch.cat([torch.arange(s.pos, s.pos + s.n) for s in segs]) if len(segs) > 1 else \
                 torch.arange(segs[0].pos, segs[0].pos + segs[0].n)
             caches = [self._slot(s.slot) for s in segs]
+            if all(s.n == 1 for s in segs) and self.capture is None and self._compiled() is not None:
+                x = self._fast.forward(x, [s.slot for s in segs], [s.pos for s in segs])
+                return self._finish(x, segs, all_logits)
             rope = (self.cos[pos][:, None, :], self.sin[pos][:, None, :])  # shared by every layer
             for li, layer in enumerate(self.layers):
                 x = self._layer(layer, li, x, rope, segs, caches)
+        return self._finish(x, segs, all_logits)
+
+    def _finish(self, x: torch.Tensor, segs: list[Segment], all_logits: bool) -> torch.Tensor:
+        """The hidden state out, or the head's logits (each sequence's last token, or every position)."""
         if not self.has_head:
             return x
         if all_logits:
