@@ -81,7 +81,7 @@ def bench_single_process(path, prompt_short, prompt_long):
 def bench_device(system, dies, prompt_short, prompt_long):
     with Device(system, dies=dies, context=2048) as dev:
         rates, ttfts = [], []
-        for _ in range(3):
+        for _ in range(5):
             g = dev.submit(prompt_short, DECODE_TOKENS + 1, stop_ids=set())
             list(g)
             rates.append(g.decode_tokens_per_s)
@@ -108,7 +108,7 @@ def main() -> None:
         "## Runtime against llama.cpp: SmolLM2-135M-Instruct, same GGUF, same run",
         "",
         f"Command: `python benchmarks/bench_runtime.py` (optional extra `.[bench]`). Greedy, {THREADS} threads, "
-        f"decode = {DECODE_TOKENS} tokens after a 16-token prompt (best of 3), prefill = one {PREFILL_TOKENS}-token "
+        f"decode = {DECODE_TOKENS} tokens after a 16-token prompt (best of 3; Device: best of 5), prefill = one {PREFILL_TOKENS}-token "
         "prompt (best of 3; for Device: time to first token). Weight bits match: llama.cpp runs the file's Q4_1 "
         "layers and Q8_0 embedding/head; chipfuse holds int4-g32 asymmetric layers (the Q4_1 grid: the same "
         "values) and an int8 head.",

@@ -40,7 +40,7 @@ from .model_files import default_gguf
 from .sampling import SamplingParams, sample
 from .stage import Segment
 from .tokenizer import StreamDecoder, load_tokenizer
-from .transport import FORWARD, FREE, IDS, MAX_SEGS, SHUTDOWN, Channel, Header, inline_bytes, recv_json, send_json
+from .transport import FORWARD, FREE, IDS, MAX_SEGS, SHUTDOWN, TOKENS, Channel, Header, inline_bytes, recv_json, send_json
 from .weights import read_config_json
 
 DEFAULT_SYSTEM = "talk-4die-d2d"
@@ -136,10 +136,12 @@ class Generation:
 def worker_env() -> dict[str, str]:
     """Environment for worker processes. The dies of a pipeline take turns on the same cores: an
     OpenMP thread spins briefly between kernels of its own stage, then sleeps, so an idle die does
-    not starve the active one (measured: 1 die 73 vs 48 tok/s with fully passive waits)."""
+    not starve the active one. Measured on 2 cores (benchmarks/bench_runtime.py): fully passive
+    waits lose ~10% at 1 die; 30000 spins (~0.6 ms of pause loops after each stage) slowed every
+    stage of a 4-die pipeline by ~1.5x; 3000 keeps the spin inside one stage's kernels."""
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "ACTIVE")
-    env.setdefault("GOMP_SPINCOUNT", "30000")  # spin ~tens of microseconds between kernels, then sleep
+    env.setdefault("GOMP_SPINCOUNT", "3000")
     return env
 
 
@@ -346,18 +348,19 @@ class Device:
                         batch, ready = ready[:MAX_SEGS], ready[MAX_SEGS:]
                         ids = torch.tensor([r.next_token for r in batch], dtype=torch.int64)
                         segs = tuple(Segment(r.slot, r.pos, 1) for r in batch)
-                    self._to_first.send(Header(FORWARD, next(mb_ids), segs, IDS), ids)
+                    greedy = int(all(r.params.temperature == 0 for r in batch))
+                    self._to_first.send(Header(FORWARD, next(mb_ids), segs, IDS, greedy=greedy), ids)
                     inflight.append(batch)
                 if not inflight:
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
-                h, logits = self._from_last.recv()
+                h, out = self._from_last.recv()
                 batch = inflight.pop(0)
                 now = time.perf_counter()
                 done = []
                 for i, r in enumerate(batch):
-                    tok = sample(logits[i], r.params, r.gen)
+                    tok = int(out[i]) if h.kind == TOKENS else sample(out[i], r.params, r.gen)
                     r.pos = len(r.prompt) if r.t_first is None else r.pos + 1
                     if r.t_first is None:
                         r.t_first = now

@@ -23,7 +23,7 @@ HEADER_LEN = 8 + 3 * MAX_SEGS
 HEADER_BYTES = 8 * HEADER_LEN
 
 FORWARD, FREE, SHUTDOWN = 1, 2, 3
-IDS, HIDDEN, LOGITS = 1, 2, 3
+IDS, HIDDEN, LOGITS, TOKENS = 1, 2, 3, 4  # TOKENS: the last die's greedy choice, one id a sequence
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Header:
     kind: int = 0
     width: int = 0  # hidden size or vocabulary for float payloads
     inline: int = 0  # payload carried in the same message
+    greedy: int = 0  # every sequence decodes greedily: the last die returns token ids, not logits
 
     @property
     def tokens(self) -> int:
@@ -43,7 +44,7 @@ class Header:
         if len(self.segs) > MAX_SEGS:
             raise ValueError(f"a micro-batch holds at most {MAX_SEGS} sequences")
         a = np.zeros(HEADER_LEN, dtype=np.int64)
-        a[:6] = (self.cmd, self.mb, len(self.segs), self.kind, self.width, self.inline)
+        a[:7] = (self.cmd, self.mb, len(self.segs), self.kind, self.width, self.inline, self.greedy)
         if self.segs:
             a[8: 8 + 3 * len(self.segs)] = np.array([(s.slot, s.pos, s.n) for s in self.segs]).ravel()
         t.copy_(torch.from_numpy(a))
@@ -51,13 +52,15 @@ class Header:
     @staticmethod
     def decode(t: torch.Tensor) -> Header:
         a = t.numpy()
-        cmd, mb, n, kind, width, inline = (int(v) for v in a[:6])
+        cmd, mb, n, kind, width, inline, greedy = (int(v) for v in a[:7])
         segs = tuple(Segment(*(int(v) for v in a[8 + 3 * i: 11 + 3 * i])) for i in range(n))
-        return Header(cmd, mb, segs, kind, width, inline)
+        return Header(cmd, mb, segs, kind, width, inline, greedy)
 
     def payload_shape(self) -> tuple[torch.dtype, tuple[int, ...]]:
         if self.kind == IDS:
             return torch.int64, (self.tokens,)
+        if self.kind == TOKENS:
+            return torch.int64, (len(self.segs),)
         if self.kind == HIDDEN:
             return torch.float32, (self.tokens, self.width)
         return torch.float32, (len(self.segs), self.width)

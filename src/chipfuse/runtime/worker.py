@@ -22,7 +22,7 @@ from ..frontends.config import ModelConfig
 from ..plan.plan import Plan
 from ..quant.formats import get_format
 from .stage import StageModel
-from .transport import FORWARD, FREE, HIDDEN, LOGITS, SHUTDOWN, Channel, Header, inline_bytes, recv_json, send_json
+from .transport import FORWARD, FREE, HIDDEN, LOGITS, SHUTDOWN, TOKENS, Channel, Header, inline_bytes, recv_json, send_json
 from .weights import open_weights, wanted_names
 
 
@@ -81,7 +81,9 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
         if h.cmd == FORWARD:
             out = model.forward(payload, list(h.segs))
             kind = LOGITS if model.has_head else HIDDEN
-            outbox.send(Header(FORWARD, h.mb, h.segs, kind, out.shape[-1]), out)
+            if model.has_head and h.greedy:  # choose here: one id a sequence crosses back, not the logits
+                out, kind = out.argmax(-1), TOKENS
+            outbox.send(Header(FORWARD, h.mb, h.segs, kind, out.shape[-1], greedy=h.greedy), out)
     dist.destroy_process_group()
 
 
