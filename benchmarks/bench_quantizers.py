@@ -7,6 +7,9 @@ Run: python benchmarks/bench_quantizers.py   (needs the optional extra: pip inst
 2. Quantize it with llama.cpp (`llama_model_quantize`) to Q8_0 and Q4_K_M.
 3. Perplexity of those files through llama.cpp, and of chipfuse's formats through chipfuse, on
    the same tokens of quant/data/evaluation.txt, in the same run.
+   chipfuse's rows: INT8 and INT4 g64/g128 by round-to-nearest and by GPTQ, and a mixed recipe
+   (GPTQ codes, one format per layer chosen by `quant.mixed.search`) within the same bits per
+   weight as llama.cpp's Q4_K_M file: the "similar bits" comparison.
 4. Decode tokens/s of llama.cpp on the Q8_0 file beside chipfuse's int8 runtime (same bits).
 """
 
@@ -24,7 +27,8 @@ import torch
 from chipfuse.frontends import load_model_config
 from chipfuse.quant import accuracy as acc
 from chipfuse.quant.formats import Recipe, get_format
-from chipfuse.quant.gptq import collect_hessians, gptq_weights
+from chipfuse.quant.gptq import collect_hessians, dequantized, gptq_weights
+from chipfuse.quant.mixed import search
 from chipfuse.runtime.model_files import default_gguf
 from chipfuse.runtime.reference import reference_model
 from chipfuse.runtime.stage import Segment
@@ -70,6 +74,13 @@ def llama_quantize(src: Path, dst: Path, ftype: int) -> None:
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), p)
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize returned {rc}")
+
+
+def tensor_bits_per_weight(path: Path, n_params: int) -> float:
+    """Bits per weight of a GGUF file's tensor data (metadata and tokenizer left out)."""
+    import gguf
+
+    return 8 * sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors) / n_params
 
 
 def llama_perplexity(path: Path, wins: list[list[int]]) -> float:
@@ -126,18 +137,28 @@ def main() -> None:
     base_l = llama_perplexity(f32, wins)
     rows.append(("llama.cpp", "F32 (reference)", 32.0, base_l, base_l))
     for name, path in (("Q8_0", q8), ("Q4_K_M", q4km)):
-        bpw = 8 * path.stat().st_size / n_params  # file size, metadata included
-        rows.append(("llama.cpp", name, bpw, llama_perplexity(path, wins), base_l))
+        rows.append(("llama.cpp", name, tensor_bits_per_weight(path, n_params), llama_perplexity(path, wins), base_l))
     weights = open_weights(src, cfg).load(wanted_names(cfg, range(cfg.num_layers + 2)))
     scorer = acc.Scorer(cfg, weights, wins)  # the same scoring `chipfuse quantize` uses
     base_c = scorer.score(weights)["perplexity"]
     rows.append(("chipfuse", "fp32 (reference)", 32.0, base_c, base_c))
     hess = collect_hessians(cfg, weights, acc.windows(tok, acc.shipped_text("calibration"), WINDOW))
-    for fmt, method in (("int8", "rtn"), ("int4-g64", "gptq"), ("int4-g128", "gptq"), ("int4-g32", "rtn")):
+    deq = {f: dequantized(gptq_weights(cfg, weights, hess, get_format(f)), weights)
+           for f in ("int8", "int4-g64", "int4-g128")}
+    for fmt in ("int8", "int4-g64", "int4-g128", "int4-g32"):
         r = Recipe.of(fmt)
-        g = gptq_weights(cfg, weights, hess, get_format(fmt)) if method == "gptq" else None
-        ppl = scorer.score(acc.quantized_weights(weights, cfg, r, replace=g))["perplexity"]
-        rows.append(("chipfuse", f"{r.name} ({method})", 8 * acc.weight_bytes(cfg, r) / n_params, ppl, base_c))
+        for method in ("rtn", "gptq") if fmt in deq else ("rtn",):
+            ppl = scorer.score(acc.quantized_weights(weights, cfg, r, replace=deq[fmt] if method == "gptq" else None))
+            rows.append(("chipfuse", f"{r.name} ({method})", 8 * acc.weight_bytes(cfg, r) / n_params,
+                         ppl["perplexity"], base_c))
+    budget = rows[2][2] * n_params / 8  # Q4_K_M's tensor bytes
+    cands = [get_format(f) for f in ("int8", "int4-g64", "int4-g128")]
+    mixed = search(cfg, weights, scorer, cands, budget, replace=deq)
+    rows.append(("chipfuse", f"mixed {mixed['recipe'].name} (gptq)", 8 * mixed["bytes"] / n_params,
+                 mixed["measured"]["perplexity"], base_c))
+    mixed_note = (f"Mixed recipe within Q4_K_M's {rows[2][2]:.2f} bits/weight: "
+                  + ", ".join(f"layer {i} {f}" for i, f in enumerate(mixed["per_layer"]) if f != cands[-1].name)
+                  + f", the rest {cands[-1].name}.")
     prompt = tok.encode("The history of computing is a story of ideas, machines and people.", add_special_tokens=False)
     dec = [("llama.cpp Q8_0 file", llama_decode_rate(q8, prompt)),
            ("chipfuse int8 (one process)", chipfuse_decode_rate(src, cfg, "int8", "int8", prompt))]
@@ -147,8 +168,9 @@ def main() -> None:
         "Command: `python benchmarks/bench_quantizers.py` (optional extra `.[bench]`). The FP32 reference GGUF is "
         "SmolLM2's Q4_1 file dequantized and written with the `gguf` package; llama.cpp quantizes it with "
         "`llama_model_quantize`. Perplexity on "
-        f"{len(wins)} windows x {WINDOW} tokens of quant/data/evaluation.txt. llama.cpp's bits/weight is its file size "
-        "over the parameter count; chipfuse's is the IR's byte count (embedding/head int8 when layers are int4). "
+        f"{len(wins)} windows x {WINDOW} tokens of quant/data/evaluation.txt. llama.cpp's bits/weight is its file's "
+        "tensor bytes over the parameter count; chipfuse's is the IR's byte count (embedding/head int8 when layers "
+        "are int4). GPTQ is calibrated on quant/data/calibration.txt (other text than the evaluation). "
         "**The reference weights sit on an asymmetric INT4 g32 grid (Q4_1), so int4-g32 is lossless here and "
         "proves nothing; compare g64/g128 with Q4_K_M.**",
         "",
@@ -157,6 +179,7 @@ def main() -> None:
     ]
     for who, name, bpw, ppl, base in rows:
         lines.append(f"| {who} | {name} | {bpw:.2f} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% |")
+    lines += ["", mixed_note]
     lines += ["", "Decode at 8 bits (128 tokens, greedy, best of 3, same run):", "",
               "| runtime | decode tokens/s | ratio to llama.cpp |", "|---|---|---|"]
     for name, rate in dec:

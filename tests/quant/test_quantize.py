@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from chipfuse.quant.formats import FORMATS, get_format
-from chipfuse.quant.quantize import dequantize_int4, fake_quantize, quantize_fp8, quantize_int4, quantize_int8
+from chipfuse.quant.quantize import (QuantizedInt4, dequantize_int4, fake_quantize, quantize_fp8, quantize_int4,
+                                     quantize_int8)
 from chipfuse.runtime.kernels import make_embedding, make_linear
 
 shapes = st.tuples(st.integers(1, 6), st.sampled_from([32, 64, 96, 128, 192, 256]))
@@ -82,17 +83,58 @@ def test_bits_per_weight():
     assert get_format("int8").bits_per_weight(4096) == pytest.approx(8 + 16 / 4096)
 
 
-def test_gptq_reconstructs_layer_outputs_better_than_rtn():
-    from chipfuse.quant.gptq import gptq_int4
-
-    g = torch.Generator().manual_seed(1)
+def _correlated_inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
     # correlated inputs with a few strong channels, as in real activations
     base = torch.randn(2048, 32, generator=g)
     x = base @ torch.randn(32, 256, generator=g) + 0.1 * torch.randn(2048, 256, generator=g)
     x[:, :8] *= 6
-    w = torch.randn(64, 256, generator=g)
+    return x, torch.randn(64, 256, generator=g)
+
+
+@pytest.mark.parametrize("name", ["int4-g128", "int4-g64-sym", "int8"])
+def test_gptq_reconstructs_layer_outputs_better_than_rtn(name):
+    from chipfuse.quant.gptq import gptq_int4, gptq_quantize
+    from chipfuse.quant.quantize import dequantize
+
+    x, w = _correlated_inputs()
     h = x.t() @ x / x.shape[0]
-    f = get_format("int4-g128")
+    f = get_format(name)
     err_rtn = ((x @ (fake_quantize(w, f) - w).t()) ** 2).mean()
-    err_gptq = ((x @ (gptq_int4(w, h, f) - w).t()) ** 2).mean()
+    deq = gptq_int4(w, h, f) if f.precision == "int4" else dequantize(gptq_quantize(w, h, f))
+    err_gptq = ((x @ (deq - w).t()) ** 2).mean()
     assert err_gptq < 0.8 * err_rtn
+
+
+def test_clipped_int4_grid_never_rounds_worse_than_the_full_range():
+    from chipfuse.quant.quantize import dequantize_int4, int4_codes, int4_grid, int4_grid_search
+
+    x, w = _correlated_inputs(2)
+    w[:, 5] *= 8  # an outlier column
+    cw = (x * x).mean(0)
+    for sym in (False, True):
+        errs = []
+        for scale, zero, low in (int4_grid(w, 64, sym), int4_grid_search(w, 64, sym, cw)):
+            g = w.reshape(64, 4, 64)
+            q = int4_codes(g, scale[..., None], low[..., None], sym, shift=8 if sym else 0)
+            deq = dequantize_int4(QuantizedInt4(q.reshape(64, 256).int(), scale, zero, 64))
+            errs.append(float((((w - deq) ** 2) * cw).sum()))
+        assert errs[1] <= errs[0]
+
+
+def test_checkpoint_round_trips_int4_and_int8_codes_exactly(tmp_path):
+    from chipfuse.quant.checkpoint import checkpoint_recipe, load_quantized, save_quantized
+    from chipfuse.quant.formats import Recipe
+    from chipfuse.quant.quantize import QuantizedInt8, quantize_int8
+
+    w = torch.randn(48, 200)
+    q4 = quantize_int4(w, 64, False)  # 200 columns: padded to 256
+    q8 = QuantizedInt8(*quantize_int8(w))
+    recipe = Recipe(get_format("int4-g64"), get_format("int8"), ((2, "int8"),))
+    path = tmp_path / "codes.safetensors"
+    save_quantized(path, {"layers.0.o_proj": q4, "layers.1.o_proj": q8}, recipe, {"layers": 2})
+    back = load_quantized(path)
+    assert torch.equal(back["layers.0.o_proj"].q, q4.q) and back["layers.0.o_proj"].group == 64
+    assert torch.equal(back["layers.0.o_proj"].scale, q4.scale) and torch.equal(back["layers.0.o_proj"].zero, q4.zero)
+    assert torch.equal(back["layers.1.o_proj"].q, q8.q) and torch.equal(back["layers.1.o_proj"].scale, q8.scale)
+    assert checkpoint_recipe(path) == recipe

@@ -89,7 +89,8 @@ def print_plan(plan, title: str | None = None) -> None:
 def plan(
     model: str = typer.Option(..., "--model", "-m", help="catalogue name, config.json path or .gguf path"),
     system: str = typer.Option(..., "--system", "-s", help="preset name or system YAML path"),
-    precision: str = typer.Option("int4", help="weight format: int4 (= int4-g32), int4-g128-sym, int8, fp8, fp16, bf16, fp32, ..."),
+    precision: Optional[str] = typer.Option(None, help="weight format: int4 (= int4-g32, the default), int4-g128-sym, "
+                                                        "int8, fp8, fp16, bf16, fp32, ..."),
     context: int = typer.Option(4096, help="tokens per sequence (prompt + generated) the KV cache must hold"),
     batch: int = typer.Option(1, help="concurrent sequences"),
     prompt_tokens: int = typer.Option(512, help="prompt length for time to first token"),
@@ -98,7 +99,8 @@ def plan(
     strict: bool = typer.Option(False, help="fail instead of falling back when a die lacks the precision"),
     target_tokens_per_s: Optional[float] = typer.Option(None, help="also say what bandwidth this decode rate needs"),
     recipe: Optional[Path] = typer.Option(None, help="per-layer formats from `chipfuse quantize --recipe-out`"),
-    quantized: Optional[Path] = typer.Option(None, help="INT4 codes from `chipfuse quantize --method gptq --save`"),
+    quantized: Optional[Path] = typer.Option(None, help="GPTQ codes from `chipfuse quantize --method gptq --save` "
+                                                        "(the plan takes their recipe)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the plan and prediction here"),
 ):
     """Split a model over a system's dies and predict its speed."""
@@ -209,14 +211,15 @@ GRID_NOTE = ("Reference: the FP32 weights dequantized from the model file. SmolL
 def quantize(
     model: str = typer.Option("smollm2", "--model", "-m", help="smollm2, a .gguf file or a HF folder"),
     formats: str = typer.Option("fp32,bf16,fp16,fp8-e4m3,int8,int4-g128,int4-g32", help="comma-separated formats"),
-    method: str = typer.Option("rtn", help="rtn, or gptq (error compensation; INT4 rows also show RTN for contrast)"),
+    method: str = typer.Option("rtn", help="rtn, or gptq (error compensation for int4 and int8; their rows also "
+                                           "show RTN for contrast; with --budget-bytes, the layers' candidates)"),
     window: int = typer.Option(512, help="tokens per evaluation window"),
     sensitivity: Optional[str] = typer.Option(None, help="per-layer KL for this format (one layer quantized at a time)"),
     budget_bytes: Optional[float] = typer.Option(None, help="mixed precision: whole-model weight bytes to stay within"),
     candidates: str = typer.Option("int8,int4-g64,int4-g128", help="mixed precision: formats a layer may take"),
     recipe_out: Optional[Path] = typer.Option(None, help="mixed precision: write the recipe here (for plan/run --recipe)"),
-    save: Optional[Path] = typer.Option(None, help="with --method gptq: write the first INT4 format's codes here "
-                                                   "(for plan/run --quantized)"),
+    save: Optional[Path] = typer.Option(None, help="with --method gptq: write the codes of the first int4/int8 format, "
+                                                   "or of the mixed recipe, here (for plan/run --quantized)"),
     json_path: Optional[Path] = typer.Option(None, "--json"),
 ):
     """Measure each format's cost in accuracy (perplexity, KL vs FP32, top-1) and bytes.
@@ -227,6 +230,7 @@ def quantize(
 
     from ..quant import accuracy as acc
     from ..quant.formats import Recipe, get_format
+    from ..quant.gptq import dequantized, has_gptq
     from ..runtime.device import resolve_model
     from ..runtime.tokenizer import load_tokenizer
     from ..runtime.weights import open_weights, wanted_names
@@ -234,26 +238,37 @@ def quantize(
     if method not in ("rtn", "gptq"):
         raise ChipfuseError(f"--method {method!r}: accepted rtn, gptq")
     if save and method != "gptq":
-        raise ChipfuseError("--save writes GPTQ codes: add --method gptq and an int4 format to --formats")
+        raise ChipfuseError("--save writes GPTQ codes: add --method gptq (and an int4 or int8 format, or --budget-bytes)")
     fmts = [get_format(f.strip()) for f in formats.split(",") if f.strip()]
     torch.set_num_threads(os.cpu_count() or 1)
     path, cfg = resolve_model(None if model == "smollm2" else model)
     tok = load_tokenizer(path)
     wins = acc.windows(tok, acc.shipped_text("evaluation"), window)
-    gptq_fmts = [f for f in fmts if method == "gptq" and f.precision == "int4"]
     cands = [get_format(c.strip()) for c in candidates.split(",") if c.strip()] if budget_bytes else []
     if budget_bytes:
         fmts = []  # the mixed-precision search replaces the per-format table
-    steps = 2 + len(fmts) + 2 * len(gptq_fmts) + (cfg.num_layers if sensitivity else 0) + \
-        len(cands) * cfg.num_layers + (1 if budget_bytes else 0)
-    rows, sens = [], []
+    gptq_fmts = [f for f in (cands or fmts) if method == "gptq" and has_gptq(f)]
+    if save and not gptq_fmts:
+        raise ChipfuseError("--save writes GPTQ codes, and none of the formats asked for is int4 or int8")
+    steps = 2 + len(fmts) + (1 if gptq_fmts else 0) + len(gptq_fmts) * (cfg.num_layers + (0 if cands else 1)) + \
+        (cfg.num_layers if sensitivity else 0) + len(cands) * cfg.num_layers + (1 if budget_bytes else 0)
+    rows, sens, codes = [], [], {}
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("loading FP32 weights", total=steps)
         weights = open_weights(path, cfg).load(wanted_names(cfg, range(cfg.num_layers + 2)))
         prog.update(task, advance=1, description="FP32 reference")
         scorer = acc.Scorer(cfg, weights, wins)
         prog.advance(task)
-        hess = None
+        if gptq_fmts:
+            from ..quant.gptq import collect_hessians, gptq_weights
+
+            prog.update(task, description="calibration activations (GPTQ)")
+            hess = collect_hessians(cfg, weights, acc.windows(tok, acc.shipped_text("calibration"), window))
+            prog.advance(task)
+            for f in gptq_fmts:
+                prog.update(task, description=f"GPTQ {f.name}")
+                codes[f.name] = gptq_weights(cfg, weights, hess, f, progress=lambda: prog.advance(task))
+        deq = {name: dequantized(c, weights) for name, c in codes.items()}
         for f in fmts:
             r = Recipe.of(f)
             prog.update(task, description=f"{f.name} (rtn)")
@@ -261,21 +276,9 @@ def quantize(
             rows.append(acc.FormatRow(f.name, r.name, "rtn", acc.weight_bytes(cfg, r),
                                       8 * acc.weight_bytes(cfg, r) / acc.n_params(cfg), **m))
             prog.advance(task)
-            if f in gptq_fmts:
-                from ..quant.gptq import collect_hessians, gptq_weights
-
-                if hess is None:
-                    prog.update(task, description="calibration activations (GPTQ)")
-                    hess = collect_hessians(cfg, weights, acc.windows(tok, acc.shipped_text("calibration"), window))
-                prog.update(task, advance=1, description=f"{f.name} (gptq)")
-                g = gptq_weights(cfg, weights, hess, f)
-                if save and f == gptq_fmts[0]:
-                    from ..quant.checkpoint import save_quantized
-                    from ..quant.gptq import to_quantized
-
-                    save_quantized(save, {k: to_quantized(weights[k], v, f) for k, v in g.items()},
-                                   {"format": f.name, "layers": cfg.num_layers, "method": "gptq", "model": cfg.name})
-                m = scorer.score(acc.quantized_weights(weights, cfg, r, replace=g))
+            if f.name in codes:
+                prog.update(task, description=f"{f.name} (gptq)")
+                m = scorer.score(acc.quantized_weights(weights, cfg, r, replace=deq[f.name]))
                 rows.append(acc.FormatRow(f.name, r.name, "gptq", rows[-1].weight_bytes, rows[-1].bits_per_weight, **m))
                 prog.advance(task)
         if sensitivity:
@@ -292,7 +295,18 @@ def quantize(
             def step(desc: str) -> None:
                 prog.update(task, advance=1, description=desc)
 
-            mixed = search(cfg, weights, scorer, cands, budget_bytes, step)
+            mixed = search(cfg, weights, scorer, cands, budget_bytes, step, replace=deq)
+    saved = None
+    if save:
+        from ..quant.checkpoint import save_quantized
+
+        saved = mixed["recipe"] if mixed else Recipe.of(gptq_fmts[0])
+        held = {k: v for i in range(cfg.num_layers) for k, v in
+                codes.get(saved.for_block(i + 1).name, {}).items() if k.startswith(f"layers.{i}.")}
+        save_quantized(save, held, saved, {"layers": cfg.num_layers, "method": "gptq", "model": cfg.name})
+    if saved:
+        console.print(f"GPTQ codes for {saved.name} written to {save}: run them with "
+                      f"`chipfuse run --quantized {save}`")
     if mixed:
         _print_mixed(mixed, cfg, recipe_out)
         if json_path:
@@ -306,13 +320,10 @@ def quantize(
         t.add_row(r.format, r.recipe, r.method, f"{r.weight_bytes / 2**20:.1f}", f"{r.bits_per_weight:.2f}",
                   f"{r.perplexity:.3f}", f"{r.kl:.5f}", f"{100 * r.top1:.1f}%")
     console.print(t)
-    for f in gptq_fmts:
+    for f in (f for f in gptq_fmts if f in fmts):
         a = next(r for r in rows if r.format == f.name and r.method == "rtn")
         b = next(r for r in rows if r.format == f.name and r.method == "gptq")
         console.print(f"{f.name}: GPTQ lowers KL by {100 * (1 - b.kl / a.kl):.0f}% against round-to-nearest")
-    if save and gptq_fmts:
-        console.print(f"{gptq_fmts[0].name} GPTQ codes written to {save}: run them with "
-                      f"`chipfuse run --precision {gptq_fmts[0].name} --quantized {save}`")
     if sens:
         st = Table(title=f"per-layer sensitivity at {sensitivity} (only that layer quantized; 2 windows)")
         for col in ("layer", "KL vs FP32", "perplexity"):
@@ -372,7 +383,7 @@ def run(
     model: str = typer.Option("smollm2", "--model", "-m", help="smollm2 (embedded default), a .gguf file or a HF folder"),
     prompt: str = typer.Option(SAMPLE_QUESTION, help="the user message (sent through the chat template)"),
     max_tokens: int = typer.Option(64, help="tokens to generate at most"),
-    precision: str = typer.Option("int4", help="weight format of the layers"),
+    precision: Optional[str] = typer.Option(None, help="weight format of the layers (default int4)"),
     context: int = typer.Option(2048, help="tokens per sequence the KV cache holds"),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     top_k: int = typer.Option(0),
@@ -381,7 +392,8 @@ def run(
     raw: bool = typer.Option(False, help="send the prompt as plain text, without the chat template"),
     probe_file: Optional[Path] = typer.Option(None, "--probe", help="system file from `chipfuse probe` (else measured now)"),
     recipe: Optional[Path] = typer.Option(None, help="per-layer formats from `chipfuse quantize --recipe-out`"),
-    quantized: Optional[Path] = typer.Option(None, help="INT4 codes from `chipfuse quantize --method gptq --save`"),
+    quantized: Optional[Path] = typer.Option(None, help="GPTQ codes from `chipfuse quantize --method gptq --save` "
+                                                        "(the plan takes their recipe)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write plan, text and measured/predicted speed here"),
 ):
     """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed."""

@@ -131,23 +131,28 @@ def _lower_precisions(fmt: Format) -> list[str]:
     return [c for c in cands if FORMATS[c].bits_per_weight() < bpw - 1e-9]
 
 
-def compile_plan(model: ModelConfig, system: System, precision: str | Format | Recipe = "int4", *,
+def compile_plan(model: ModelConfig, system: System, precision: str | Format | Recipe | None = "int4", *,
                  head_precision: str | None = None, context: int = 4096,
                  batch: int = 1, prompt_tokens: int = 512, kv_precision: str = "fp16",
                  max_dies: int | None = None, strict: bool = False, model_source: str = "",
                  graph: Graph | None = None, quantized_weights: str | None = None) -> Plan:
-    """Split `model` over `system`'s dies as an optimal pipeline and predict its speed."""
+    """Split `model` over `system`'s dies as an optimal pipeline and predict its speed.
+
+    `precision` None means int4, or with `quantized_weights` the recipe its codes were made for."""
     from ..sim.predict import predict
 
-    recipe = Recipe.of(precision, head_precision)
     if quantized_weights:
-        from ..quant.checkpoint import read_meta
+        from ..quant.checkpoint import checkpoint_recipe, read_meta
 
-        meta = read_meta(quantized_weights)
-        if meta.get("format") != recipe.default.name or meta.get("layers") != model.num_layers or recipe.blocks:
-            raise SpecError(f"{quantized_weights} holds {meta.get('format')} codes for {meta.get('layers')} layers; "
-                            f"the plan asks for {recipe.name} on {model.num_layers} layers (use --precision "
-                            f"{meta.get('format')} and no recipe)")
+        held = checkpoint_recipe(quantized_weights)
+        recipe = held if precision is None else Recipe.of(precision, head_precision)
+        layers = read_meta(quantized_weights).get("layers")
+        if recipe != held or layers != model.num_layers:
+            raise SpecError(f"{quantized_weights} holds {held.name} codes for {layers} layers; the plan asks for "
+                            f"{recipe.name} on {model.num_layers} layers (leave out --precision and --recipe to "
+                            "take the checkpoint's own recipe)")
+    else:
+        recipe = Recipe.of("int4" if precision is None else precision, head_precision)
     bad = [b for b, _ in recipe.blocks if not 1 <= b <= model.num_layers]
     if bad:
         raise SpecError(f"recipe overrides blocks {bad}: {model.name} has layer blocks 1..{model.num_layers}")
@@ -163,10 +168,11 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         if not 1 <= max_dies <= len(dies):
             raise SpecError(f"--dies {max_dies}: {system.name} has {len(dies)} die(s)")
     warnings: list[str] = []
+    coded = {recipe.default, *(get_format(n) for _, n in recipe.blocks)} if quantized_weights else set()
     for d in dies:
         for want in sorted(recipe.formats(), key=lambda f: f.name):
             f = die_format(system, d, want)
-            if f.name != want.name and quantized_weights and want == recipe.default:
+            if f.name != want.name and quantized_weights and want in coded:
                 raise SpecError(f"{d} has no {want.precision} support, so it cannot run the codes in {quantized_weights}")
             if f.name != want.name:
                 msg = (f"{d} has no {want.precision} support (it supports {', '.join(system.die_type(d).tops)}); "

@@ -1,4 +1,5 @@
-"""Quantized weights on disk: INT4 codes (two per byte), scales and zero points, in safetensors.
+"""Quantized weights on disk: INT4 codes (two per byte) with scales and zero points, or INT8 codes
+with per-channel scales, in safetensors, under the recipe that says which layer holds which format.
 
 Written by `chipfuse quantize --method gptq --save FILE`, read by the workers (`--quantized FILE`),
 so a calibration-based result runs exactly as it was measured. No pickle anywhere.
@@ -12,19 +13,26 @@ from pathlib import Path
 import torch
 
 from ..errors import ChipfuseError
-from .quantize import QuantizedInt4
+from .formats import Recipe, get_format, recipe_from_dict, recipe_to_dict
+from .quantize import QuantizedInt4, QuantizedInt8
+
+Codes = QuantizedInt4 | QuantizedInt8
 
 
-def save_quantized(path: str | Path, tensors: dict[str, QuantizedInt4], meta: dict) -> None:
+def save_quantized(path: str | Path, tensors: dict[str, Codes], recipe: Recipe, meta: dict) -> None:
+    """Write codes and `meta` (model, layers, method) with the recipe they were made for."""
     from safetensors.torch import save_file
 
     out = {}
     for name, t in tensors.items():
-        q = t.q.to(torch.uint8)
-        out[name + ".q4"] = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+        if isinstance(t, QuantizedInt8):
+            out[name + ".q8"] = t.q.to(torch.int8).contiguous()
+        else:
+            q = t.q.to(torch.uint8)
+            out[name + ".q4"] = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+            out[name + ".zero"] = t.zero.float().contiguous()
         out[name + ".scale"] = t.scale.float().contiguous()
-        out[name + ".zero"] = t.zero.float().contiguous()
-    save_file(out, str(path), metadata={"chipfuse": json.dumps({**meta, "group": next(iter(tensors.values())).group})})
+    save_file(out, str(path), metadata={"chipfuse": json.dumps({**meta, "recipe": recipe_to_dict(recipe)})})
 
 
 def read_meta(path: str | Path) -> dict:
@@ -34,19 +42,34 @@ def read_meta(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {})["chipfuse"])
     except (OSError, KeyError, ValueError) as err:
-        raise ChipfuseError(f"{path}: not a chipfuse quantized checkpoint ({err})") from None
+        raise ChipfuseError(f"{path}: not a chipfuse quantized checkpoint ({err}); write one with "
+                            "`chipfuse quantize --method gptq --save FILE`") from None
 
 
-def load_quantized(path: str | Path, names: set[str] | None = None) -> dict[str, QuantizedInt4]:
-    """The checkpoint's tensors (only `names`, if given) as QuantizedInt4."""
+def checkpoint_recipe(path: str | Path) -> Recipe:
+    """The recipe a checkpoint's codes were made for (older files: one format, int8 head)."""
+    meta = read_meta(path)
+    try:
+        return recipe_from_dict(meta["recipe"]) if "recipe" in meta else Recipe.of(get_format(meta["format"]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise ChipfuseError(f"{path}: its recipe cannot be read ({err})") from None
+
+
+def load_quantized(path: str | Path, names: set[str] | None = None) -> dict[str, Codes]:
+    """The checkpoint's tensors (only `names`, if given) as QuantizedInt4 or QuantizedInt8."""
     from safetensors import safe_open
 
-    group = int(read_meta(path)["group"])
-    out = {}
+    read_meta(path)
+    out: dict[str, Codes] = {}
     with safe_open(str(path), framework="pt") as f:
-        keys = {k.rsplit(".", 1)[0] for k in f.keys()}
-        for name in sorted(keys if names is None else keys & names):
+        keys = set(f.keys())
+        stems = {k.rsplit(".", 1)[0] for k in keys}
+        for name in sorted(stems if names is None else stems & names):
+            scale = f.get_tensor(name + ".scale")
+            if name + ".q8" in keys:
+                out[name] = QuantizedInt8(f.get_tensor(name + ".q8"), scale)
+                continue
             p = f.get_tensor(name + ".q4")
             q = torch.stack([p & 0xF, p >> 4], -1).reshape(p.shape[0], -1).to(torch.int32)
-            out[name] = QuantizedInt4(q, f.get_tensor(name + ".scale"), f.get_tensor(name + ".zero"), group)
+            out[name] = QuantizedInt4(q, scale, f.get_tensor(name + ".zero"), q.shape[1] // scale.shape[1])
     return out

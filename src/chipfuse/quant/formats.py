@@ -137,13 +137,21 @@ class Recipe:
         return self.default.name + extra + mixed
 
 
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """{"default": format, "head": format, "blocks": [[block, format], ...]}: the recipe file's JSON."""
+    return {"default": recipe.default.name, "head": recipe.head.name, "blocks": [list(b) for b in recipe.blocks]}
+
+
+def recipe_from_dict(d: dict) -> Recipe:
+    return Recipe(get_format(d["default"]), get_format(d["head"]),
+                  tuple((int(b), get_format(f).name) for b, f in d.get("blocks", [])))
+
+
 def save_recipe(recipe: Recipe, path) -> None:
-    """A recipe as JSON: {"default": format, "head": format, "blocks": [[block, format], ...]}."""
     import json
     from pathlib import Path
 
-    Path(path).write_text(json.dumps({"default": recipe.default.name, "head": recipe.head.name,
-                                      "blocks": [list(b) for b in recipe.blocks]}, indent=2) + "\n")
+    Path(path).write_text(json.dumps(recipe_to_dict(recipe), indent=2) + "\n")
 
 
 def load_recipe(path) -> Recipe:
@@ -151,9 +159,7 @@ def load_recipe(path) -> Recipe:
     from pathlib import Path
 
     try:
-        d = json.loads(Path(path).read_text())
-        return Recipe(get_format(d["default"]), get_format(d["head"]),
-                      tuple((int(b), get_format(f).name) for b, f in d.get("blocks", [])))
+        return recipe_from_dict(json.loads(Path(path).read_text()))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SpecError(f"{path}: not a recipe file ({err}); expected "
                         '{"default": "int4-g64", "head": "int8", "blocks": [[1, "int8"], ...]}') from None

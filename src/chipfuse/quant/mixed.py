@@ -31,9 +31,12 @@ def assign(kl: np.ndarray, nbytes: np.ndarray, budget_bytes: float) -> list[int]
     return [int(np.argmax(x[i])) for i in range(n)]
 
 
-def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=lambda desc: None) -> dict:
+def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=lambda desc: None,
+           replace: dict[str, dict] | None = None) -> dict:
     """Measure each layer's KL at each candidate format (one layer quantized at a time), choose
-    per-layer formats by `assign`, and measure the mixed model. `step(description)` marks progress."""
+    per-layer formats by `assign`, and measure the mixed model. `step(description)` marks progress.
+    `replace` maps a format name to weights a calibration method already quantized in it (GPTQ);
+    formats not in it are rounded to nearest."""
     from ..ir.graph import block_weight_bytes, tied_shared_bytes
     from ..ir.llm import build_llm_graph
     from . import accuracy as acc
@@ -47,7 +50,8 @@ def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=la
         r = Recipe(f, base.head)
         per_block = block_weight_bytes(g, r)
         for i in range(cfg.num_layers):
-            kl[i, j] = scorer.score(acc.quantized_weights(weights, cfg, r, layers={i}), windows_used=2)["kl"]
+            q = acc.quantized_weights(weights, cfg, r, layers={i}, replace=(replace or {}).get(f.name))
+            kl[i, j] = scorer.score(q, windows_used=2)["kl"]
             nbytes[i, j] = per_block[i + 1]
             step(f"sensitivity: layer {i} at {f.name}")
     total = block_weight_bytes(g, base)
@@ -55,7 +59,10 @@ def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=la
     choice = assign(kl, nbytes, budget_bytes - fixed)
     recipe = Recipe(base.default, base.head, tuple((i + 1, cands[c].name) for i, c in enumerate(choice)
                                                     if cands[c] != base.default))
-    measured = scorer.score(acc.quantized_weights(weights, cfg, recipe))
+    chosen = {}
+    for i, c in enumerate(choice):
+        chosen.update({k: v for k, v in (replace or {}).get(cands[c].name, {}).items() if k.startswith(f"layers.{i}.")})
+    measured = scorer.score(acc.quantized_weights(weights, cfg, recipe, replace=chosen))
     step("measured the mixed model")
     used = fixed + sum(nbytes[i, c] for i, c in enumerate(choice))
     per_layer = [cands[c].name for c in choice]

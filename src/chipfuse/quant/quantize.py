@@ -28,6 +28,21 @@ class QuantizedInt4:
     group: int
 
 
+@dataclass
+class QuantizedInt8:
+    """Per-output-channel symmetric INT8 codes: w = q * scale[:, None]."""
+
+    q: torch.Tensor  # int8 [N, K]
+    scale: torch.Tensor  # float32 [N]
+
+
+def dequantize(t: "QuantizedInt4 | QuantizedInt8") -> torch.Tensor:
+    """FP32 values of INT4 (padded width) or INT8 codes."""
+    if isinstance(t, QuantizedInt8):
+        return t.q.float() * t.scale[:, None]
+    return dequantize_int4(t)
+
+
 def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
     """Widen [N, K] to a multiple of `group` columns by repeating the last column: the last,
     shorter group keeps its own min and max (the packed kernel needs whole groups)."""
@@ -47,6 +62,42 @@ def int4_grid(w: torch.Tensor, group: int, symmetric: bool) -> tuple[torch.Tenso
         scale = (g.amax(-1) - g.amin(-1)) / 15.0
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     low = torch.zeros_like(scale) if symmetric else g.amin(-1)
+    zero = torch.zeros_like(scale) if symmetric else low + 8 * scale
+    return scale, zero, low
+
+
+def int4_grid_search(w: torch.Tensor, group: int, symmetric: bool, col_weight: torch.Tensor | None = None,
+                     ratios: tuple[float, ...] = tuple(1.0 - 0.025 * i for i in range(13))
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like `int4_grid`, but each group's range is shrunk by the ratio (1.0 down to 0.7) that gives
+    the least squared rounding error, each column weighted by `col_weight` (for example the
+    input energy diag(X^T X), so the error that matters to the layer's output counts most).
+    Clipping a few outliers buys a finer step for every other weight of the group."""
+    n, k = w.shape
+    g = w.reshape(n, k // group, group)
+    cw = torch.ones(k) if col_weight is None else col_weight.float()
+    cw = cw.reshape(1, k // group, group)
+    best = best_err = None
+    for r in ratios:
+        if symmetric:
+            scale = g.abs().amax(-1) * r / 7.0
+            low = torch.zeros_like(scale)
+        else:
+            hi, lo = g.amax(-1) * r, g.amin(-1) * r
+            scale = (hi - lo) / 15.0
+            low = lo
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        origin = low if not symmetric else torch.zeros_like(scale)
+        q = int4_codes(g, scale[..., None], origin[..., None], symmetric, shift=8 if symmetric else 0)
+        deq = (q - (8 if symmetric else 0)) * scale[..., None] + origin[..., None]
+        err = (((g - deq) ** 2) * cw).sum(-1)
+        if best is None:
+            best, best_err = (scale, low), err
+        else:
+            better = err < best_err
+            best = (torch.where(better, scale, best[0]), torch.where(better, low, best[1]))
+            best_err = torch.where(better, err, best_err)
+    scale, low = best
     zero = torch.zeros_like(scale) if symmetric else low + 8 * scale
     return scale, zero, low
 

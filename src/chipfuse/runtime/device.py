@@ -155,7 +155,7 @@ class Device:
     """Every die of a system as one device: compile, load, generate, close."""
 
     def __init__(self, system: str | Path | System = DEFAULT_SYSTEM, model: str | Path | None = None,
-                 precision: "str | Recipe" = "int4", *, head_precision: str | None = None, context: int = 2048,
+                 precision: "str | Recipe | None" = None, *, head_precision: str | None = None, context: int = 2048,
                  max_batch: int = 4, kv_precision: str = "fp16", threads: int | None = None, dies: int | None = None,
                  plan: Plan | None = None, spawn: bool = True, master: str | None = None,
                  quantized: str | Path | None = None,

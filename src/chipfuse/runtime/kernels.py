@@ -79,11 +79,12 @@ class DenseLinear(Linear):
 
 
 class Int8Linear(Linear):
-    def __init__(self, w: torch.Tensor):
-        q, s = quantize_int8(w)
+    def __init__(self, w: torch.Tensor | None, quantized=None):
+        """From an FP32 weight (round-to-nearest), or from codes a calibration method chose."""
+        q, s = (quantized.q, quantized.scale) if quantized is not None else quantize_int8(w)
         self.q = q.contiguous()
         self.s = s.to(torch.bfloat16)
-        self.out_features = w.shape[0]
+        self.out_features = q.shape[0]
         self.resident_bytes = _nbytes(self.q, self.s)
 
     def __call__(self, x):

@@ -57,7 +57,8 @@ def measure_tops(precision: str, m: int = 256, n: int = 1536, k: int = 576) -> f
 
 
 def measure_layer_overhead_s() -> float:
-    """Fixed cost of one decode layer step beyond its weight streaming: Python dispatch and small ops."""
+    """Fixed cost of one decode layer step beyond its weight streaming: dispatch and small ops (the compiled
+    decode path when it is available, as the runtime uses it)."""
     from ..frontends.config import ModelConfig
     from .stage import Segment, StageModel
 

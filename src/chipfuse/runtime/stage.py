@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ChipfuseError
 from ..frontends.config import ModelConfig
 from ..quant.formats import Format
 from .kernels import Linear, make_embedding, make_linear, refine_top
@@ -31,15 +32,19 @@ class Segment:
 
 
 def _linear(w: dict, names: list[str], fmt: Format, quantized: dict) -> Linear:
-    """One kernel for the rows of `names` stacked: from given INT4 codes if all are there, else from FP32."""
+    """One kernel for the rows of `names` stacked: from given INT4/INT8 codes if all are there, else from FP32."""
     if quantized and all(n in quantized for n in names):
-        from ..quant.quantize import QuantizedInt4
-        from .kernels import Int4Linear
+        from ..quant.quantize import QuantizedInt4, QuantizedInt8
+        from .kernels import Int4Linear, Int8Linear
 
         ts = [quantized[n] for n in names]
-        t = QuantizedInt4(torch.cat([x.q for x in ts]), torch.cat([x.scale for x in ts]),
-                          torch.cat([x.zero for x in ts]), ts[0].group)
-        return Int4Linear(None, t.group, fmt.symmetric, quantized=t, in_features=w[names[0]].shape[1])
+        if all(isinstance(x, QuantizedInt8) for x in ts) and fmt.name == "int8":
+            return Int8Linear(None, QuantizedInt8(torch.cat([x.q for x in ts]), torch.cat([x.scale for x in ts])))
+        if all(isinstance(x, QuantizedInt4) and x.group == (fmt.group_size or 32) for x in ts):
+            t = QuantizedInt4(torch.cat([x.q for x in ts]), torch.cat([x.scale for x in ts]),
+                              torch.cat([x.zero for x in ts]), ts[0].group)
+            return Int4Linear(None, t.group, fmt.symmetric, quantized=t, in_features=w[names[0]].shape[1])
+        raise ChipfuseError(f"the quantized checkpoint holds codes for {names[0]} that do not match its format {fmt.name}")
     return make_linear(torch.cat([w[n] for n in names]) if len(names) > 1 else w[names[0]], fmt)
 
 
