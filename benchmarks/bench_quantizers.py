@@ -156,9 +156,10 @@ def main() -> None:
     mixed = search(cfg, weights, scorer, cands, budget, replace=deq)
     rows.append(("chipfuse", f"mixed {mixed['recipe'].name} (gptq)", 8 * mixed["bytes"] / n_params,
                  mixed["measured"]["perplexity"], base_c))
-    mixed_note = (f"Mixed recipe within Q4_K_M's {rows[2][2]:.2f} bits/weight: "
-                  + ", ".join(f"layer {i} {f}" for i, f in enumerate(mixed["per_layer"]) if f != cands[-1].name)
-                  + f", the rest {cands[-1].name}.")
+    by_fmt = {f.name: [str(i) for i, n in enumerate(mixed["per_layer"]) if n == f.name] for f in cands}
+    mixed_note = (f"Mixed recipe within Q4_K_M's {rows[2][2]:.2f} bits/weight (`quant.mixed.search` over "
+                  "int8/int4-g64/int4-g128 GPTQ codes, per-layer KL on 2 windows): "
+                  + "; ".join(f"{n} for layers {', '.join(ls)}" for n, ls in by_fmt.items() if ls) + ".")
     prompt = tok.encode("The history of computing is a story of ideas, machines and people.", add_special_tokens=False)
     dec = [("llama.cpp Q8_0 file", llama_decode_rate(q8, prompt)),
            ("chipfuse int8 (one process)", chipfuse_decode_rate(src, cfg, "int8", "int8", prompt))]

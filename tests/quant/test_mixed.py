@@ -27,3 +27,31 @@ def test_assignment_is_optimal(n, m, seed, frac):
 def test_impossible_budget_is_a_clear_error():
     with pytest.raises(ChipfuseError, match="smallest candidates need"):
         assign(np.ones((2, 2)), np.full((2, 2), 10.0), 5)
+
+
+def test_budget_for_a_target_rate_meets_it_on_the_planner():
+    """The budget derived from a system and a decode rate, spent on the two end formats in
+    proportion, gives a plan the planner predicts at (about) that rate."""
+    from chipfuse.compile.compiler import compile_plan
+    from chipfuse.frontends import load_model_config
+    from chipfuse.hw.load import load_system
+    from chipfuse.quant import accuracy as acc
+    from chipfuse.quant.formats import Recipe, get_format
+    from chipfuse.quant.mixed import budget_for_rate
+
+    cfg = load_model_config("llama-3.2-1b")
+    system = load_system("talk-medium-d2d")
+    cands = [get_format("int8"), get_format("int4-g128")]
+    rates = [compile_plan(cfg, system, Recipe(f, get_format("int8")), context=2048).prediction.decode_tokens_per_s
+             for f in cands]
+    target = (rates[0] + rates[1]) / 2
+    budget, how = budget_for_rate(cfg, system, cands, target)
+    lo, hi = (acc.weight_bytes(cfg, Recipe(f, get_format("int8"))) for f in reversed(cands))
+    assert lo < budget < hi and "tokens/s" in how
+    # half the layers at int8 sit near that budget; the plan of such a recipe runs near the target
+    half = Recipe(cands[1], get_format("int8"), tuple((b, "int8") for b in range(1, cfg.num_layers // 2 + 1)))
+    assert acc.weight_bytes(cfg, half) == pytest.approx(budget, rel=0.1)
+    got = compile_plan(cfg, system, half, context=2048).prediction.decode_tokens_per_s
+    assert got == pytest.approx(target, rel=0.1)
+    with pytest.raises(ChipfuseError, match="out of reach"):
+        budget_for_rate(cfg, system, cands, rates[1] * 2)

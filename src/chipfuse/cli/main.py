@@ -216,6 +216,9 @@ def quantize(
     window: int = typer.Option(512, help="tokens per evaluation window"),
     sensitivity: Optional[str] = typer.Option(None, help="per-layer KL for this format (one layer quantized at a time)"),
     budget_bytes: Optional[float] = typer.Option(None, help="mixed precision: whole-model weight bytes to stay within"),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="mixed precision: with --target-tokens-per-s, "
+                                                                      "the budget is what this system streams at that rate"),
+    target_tokens_per_s: Optional[float] = typer.Option(None, help="mixed precision: batch-1 decode rate to meet on --system"),
     candidates: str = typer.Option("int8,int4-g64,int4-g128", help="mixed precision: formats a layer may take"),
     recipe_out: Optional[Path] = typer.Option(None, help="mixed precision: write the recipe here (for plan/run --recipe)"),
     save: Optional[Path] = typer.Option(None, help="with --method gptq: write the codes of the first int4/int8 format, "
@@ -244,7 +247,19 @@ def quantize(
     path, cfg = resolve_model(None if model == "smollm2" else model)
     tok = load_tokenizer(path)
     wins = acc.windows(tok, acc.shipped_text("evaluation"), window)
-    cands = [get_format(c.strip()) for c in candidates.split(",") if c.strip()] if budget_bytes else []
+    if (system is None) != (target_tokens_per_s is None):
+        raise ChipfuseError("--system and --target-tokens-per-s go together (or give --budget-bytes)")
+    if system and budget_bytes:
+        raise ChipfuseError("give either --budget-bytes or --system with --target-tokens-per-s, not both")
+    cands = [get_format(c.strip()) for c in candidates.split(",") if c.strip()] if (budget_bytes or system) else []
+    target_sys = None
+    if system:
+        from ..hw.load import load_system
+        from ..quant.mixed import budget_for_rate
+
+        target_sys = load_system(system)
+        budget_bytes, how = budget_for_rate(cfg, target_sys, cands, target_tokens_per_s, min(2048, cfg.max_position))
+        console.print(how)
     if budget_bytes:
         fmts = []  # the mixed-precision search replaces the per-format table
     gptq_fmts = [f for f in (cands or fmts) if method == "gptq" and has_gptq(f)]
@@ -309,6 +324,12 @@ def quantize(
                       f"`chipfuse run --quantized {save}`")
     if mixed:
         _print_mixed(mixed, cfg, recipe_out)
+        if target_sys:
+            from ..compile.compiler import compile_plan
+
+            p = compile_plan(cfg, target_sys, mixed["recipe"], context=min(2048, cfg.max_position), prompt_tokens=512)
+            console.print(f"predicted on {target_sys.name} with this recipe: "
+                          f"{p.prediction.decode_tokens_per_s:.1f} tokens/s (target {target_tokens_per_s:g})")
         if json_path:
             acc.save_json(json_path, {"model": cfg.name, "note": GRID_NOTE, "mixed": mixed["json"]})
         return

@@ -104,8 +104,9 @@ class Plan(_M):
     block_formats: list[tuple[int, str]] = Field(
         default_factory=list, description="mixed precision: [block, format] overrides of `precision`")
     quantized_weights: str | None = Field(
-        None, description="checkpoint of INT4 codes from a calibration method (chipfuse quantize --save); "
-                          "the workers load their layers' codes from it instead of rounding to nearest")
+        None, description="checkpoint of INT4/INT8 codes from a calibration method (chipfuse quantize --save), "
+                          "made for this plan's recipe; the workers load their layers' codes from it instead of "
+                          "rounding to nearest")
     workload: WorkloadSpec
     route: list[str] = Field(description="host, the dies in stage order, host")
     stages: list[Stage]

@@ -31,6 +31,35 @@ def assign(kl: np.ndarray, nbytes: np.ndarray, budget_bytes: float) -> list[int]
     return [int(np.argmax(x[i])) for i in range(n)]
 
 
+def budget_for_rate(cfg, system, cands: list, target_tokens_per_s: float, context: int = 2048) -> tuple[float, str]:
+    """Whole-model weight bytes that `system` can stream at `target_tokens_per_s` (batch-1 decode),
+    and a sentence saying how it was found.
+
+    The planner's prediction for the smallest and the largest candidate, each on every layer, gives
+    two (bytes, seconds per token) points; decode time is linear in the bytes read (the roofline is
+    memory-bound there), so the budget lies on the line through them, capped at the largest."""
+    from ..compile.compiler import compile_plan
+    from . import accuracy as acc
+    from .formats import Recipe
+
+    base = Recipe.of(cands[-1])
+    pts = []
+    for f in sorted(cands, key=lambda f: acc.weight_bytes(cfg, Recipe(f, base.head))):
+        r = Recipe(f, base.head)
+        p = compile_plan(cfg, system, r, context=context, prompt_tokens=min(512, context))
+        pts.append((float(acc.weight_bytes(cfg, r)), 1.0 / p.prediction.decode_tokens_per_s, f.name))
+    (b0, t0, n0), (b1, t1, n1) = pts[0], pts[-1]
+    rate = f"{system.name} decodes {1 / t0:.1f} tokens/s with every layer at {n0}, {1 / t1:.1f} at {n1}"
+    target_s = 1.0 / target_tokens_per_s
+    if t0 > target_s:
+        raise ChipfuseError(f"{target_tokens_per_s:g} tokens/s is out of reach: {rate} (predicted); lower the "
+                            "target, add a smaller candidate format or choose a faster system")
+    if t1 <= target_s or t1 == t0:
+        return b1, f"{rate}: every candidate meets {target_tokens_per_s:g} tokens/s, so the budget is {n1}'s size"
+    budget = b0 + (target_s - t0) * (b1 - b0) / (t1 - t0)
+    return budget, f"{rate} (predicted); {target_tokens_per_s:g} tokens/s allows {budget / 2**20:.1f} MiB of weights"
+
+
 def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=lambda desc: None,
            replace: dict[str, dict] | None = None) -> dict:
     """Measure each layer's KL at each candidate format (one layer quantized at a time), choose
