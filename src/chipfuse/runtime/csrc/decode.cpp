@@ -9,6 +9,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -36,6 +40,22 @@ inline float ld(const at::Half* p) { return static_cast<float>(*reinterpret_cast
 inline void st(float* p, float v) { *p = v; }
 inline void st(at::BFloat16* p, float v) { *p = at::BFloat16(v); }
 inline void st(at::Half* p, float v) { *reinterpret_cast<_Float16*>(p) = static_cast<_Float16>(v); }
+
+// n values of a KV cache (any floating dtype) widened to float; fp16 uses the CPU's F16C converts
+// where present (GCC otherwise converts _Float16 one element at a time in software)
+template <typename T>
+void widen(const T* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = ld(src + i);
+}
+#if defined(__F16C__)
+template <>
+void widen<at::Half>(const at::Half* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i].x);
+}
+#endif
 
 // float [T, K] -> the kernel's input dtype, with `pad` zero columns
 at::Tensor to_input(const float* x, int64_t t, int64_t k, int64_t pad, at::ScalarType dt) {
@@ -225,17 +245,29 @@ class Stage {
           st(V + (g * ctx + p) * hd_ + i, row[qd + kvd + g * hd_ + i]);
         }
       const int64_t n = p + 1;
+      // widen each KV head's first n rows (contiguous: [ctx, hd] per head) to float once, so the
+      // dot products below are plain float loops the compiler vectorizes (F16C / AVX-512 converts)
+      std::vector<float> kf(nkv_ * n * hd_), vf(nkv_ * n * hd_);
+      for (int64_t g = 0; g < nkv_; ++g) {
+        const scalar_t* kb = K + g * ctx * hd_;
+        const scalar_t* vb = V + g * ctx * hd_;
+        float* kd = kf.data() + g * n * hd_;
+        float* vd = vf.data() + g * n * hd_;
+        widen(kb, kd, n * hd_);
+        widen(vb, vd, n * hd_);
+      }
       at::parallel_for(0, nh_, n * hd_ >= 16384 ? 1 : nh_, [&](int64_t h0, int64_t h1) {
         std::vector<float> sc(n), acc(hd_);
         for (int64_t hh = h0; hh < h1; ++hh) {
           const int64_t g = hh / group;
           const float* q = row + hh * hd_;
-          const scalar_t* kb = K + g * ctx * hd_;
-          const scalar_t* vb = V + g * ctx * hd_;
+          const float* kb = kf.data() + g * n * hd_;
+          const float* vb = vf.data() + g * n * hd_;
           float mx = -INFINITY;
           for (int64_t j = 0; j < n; ++j) {
+            const float* kr = kb + j * hd_;
             float d = 0.f;
-            for (int64_t i = 0; i < hd_; ++i) d += q[i] * ld(kb + j * hd_ + i);
+            for (int64_t i = 0; i < hd_; ++i) d += q[i] * kr[i];
             sc[j] = d * scale;
             mx = std::max(mx, sc[j]);
           }
@@ -247,7 +279,8 @@ class Stage {
           std::fill(acc.begin(), acc.end(), 0.f);
           for (int64_t j = 0; j < n; ++j) {
             const float w = sc[j];
-            for (int64_t i = 0; i < hd_; ++i) acc[i] += w * ld(vb + j * hd_ + i);
+            const float* vr = vb + j * hd_;
+            for (int64_t i = 0; i < hd_; ++i) acc[i] += w * vr[i];
           }
           for (int64_t i = 0; i < hd_; ++i) out[hh * hd_ + i] = acc[i] / sum;
         }
