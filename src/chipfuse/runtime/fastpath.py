@@ -42,7 +42,9 @@ def load():
         if fresh:
             print("chipfuse: compiling the decode kernel for this machine (once, about a minute)...", file=sys.stderr)
         _module = cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build),
-                                     extra_cflags=["-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"],
+                                     extra_cflags=["-O3", "-march=native", "-fopenmp", "-fassociative-math",
+                                                   "-fno-signed-zeros", "-fno-trapping-math"],
+                                     extra_ldflags=["-fopenmp"],  # at::parallel_for is serial without it
                                      verbose=False)
     except Exception as e:  # no compiler, no ninja, or a build error: keep the Python path
         _failed = True

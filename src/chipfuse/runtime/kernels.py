@@ -1,7 +1,8 @@
 """Linear layers held in a die's precision, executed by PyTorch's packed CPU kernels.
 
 INT4 uses `_weight_int4pack_mm_for_cpu` and INT8 `_weight_int8pack_mm`, both fed bfloat16
-activations (they are fast only then); BF16/FP16 use a half-precision GEMM; FP8 keeps the
+activations (they are fast only then); INT8 decode rows use the compiled path's GEMV instead
+(FP32 activations, weights streamed at near DRAM bandwidth); BF16/FP16 use a half-precision GEMM; FP8 keeps the
 weight in a float8 dtype and widens it per call; FP32 is the dense reference. Every layer
 reports the bytes it holds, which the runtime compares with the plan.
 """
@@ -13,6 +14,9 @@ import torch.nn.functional as F
 
 from ..quant.formats import Format
 from ..quant.quantize import FP8_DTYPES, quantize_fp8, quantize_int4, quantize_int8
+
+
+DECODE_ROWS = 16  # up to this many rows (one token per sequence) INT8 runs the compiled GEMV, not the packed GEMM
 
 
 def _nbytes(*ts: torch.Tensor) -> int:
@@ -88,6 +92,12 @@ class Int8Linear(Linear):
         self.resident_bytes = _nbytes(self.q, self.s)
 
     def __call__(self, x):
+        if x.shape[0] <= DECODE_ROWS:
+            from . import fastpath
+
+            mod = fastpath.load()
+            if mod is not None:  # the compiled decode path's own kernel: the same sums on both paths
+                return mod.mm_int8(x, self.q, self.s)
         return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.q, self.s).float()
 
     def cpp_spec(self):

@@ -1,18 +1,19 @@
 // chipfuse fast decode: a stage's decoder layers for rows of one new token each, in one C++ call.
 //
 // The Python path spends ~150-200 us per layer dispatching ~40 small PyTorch ops for a single
-// token. Here the packed matmuls are still PyTorch's own CPU kernels (_weight_int4pack_mm_for_cpu,
-// _weight_int8pack_mm, or a dense GEMM); norms, rotary embedding, the KV-cache write, attention
+// token. Here the matmuls are PyTorch's own CPU kernels (_weight_int4pack_mm_for_cpu or a dense
+// GEMM), except INT8, whose one-token rows run a kernel of ours (mm_int8, below); norms, rotary embedding, the KV-cache write, attention
 // and the gated MLP's activation are plain loops over float32, with the same math as
 // StageModel._layer. Prefill, calibration capture and scoring stay on the Python path.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__F16C__)
+#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -87,6 +88,87 @@ void to_float(const at::Tensor& y, float* out) {
   });
 }
 
+// Four INT8 weight rows (row stride K) against one float row x: four independent FMA chains
+// that share each load of x; the next four rows are prefetched, so the weights stream from DRAM
+// near its bandwidth (PyTorch's _weight_int8pack_mm reached about half of it here for one token).
+inline void dot4_int8(const int8_t* w, int64_t K, const float* x, float* out) {
+  int64_t k = 0;
+  for (int r = 0; r < 4; ++r) out[r] = 0.f;
+#if defined(__AVX512F__)
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  for (; k + 16 <= K; k += 16) {
+    if ((k & 63) == 0)
+      for (int r = 4; r < 8; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k), _MM_HINT_T0);
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    auto row = [&](int r) {
+      return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * K + k))));
+    };
+    a0 = _mm512_fmadd_ps(row(0), xv, a0);
+    a1 = _mm512_fmadd_ps(row(1), xv, a1);
+    a2 = _mm512_fmadd_ps(row(2), xv, a2);
+    a3 = _mm512_fmadd_ps(row(3), xv, a3);
+  }
+  out[0] = _mm512_reduce_add_ps(a0);
+  out[1] = _mm512_reduce_add_ps(a1);
+  out[2] = _mm512_reduce_add_ps(a2);
+  out[3] = _mm512_reduce_add_ps(a3);
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (; k + 8 <= K; k += 8) {
+    if ((k & 63) == 0)
+      for (int r = 4; r < 8; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k), _MM_HINT_T0);
+    const __m256 xv = _mm256_loadu_ps(x + k);
+    for (int r = 0; r < 4; ++r)
+      a[r] = _mm256_fmadd_ps(
+          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + r * K + k)))),
+          xv, a[r]);
+  }
+  for (int r = 0; r < 4; ++r) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a[r]), _mm256_extractf128_ps(a[r], 1));
+    h = _mm_hadd_ps(h, h);
+    h = _mm_hadd_ps(h, h);
+    out[r] = _mm_cvtss_f32(h);
+  }
+#endif
+  for (; k < K; ++k)
+    for (int r = 0; r < 4; ++r) out[r] += float(w[r * K + k]) * x[k];
+}
+
+// y[T, N] = x[T, K] @ (q * s[:, None])^T for per-channel INT8 codes q [N, K] and bf16 scales s [N]:
+// FP32 activations and accumulation (the decode rows; prefill keeps PyTorch's packed GEMM)
+void mm_int8_into(const float* x, int64_t t, int64_t k, const at::Tensor& q, const at::Tensor& s, float* y) {
+  const int64_t n = q.size(0);
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const at::BFloat16* sp = s.data_ptr<at::BFloat16>();
+  at::parallel_for(0, (n + 3) / 4, 16, [&](int64_t b0, int64_t b1) {
+    float o[4];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = 4 * b;
+      for (int64_t i = 0; i < t; ++i) {
+        if (r0 + 4 <= n) {
+          dot4_int8(qp + r0 * k, k, x + i * k, o);
+        } else {  // the last rows when N is not a multiple of 4
+          for (int64_t r = r0; r < n; ++r) {
+            float acc = 0.f;
+            for (int64_t j = 0; j < k; ++j) acc += float(qp[r * k + j]) * x[i * k + j];
+            o[r - r0] = acc;
+          }
+        }
+        for (int64_t r = r0; r < std::min(r0 + 4, n); ++r) y[i * n + r] = o[r - r0] * static_cast<float>(sp[r]);
+      }
+    }
+  });
+}
+
+at::Tensor mm_int8(at::Tensor x, at::Tensor q, at::Tensor s) {
+  x = x.to(at::kFloat).contiguous();
+  q = q.contiguous();
+  s = s.to(at::kBFloat16).contiguous();
+  at::Tensor y = at::empty({x.size(0), q.size(0)}, x.options());
+  mm_int8_into(x.data_ptr<float>(), x.size(0), x.size(1), q, s, y.data_ptr<float>());
+  return y;
+}
+
 // y[T, N] = x[T, K] @ W^T in the layer's format, written as float into `out`
 void linear(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
   at::Tensor y;
@@ -98,8 +180,8 @@ void linear(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
       y = at::linear(to_input(x, t, k, 0, L.w.scalar_type()), L.w);
       break;
     case INT8:
-      y = at::_weight_int8pack_mm(to_input(x, t, k, 0, at::kBFloat16), L.w, L.s);
-      break;
+      mm_int8_into(x, t, k, L.w, L.s, out);
+      return;
     case INT4:
       y = at::_weight_int4pack_mm_for_cpu(to_input(x, t, k, L.pad, at::kBFloat16), L.w, L.group, L.s);
       break;
@@ -304,4 +386,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_slot", &Stage::set_slot)
       .def("free_slot", &Stage::free_slot)
       .def("forward", &Stage::forward, py::call_guard<py::gil_scoped_release>());
+  m.def("mm_int8", &mm_int8, py::call_guard<py::gil_scoped_release>());
 }
