@@ -119,6 +119,18 @@ def chipfuse_decode_rate(path: Path, cfg, layer: str, head: str, prompt: list[in
     return best
 
 
+def device_decode_rate(system: str, precision: str, prompt: list[int], n: int = 128) -> float:
+    from chipfuse.runtime.device import Device
+
+    with Device(system, precision=precision, context=1024) as dev:
+        rates = []
+        for _ in range(5):
+            g = dev.submit(prompt, n + 1, stop_ids=set())
+            list(g)
+            rates.append(g.decode_tokens_per_s)
+    return max(rates)
+
+
 def main() -> None:
     import llama_cpp
 
@@ -162,7 +174,9 @@ def main() -> None:
                   + "; ".join(f"{n} for layers {', '.join(ls)}" for n, ls in by_fmt.items() if ls) + ".")
     prompt = tok.encode("The history of computing is a story of ideas, machines and people.", add_special_tokens=False)
     dec = [("llama.cpp Q8_0 file", llama_decode_rate(q8, prompt)),
-           ("chipfuse int8 (one process)", chipfuse_decode_rate(src, cfg, "int8", "int8", prompt))]
+           ("chipfuse int8 (one process)", chipfuse_decode_rate(src, cfg, "int8", "int8", prompt)),
+           ("chipfuse Device int8, 1 die (talk-medium-d2d)", device_decode_rate("talk-medium-d2d", "int8", prompt)),
+           ("chipfuse Device int8, 4 dies (talk-4die-d2d)", device_decode_rate("talk-4die-d2d", "int8", prompt))]
     lines = [
         "## Quantizers side by side with llama.cpp's, same FP32 reference, same text",
         "",
@@ -181,7 +195,7 @@ def main() -> None:
     for who, name, bpw, ppl, base in rows:
         lines.append(f"| {who} | {name} | {bpw:.2f} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% |")
     lines += ["", mixed_note]
-    lines += ["", "Decode at 8 bits (128 tokens, greedy, best of 3, same run):", "",
+    lines += ["", "Decode at 8 bits (128 tokens, greedy, best of 3; Device: best of 5, its own decode timer; same run):", "",
               "| runtime | decode tokens/s | ratio to llama.cpp |", "|---|---|---|"]
     for name, rate in dec:
         lines.append(f"| {name} | {rate:.1f} | {rate / dec[0][1]:.2f} |")
