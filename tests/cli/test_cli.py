@@ -51,3 +51,32 @@ def test_presets_json_lists_systems_and_models():
 def test_target_rate_reports_the_bandwidth_it_needs():
     r = runner.invoke(app, ["plan", "-m", "llama-3.2-3b", "-s", "talk-heavy-2die-pcie", "--target-tokens-per-s", "10"])
     assert r.exit_code == 0 and "10 tokens/s reads" in r.output
+
+
+def test_quantized_checkpoint_sets_the_plans_recipe_and_a_mismatch_is_a_message(tmp_path):
+    import torch
+
+    from chipfuse.quant.checkpoint import save_quantized
+    from chipfuse.quant.formats import Recipe, get_format
+    from chipfuse.quant.quantize import quantize_int4
+
+    ckpt = tmp_path / "codes.safetensors"
+    recipe = Recipe(get_format("int4-g64"), get_format("int8"), ((5, "int8"),))
+    save_quantized(ckpt, {"layers.0.o_proj": quantize_int4(torch.randn(8, 64), 64, False)}, recipe,
+                   {"layers": 30, "method": "gptq", "model": "smollm2"})
+    out = tmp_path / "plan.json"
+    r = runner.invoke(app, ["plan", "-m", "smollm2", "-s", "talk-4die-d2d", "--quantized", str(ckpt), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["precision"] == "int4-g64" and d["block_formats"] == [[5, "int8"]] and d["quantized_weights"] == str(ckpt)
+    r = runner.invoke(app, ["plan", "-m", "smollm2", "-s", "talk-4die-d2d", "--quantized", str(ckpt), "--precision", "int8"])
+    assert r.exit_code == 2 and "holds int4-g64+head int8+1 mixed codes" in r.output
+    bad = tmp_path / "not-codes.safetensors"
+    bad.write_bytes(b"hello")
+    r = runner.invoke(app, ["plan", "-m", "smollm2", "-s", "talk-4die-d2d", "--quantized", str(bad)])
+    assert r.exit_code == 2 and str(bad) in r.output and "not a chipfuse quantized checkpoint" in r.output
+
+
+def test_quantize_rate_target_needs_a_system():
+    r = runner.invoke(app, ["quantize", "--target-tokens-per-s", "30"])
+    assert r.exit_code == 2 and "--system and --target-tokens-per-s go together" in r.output

@@ -242,15 +242,15 @@ def quantize(
         raise ChipfuseError(f"--method {method!r}: accepted rtn, gptq")
     if save and method != "gptq":
         raise ChipfuseError("--save writes GPTQ codes: add --method gptq (and an int4 or int8 format, or --budget-bytes)")
+    if (system is None) != (target_tokens_per_s is None):
+        raise ChipfuseError("--system and --target-tokens-per-s go together (or give --budget-bytes)")
+    if system and budget_bytes:
+        raise ChipfuseError("give either --budget-bytes or --system with --target-tokens-per-s, not both")
     fmts = [get_format(f.strip()) for f in formats.split(",") if f.strip()]
     torch.set_num_threads(os.cpu_count() or 1)
     path, cfg = resolve_model(None if model == "smollm2" else model)
     tok = load_tokenizer(path)
     wins = acc.windows(tok, acc.shipped_text("evaluation"), window)
-    if (system is None) != (target_tokens_per_s is None):
-        raise ChipfuseError("--system and --target-tokens-per-s go together (or give --budget-bytes)")
-    if system and budget_bytes:
-        raise ChipfuseError("give either --budget-bytes or --system with --target-tokens-per-s, not both")
     cands = [get_format(c.strip()) for c in candidates.split(",") if c.strip()] if (budget_bytes or system) else []
     target_sys = None
     if system:

@@ -36,12 +36,12 @@ def save_quantized(path: str | Path, tensors: dict[str, Codes], recipe: Recipe, 
 
 
 def read_meta(path: str | Path) -> dict:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {})["chipfuse"])
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, SafetensorError) as err:
         raise ChipfuseError(f"{path}: not a chipfuse quantized checkpoint ({err}); write one with "
                             "`chipfuse quantize --method gptq --save FILE`") from None
 
