@@ -61,6 +61,7 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
                        plan.workload.kv_precision, get_format(stage.head_format) if stage.head_format else None,
                        layer_formats=layers, quantized=quantized)
     del weights
+    model._compiled()  # load the compiled decode path now, not inside the first generated token
     send_json({"rank": rank, "die": stage.die, "resident_weight_bytes": model.resident_weight_bytes(),
                "load_s": time.perf_counter() - t0, "pid": os.getpid()}, 0)
     prev, nxt = rank - 1, (rank + 1) % world
