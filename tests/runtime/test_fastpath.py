@@ -61,7 +61,36 @@ def test_int8_decode_kernel_equals_fp32_on_the_held_codes(n, k, t):
     lin = Int8Linear(torch.randn(n, k, generator=g))
     x = torch.randn(t, k, generator=g)
     want = x.double() @ (lin.q.double() * lin.s.double()[:, None]).t()
-    got = fastpath.load().mm_int8(x, lin.q, lin.s)
+    got = fastpath.load().mm_bytes(x, lin.q, lin.s, 1.0)
     assert got.dtype == torch.float32 and got.shape == (t, n)
     assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
     assert torch.equal(lin(x), got)  # decode-sized calls go through it
+
+
+@pytest.mark.parametrize("name", ["fp8-e4m3", "fp8-e5m2"])
+def test_fp8_decode_kernel_widens_every_code_exactly(name):
+    """Every finite FP8 code (subnormals and negatives included), widened by moving bits, equals
+    PyTorch's float8 -> float conversion; a whole layer sums in FP32."""
+    from chipfuse.quant.quantize import FP8_DTYPES
+    from chipfuse.runtime.kernels import Fp8Linear
+
+    dtype = FP8_DTYPES[name]
+    codes = torch.arange(256, dtype=torch.uint8).view(dtype).float()
+    codes[~torch.isfinite(codes)] = 0.0  # NaN/inf codes: our quantizer never writes them
+    w = codes.reshape(16, 16).to(dtype)
+    held = fastpath.load().mm_bytes(torch.eye(16), w, w, 1.0).t()  # column j of the identity reads weight column j
+    assert torch.equal(held, w.float())
+    g = torch.Generator().manual_seed(3)
+    lin = Fp8Linear(torch.randn(67, 99, generator=g), name)
+    x = torch.randn(2, 99, generator=g)
+    want = x.double() @ (lin.w.double() * lin.scale).t()
+    assert torch.allclose(lin(x).double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_decode_kernel_equals_fp32_on_the_held_values(dtype):
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(45, 83, generator=g).to(dtype)  # N, K not multiples of the vector widths
+    x = torch.randn(3, 83, generator=g)
+    got = fastpath.load().mm_bytes(x, w, w, 1.0)
+    assert torch.allclose(got.double(), x.double() @ w.double().t(), rtol=1e-5, atol=1e-5)

@@ -1,9 +1,9 @@
 """Linear layers held in a die's precision, executed by PyTorch's packed CPU kernels.
 
 INT4 uses `_weight_int4pack_mm_for_cpu` and INT8 `_weight_int8pack_mm`, both fed bfloat16
-activations (they are fast only then); INT8 decode rows use the compiled path's GEMV instead
-(FP32 activations, weights streamed at near DRAM bandwidth); BF16/FP16 use a half-precision GEMM; FP8 keeps the
-weight in a float8 dtype and widens it per call; FP32 is the dense reference. Every layer
+activations (they are fast only then); INT8, FP8, BF16 and FP16 decode rows use the compiled path's
+GEMV instead (FP32 activations, weights streamed at near DRAM bandwidth); BF16/FP16 prefill uses a half-precision GEMM; FP8 keeps
+the weight in a float8 dtype (prefill widens it per call); FP32 is the dense reference. Every layer
 reports the bytes it holds, which the runtime compares with the plan.
 """
 
@@ -17,6 +17,17 @@ from ..quant.quantize import FP8_DTYPES, quantize_fp8, quantize_int4, quantize_i
 
 
 DECODE_ROWS = 16  # up to this many rows (one token per sequence) INT8 runs the compiled GEMV, not the packed GEMM
+
+
+def _decode_gemv(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """y = x @ (w * scale)^T by the compiled path's GEMV (INT8, FP8, BF16 or FP16 weights, FP32 sums) for
+    decode-sized inputs, so the Python and compiled paths add the same numbers; None where it does not apply."""
+    if x.shape[0] > DECODE_ROWS:
+        return None
+    from . import fastpath
+
+    mod = fastpath.load()
+    return mod.mm_bytes(x, w, s, float(scale)) if mod is not None else None
 
 
 def _nbytes(*ts: torch.Tensor) -> int:
@@ -73,7 +84,8 @@ class DenseLinear(Linear):
     def __call__(self, x):
         if self.dtype == torch.float32:
             return F.linear(x, self.w)
-        return F.linear(x.to(self.dtype), self.w).float()
+        y = _decode_gemv(x, self.w, self.w, 1.0)
+        return y if y is not None else F.linear(x.to(self.dtype), self.w).float()
 
     def cpp_spec(self):
         return (0 if self.dtype == torch.float32 else 1, self.w, None, 0, 0, 1.0)
@@ -92,13 +104,8 @@ class Int8Linear(Linear):
         self.resident_bytes = _nbytes(self.q, self.s)
 
     def __call__(self, x):
-        if x.shape[0] <= DECODE_ROWS:
-            from . import fastpath
-
-            mod = fastpath.load()
-            if mod is not None:  # the compiled decode path's own kernel: the same sums on both paths
-                return mod.mm_int8(x, self.q, self.s)
-        return torch._weight_int8pack_mm(x.to(torch.bfloat16), self.q, self.s).float()
+        y = _decode_gemv(x, self.q, self.s, 1.0)
+        return y if y is not None else torch._weight_int8pack_mm(x.to(torch.bfloat16), self.q, self.s).float()
 
     def cpp_spec(self):
         return (2, self.q, self.s, 0, 0, 1.0)
@@ -136,7 +143,8 @@ class Fp8Linear(Linear):
         self.resident_bytes = _nbytes(self.w) + 4
 
     def __call__(self, x):
-        return F.linear(x.to(torch.bfloat16), self.w.to(torch.bfloat16)).float() * self.scale
+        y = _decode_gemv(x, self.w, self.w, self.scale)
+        return y if y is not None else F.linear(x.to(torch.bfloat16), self.w.to(torch.bfloat16)).float() * self.scale
 
     def cpp_spec(self):
         return (4, self.w, None, 0, 0, float(self.scale))

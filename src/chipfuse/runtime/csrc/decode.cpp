@@ -2,7 +2,7 @@
 //
 // The Python path spends ~150-200 us per layer dispatching ~40 small PyTorch ops for a single
 // token. Here the matmuls are PyTorch's own CPU kernels (_weight_int4pack_mm_for_cpu or a dense
-// GEMM), except INT8, whose one-token rows run a kernel of ours (mm_int8, below); norms, rotary embedding, the KV-cache write, attention
+// GEMM), except INT8, FP8, BF16 and FP16, whose one-token rows run a GEMV of ours (mm_bytes); norms, rotary embedding, the KV-cache write, attention
 // and the gated MLP's activation are plain loops over float32, with the same math as
 // StageModel._layer. Prefill, calibration capture and scoring stay on the Python path.
 
@@ -14,6 +14,7 @@
 #endif
 
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -88,40 +89,88 @@ void to_float(const at::Tensor& y, float* out) {
   });
 }
 
-// Four INT8 weight rows (row stride K) against one float row x: four independent FMA chains
-// that share each load of x; the next four rows are prefetched, so the weights stream from DRAM
-// near its bandwidth (PyTorch's _weight_int8pack_mm reached about half of it here for one token).
-inline void dot4_int8(const int8_t* w, int64_t K, const float* x, float* out) {
+// Weight codes the GEMV below widens to float: one byte (INT8, FP8 E4M3, FP8 E5M2) or two (BF16,
+// FP16). Both FP8 formats become IEEE half by moving bits (E5M2 is half's top byte; E4M3's 4-bit
+// exponent and 3-bit mantissa shifted into half's fields read exactly 2^-8 of the value, subnormals
+// included, and the 2^8 is folded into the scale), then the CPU's half->float convert; our
+// quantizer never writes E4M3's NaN code. BF16 is float's top half.
+enum class Codes { I8, E4M3, E5M2, BF16, F16 };
+
+template <Codes C>
+using code_t = typename std::conditional<C == Codes::BF16 || C == Codes::F16, uint16_t, uint8_t>::type;
+
+template <Codes C>
+constexpr float code_unit() { return C == Codes::E4M3 ? 256.0f : 1.0f; }  // widened value * unit = true value
+
+template <Codes C>
+inline float widen1(code_t<C> b) {
+  if (C == Codes::I8) return float(static_cast<int8_t>(b));
+  if (C == Codes::E5M2) return static_cast<float>(c10::Float8_e5m2(uint8_t(b), c10::Float8_e5m2::from_bits()));
+  if (C == Codes::E4M3)
+    return static_cast<float>(c10::Float8_e4m3fn(uint8_t(b), c10::Float8_e4m3fn::from_bits())) / 256.0f;
+  if (C == Codes::BF16) return static_cast<float>(c10::BFloat16(b, c10::BFloat16::from_bits()));
+  return static_cast<float>(c10::Half(b, c10::Half::from_bits()));
+}
+
+#if defined(__AVX512F__)
+template <Codes C>
+inline __m512 widen16(const code_t<C>* p) {
+  if (C == Codes::BF16)
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  if (C == Codes::F16) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (C == Codes::I8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
+  const __m256i b = _mm256_cvtepu8_epi16(raw);
+  if (C == Codes::E5M2) return _mm512_cvtph_ps(_mm256_slli_epi16(b, 8));
+  return _mm512_cvtph_ps(_mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8),
+                                         _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7F)), 7)));
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+template <Codes C>
+inline __m256 widen8(const code_t<C>* p) {
+  if (C == Codes::BF16)
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  if (C == Codes::F16) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  if (C == Codes::I8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
+  const __m128i b = _mm_cvtepu8_epi16(raw);
+  if (C == Codes::E5M2) return _mm256_cvtph_ps(_mm_slli_epi16(b, 8));
+  return _mm256_cvtph_ps(_mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8),
+                                      _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7F)), 7)));
+}
+#endif
+
+// Four weight rows (row stride K) against one float row x: four independent FMA chains that share
+// each load of x; the next four rows are prefetched, so the weights stream from DRAM near its
+// bandwidth (PyTorch's _weight_int8pack_mm reached about half of it here for one token).
+template <Codes C>
+inline void dot4(const code_t<C>* w, int64_t K, const float* x, float* out) {
   int64_t k = 0;
   for (int r = 0; r < 4; ++r) out[r] = 0.f;
 #if defined(__AVX512F__)
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
   for (; k + 16 <= K; k += 16) {
-    if ((k & 63) == 0)
+    if ((k * sizeof(code_t<C>)) % 64 == 0)  // one prefetch per cache line
       for (int r = 4; r < 8; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k), _MM_HINT_T0);
     const __m512 xv = _mm512_loadu_ps(x + k);
-    auto row = [&](int r) {
-      return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * K + k))));
-    };
-    a0 = _mm512_fmadd_ps(row(0), xv, a0);
-    a1 = _mm512_fmadd_ps(row(1), xv, a1);
-    a2 = _mm512_fmadd_ps(row(2), xv, a2);
-    a3 = _mm512_fmadd_ps(row(3), xv, a3);
+    a0 = _mm512_fmadd_ps(widen16<C>(w + k), xv, a0);
+    a1 = _mm512_fmadd_ps(widen16<C>(w + K + k), xv, a1);
+    a2 = _mm512_fmadd_ps(widen16<C>(w + 2 * K + k), xv, a2);
+    a3 = _mm512_fmadd_ps(widen16<C>(w + 3 * K + k), xv, a3);
   }
   out[0] = _mm512_reduce_add_ps(a0);
   out[1] = _mm512_reduce_add_ps(a1);
   out[2] = _mm512_reduce_add_ps(a2);
   out[3] = _mm512_reduce_add_ps(a3);
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   for (; k + 8 <= K; k += 8) {
-    if ((k & 63) == 0)
+    if ((k * sizeof(code_t<C>)) % 64 == 0)  // one prefetch per cache line
       for (int r = 4; r < 8; ++r) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k), _MM_HINT_T0);
     const __m256 xv = _mm256_loadu_ps(x + k);
-    for (int r = 0; r < 4; ++r)
-      a[r] = _mm256_fmadd_ps(
-          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + r * K + k)))),
-          xv, a[r]);
+    for (int r = 0; r < 4; ++r) a[r] = _mm256_fmadd_ps(widen8<C>(w + r * K + k), xv, a[r]);
   }
   for (int r = 0; r < 4; ++r) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(a[r]), _mm256_extractf128_ps(a[r], 1));
@@ -131,41 +180,70 @@ inline void dot4_int8(const int8_t* w, int64_t K, const float* x, float* out) {
   }
 #endif
   for (; k < K; ++k)
-    for (int r = 0; r < 4; ++r) out[r] += float(w[r * K + k]) * x[k];
+    for (int r = 0; r < 4; ++r) out[r] += widen1<C>(w[r * K + k]) * x[k];
 }
 
-// y[T, N] = x[T, K] @ (q * s[:, None])^T for per-channel INT8 codes q [N, K] and bf16 scales s [N]:
-// FP32 activations and accumulation (the decode rows; prefill keeps PyTorch's packed GEMM)
-void mm_int8_into(const float* x, int64_t t, int64_t k, const at::Tensor& q, const at::Tensor& s, float* y) {
-  const int64_t n = q.size(0);
-  const int8_t* qp = q.data_ptr<int8_t>();
-  const at::BFloat16* sp = s.data_ptr<at::BFloat16>();
+// y[T, N] = x[T, K] @ (codes * scale)^T for codes [N, K], with a bf16 scale per row (INT8) or one
+// scale for the tensor (FP8; 1 for BF16/FP16): FP32 activations and accumulation, for decode rows
+template <Codes C>
+void mm_codes_into(const float* x, int64_t t, int64_t k, const void* wv, int64_t n, const at::BFloat16* row_scale,
+                   float tensor_scale, float* y) {
+  const auto* w = static_cast<const code_t<C>*>(wv);
+  tensor_scale *= code_unit<C>();
   at::parallel_for(0, (n + 3) / 4, 16, [&](int64_t b0, int64_t b1) {
     float o[4];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = 4 * b;
       for (int64_t i = 0; i < t; ++i) {
         if (r0 + 4 <= n) {
-          dot4_int8(qp + r0 * k, k, x + i * k, o);
+          dot4<C>(w + r0 * k, k, x + i * k, o);
         } else {  // the last rows when N is not a multiple of 4
           for (int64_t r = r0; r < n; ++r) {
             float acc = 0.f;
-            for (int64_t j = 0; j < k; ++j) acc += float(qp[r * k + j]) * x[i * k + j];
+            for (int64_t j = 0; j < k; ++j) acc += widen1<C>(w[r * k + j]) * x[i * k + j];
             o[r - r0] = acc;
           }
         }
-        for (int64_t r = r0; r < std::min(r0 + 4, n); ++r) y[i * n + r] = o[r - r0] * static_cast<float>(sp[r]);
+        for (int64_t r = r0; r < std::min(r0 + 4, n); ++r)
+          y[i * n + r] = o[r - r0] * (row_scale ? static_cast<float>(row_scale[r]) : tensor_scale);
       }
     }
   });
 }
 
-at::Tensor mm_int8(at::Tensor x, at::Tensor q, at::Tensor s) {
+// the GEMV for an INT8 (q int8, s bf16 [N]), FP8 (w float8, one tensor scale) or BF16/FP16 weight
+void mm_bytes_into(const float* x, int64_t t, int64_t k, const at::Tensor& w, const at::Tensor& s, double scale,
+                   float* y) {
+  const void* wp = w.data_ptr();
+  const int64_t n = w.size(0);
+  switch (w.scalar_type()) {
+    case at::kChar:
+      mm_codes_into<Codes::I8>(x, t, k, wp, n, s.data_ptr<at::BFloat16>(), 1.0f, y);
+      break;
+    case at::kFloat8_e4m3fn:
+      mm_codes_into<Codes::E4M3>(x, t, k, wp, n, nullptr, float(scale), y);
+      break;
+    case at::kFloat8_e5m2:
+      mm_codes_into<Codes::E5M2>(x, t, k, wp, n, nullptr, float(scale), y);
+      break;
+    case at::kBFloat16:
+      mm_codes_into<Codes::BF16>(x, t, k, wp, n, nullptr, float(scale), y);
+      break;
+    case at::kHalf:
+      mm_codes_into<Codes::F16>(x, t, k, wp, n, nullptr, float(scale), y);
+      break;
+    default:
+      throw std::runtime_error("decode GEMV: weights must be int8, float8_e4m3fn, float8_e5m2, bfloat16 or float16");
+  }
+}
+
+// Python entry: y = x @ (w * scale)^T; `s` the INT8 row scales (ignored for FP8, pass any tensor)
+at::Tensor mm_bytes(at::Tensor x, at::Tensor w, at::Tensor s, double scale) {
   x = x.to(at::kFloat).contiguous();
-  q = q.contiguous();
-  s = s.to(at::kBFloat16).contiguous();
-  at::Tensor y = at::empty({x.size(0), q.size(0)}, x.options());
-  mm_int8_into(x.data_ptr<float>(), x.size(0), x.size(1), q, s, y.data_ptr<float>());
+  w = w.contiguous();
+  if (w.scalar_type() == at::kChar) s = s.to(at::kBFloat16).contiguous();
+  at::Tensor y = at::empty({x.size(0), w.size(0)}, x.options());
+  mm_bytes_into(x.data_ptr<float>(), x.size(0), x.size(1), w, s, scale, y.data_ptr<float>());
   return y;
 }
 
@@ -177,17 +255,14 @@ void linear(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
       y = at::linear(at::from_blob(const_cast<float*>(x), {t, k}), L.w);
       break;
     case DENSE_HALF:
-      y = at::linear(to_input(x, t, k, 0, L.w.scalar_type()), L.w);
-      break;
     case INT8:
-      mm_int8_into(x, t, k, L.w, L.s, out);
+    case FP8:
+      mm_bytes_into(x, t, k, L.w, L.s, L.scale, out);
       return;
     case INT4:
       y = at::_weight_int4pack_mm_for_cpu(to_input(x, t, k, L.pad, at::kBFloat16), L.w, L.group, L.s);
       break;
-    case FP8:
-      y = at::linear(to_input(x, t, k, 0, at::kBFloat16), L.w.to(at::kBFloat16)).to(at::kFloat).mul_(L.scale);
-      break;
+
     default:
       throw std::runtime_error("unknown linear kind");
   }
@@ -386,5 +461,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_slot", &Stage::set_slot)
       .def("free_slot", &Stage::free_slot)
       .def("forward", &Stage::forward, py::call_guard<py::gil_scoped_release>());
-  m.def("mm_int8", &mm_int8, py::call_guard<py::gil_scoped_release>());
+  m.def("mm_bytes", &mm_bytes, py::call_guard<py::gil_scoped_release>());
 }
