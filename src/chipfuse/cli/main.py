@@ -324,6 +324,9 @@ def quantize(
                       f"`chipfuse run --quantized {save}`")
     if mixed:
         _print_mixed(mixed, cfg, recipe_out)
+        if method == "gptq" and recipe_out and not save:
+            console.print("note: the accuracy above is with GPTQ codes; `--recipe` alone rounds to nearest. "
+                          "Add --save FILE and run with `--quantized FILE` to deploy what was measured.")
         if target_sys:
             from ..compile.compiler import compile_plan
 
