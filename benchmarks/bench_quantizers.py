@@ -165,12 +165,14 @@ def main() -> None:
                          ppl["perplexity"], base_c))
     budget = rows[2][2] * n_params / 8  # Q4_K_M's tensor bytes
     cands = [get_format(f) for f in ("int8", "int4-g64", "int4-g128")]
-    mixed = search(cfg, weights, scorer, cands, budget, replace=deq)
+    select = acc.Scorer(cfg, weights, acc.windows(tok, acc.shipped_text("calibration"), WINDOW, limit=2))
+    mixed = search(cfg, weights, scorer, cands, budget, replace=deq, select=select)  # chosen on calibration text
     rows.append(("chipfuse", f"mixed {mixed['recipe'].name} (gptq)", 8 * mixed["bytes"] / n_params,
                  mixed["measured"]["perplexity"], base_c))
     by_fmt = {f.name: [str(i) for i, n in enumerate(mixed["per_layer"]) if n == f.name] for f in cands}
     mixed_note = (f"Mixed recipe within Q4_K_M's {rows[2][2]:.2f} bits/weight (`quant.mixed.search` over "
-                  "int8/int4-g64/int4-g128 GPTQ codes, per-layer KL on 2 windows): "
+                  "int8/int4-g64/int4-g128 GPTQ codes, per-layer KL on 2 windows of the calibration text, not the "
+                  "evaluation text): "
                   + "; ".join(f"{n} for layers {', '.join(ls)}" for n, ls in by_fmt.items() if ls) + ".")
     prompt = tok.encode("The history of computing is a story of ideas, machines and people.", add_special_tokens=False)
     dec = [("llama.cpp Q8_0 file", llama_decode_rate(q8, prompt)),

@@ -310,7 +310,8 @@ def quantize(
             def step(desc: str) -> None:
                 prog.update(task, advance=1, description=desc)
 
-            mixed = search(cfg, weights, scorer, cands, budget_bytes, step, replace=deq)
+            select = acc.Scorer(cfg, weights, acc.windows(tok, acc.shipped_text("calibration"), window, limit=2))
+            mixed = search(cfg, weights, scorer, cands, budget_bytes, step, replace=deq, select=select)
     saved = None
     if save:
         from ..quant.checkpoint import save_quantized

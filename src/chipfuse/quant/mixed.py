@@ -61,9 +61,11 @@ def budget_for_rate(cfg, system, cands: list, target_tokens_per_s: float, contex
 
 
 def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=lambda desc: None,
-           replace: dict[str, dict] | None = None) -> dict:
-    """Measure each layer's KL at each candidate format (one layer quantized at a time), choose
-    per-layer formats by `assign`, and measure the mixed model. `step(description)` marks progress.
+           replace: dict[str, dict] | None = None, select=None) -> dict:
+    """Measure each layer's KL at each candidate format (one layer quantized at a time) with the
+    `select` scorer (2 of its windows; pass one over other text than the evaluation's, so the choice
+    does not see the text it is judged on), choose per-layer formats by `assign`, and measure the
+    mixed model with `scorer`. `step(description)` marks progress.
     `replace` maps a format name to weights a calibration method already quantized in it (GPTQ);
     formats not in it are rounded to nearest."""
     from ..ir.graph import block_weight_bytes, tied_shared_bytes
@@ -80,7 +82,7 @@ def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=la
         per_block = block_weight_bytes(g, r)
         for i in range(cfg.num_layers):
             q = acc.quantized_weights(weights, cfg, r, layers={i}, replace=(replace or {}).get(f.name))
-            kl[i, j] = scorer.score(q, windows_used=2)["kl"]
+            kl[i, j] = (select or scorer).score(q, windows_used=2)["kl"]
             nbytes[i, j] = per_block[i + 1]
             step(f"sensitivity: layer {i} at {f.name}")
     total = block_weight_bytes(g, base)
