@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..frontends.config import ModelConfig
-from .formats import Format
+from .formats import Format, Recipe
 from .quantize import QuantizedInt4, QuantizedInt8, dequantize, int4_codes, int4_grid, int4_grid_search, pad_to_group
 
 INPUT_OF = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
@@ -114,12 +114,10 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, fmt: Format, **kw) -> torch.Tens
     return dequantize(gptq_quantize(w, h, fmt, **kw))[:, : w.shape[1]]
 
 
-def gptq_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], hessians: dict, fmt: "Format | Recipe",
+def gptq_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], hessians: dict, fmt: Format | Recipe,
                  progress=None, layers: set[int] | None = None) -> dict[str, "QuantizedInt4 | QuantizedInt8"]:
     """GPTQ codes of every linear weight of every layer (or of `layers`), each in its layer's format
     (a Recipe gives one per layer); layers whose format has no GPTQ (fp8, fp16...) are left out."""
-    from .formats import Recipe
-
     recipe = fmt if isinstance(fmt, Recipe) else Recipe.of(fmt)
     out = {}
     for i in range(cfg.num_layers):

@@ -1,10 +1,10 @@
-"""Linear layers held in a die's precision, executed by PyTorch's packed CPU kernels.
+"""Linear layers held in a die's precision, executed by PyTorch's packed CPU kernels or our own GEMV.
 
 INT4 uses `_weight_int4pack_mm_for_cpu` and INT8 `_weight_int8pack_mm`, both fed bfloat16
-activations (they are fast only then); INT8, FP8, BF16 and FP16 decode rows use the compiled path's
-GEMV instead (FP32 activations, weights streamed at near DRAM bandwidth); BF16/FP16 prefill uses a half-precision GEMM; FP8 keeps
-the weight in a float8 dtype (prefill widens it per call); FP32 is the dense reference. Every layer
-reports the bytes it holds, which the runtime compares with the plan.
+activations (they are fast only then). Decode-sized inputs of INT8, FP8, BF16 and FP16 run the
+compiled path's GEMV instead (FP32 activations, weights streamed near DRAM bandwidth); for
+prefill, BF16/FP16 use a half-precision GEMM and FP8 is widened to bf16 per call. FP32 is the
+dense reference. Every layer reports the bytes it holds, which the runtime compares with the plan.
 """
 
 from __future__ import annotations
