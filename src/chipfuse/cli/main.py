@@ -315,11 +315,11 @@ def quantize(
     saved = None
     if save:
         from ..quant.checkpoint import save_quantized
+        from ..quant.mixed import by_recipe
 
         saved = mixed["recipe"] if mixed else Recipe.of(gptq_fmts[0])
-        held = {k: v for i in range(cfg.num_layers) for k, v in
-                codes.get(saved.for_block(i + 1).name, {}).items() if k.startswith(f"layers.{i}.")}
-        save_quantized(save, held, saved, {"layers": cfg.num_layers, "method": "gptq", "model": cfg.name})
+        save_quantized(save, by_recipe(codes, saved, cfg.num_layers), saved,
+                       {"layers": cfg.num_layers, "method": "gptq", "model": cfg.name})
     if saved:
         console.print(f"GPTQ codes for {saved.name} written to {save}: run them with "
                       f"`chipfuse run --quantized {save}`")

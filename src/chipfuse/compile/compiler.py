@@ -144,9 +144,10 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     if quantized_weights:
         from ..quant.checkpoint import checkpoint_recipe, read_meta
 
-        held = checkpoint_recipe(quantized_weights)
+        meta = read_meta(quantized_weights)
+        held = checkpoint_recipe(quantized_weights, meta)
         recipe = held if precision is None else Recipe.of(precision, head_precision)
-        layers = read_meta(quantized_weights).get("layers")
+        layers = meta.get("layers")
         if recipe != held or layers != model.num_layers:
             raise SpecError(f"{quantized_weights} holds {held.name} codes for {layers} layers; the plan asks for "
                             f"{recipe.name} on {model.num_layers} layers (leave out --precision and --recipe to "

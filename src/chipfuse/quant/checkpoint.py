@@ -46,9 +46,10 @@ def read_meta(path: str | Path) -> dict:
                             "`chipfuse quantize --method gptq --save FILE`") from None
 
 
-def checkpoint_recipe(path: str | Path) -> Recipe:
-    """The recipe a checkpoint's codes were made for (older files: one format, int8 head)."""
-    meta = read_meta(path)
+def checkpoint_recipe(path: str | Path, meta: dict | None = None) -> Recipe:
+    """The recipe a checkpoint's codes were made for (older files: one format, int8 head);
+    `meta` is its `read_meta`, if already read."""
+    meta = read_meta(path) if meta is None else meta
     try:
         return recipe_from_dict(meta["recipe"]) if "recipe" in meta else Recipe.of(get_format(meta["format"]))
     except (KeyError, ValueError, TypeError) as err:

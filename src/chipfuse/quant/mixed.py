@@ -31,6 +31,13 @@ def assign(kl: np.ndarray, nbytes: np.ndarray, budget_bytes: float) -> list[int]
     return [int(np.argmax(x[i])) for i in range(n)]
 
 
+def by_recipe(per_format: dict[str, dict], recipe, num_layers: int) -> dict:
+    """From tensors made per format ({format name: {tensor name: value}}), each layer's in the format
+    the recipe gives that layer (layers whose format has none are left out)."""
+    return {k: v for i in range(num_layers) for k, v in per_format.get(recipe.for_block(i + 1).name, {}).items()
+            if k.startswith(f"layers.{i}.")}
+
+
 def budget_for_rate(cfg, system, cands: list, target_tokens_per_s: float, context: int = 2048) -> tuple[float, str]:
     """Whole-model weight bytes that `system` can stream at `target_tokens_per_s` (batch-1 decode),
     and a sentence saying how it was found.
@@ -42,13 +49,13 @@ def budget_for_rate(cfg, system, cands: list, target_tokens_per_s: float, contex
     from . import accuracy as acc
     from .formats import Recipe
 
-    base = Recipe.of(cands[-1])
+    head = Recipe.of(cands[-1]).head
     pts = []
-    for f in sorted(cands, key=lambda f: acc.weight_bytes(cfg, Recipe(f, base.head))):
-        r = Recipe(f, base.head)
+    for f in cands:
+        r = Recipe(f, head)
         p = compile_plan(cfg, system, r, context=context, prompt_tokens=min(512, context))
         pts.append((float(acc.weight_bytes(cfg, r)), 1.0 / p.prediction.decode_tokens_per_s, f.name))
-    (b0, t0, n0), (b1, t1, n1) = pts[0], pts[-1]
+    (b0, t0, n0), (b1, t1, n1) = min(pts), max(pts)  # the smallest and the largest candidate
     rate = f"{system.name} decodes {1 / t0:.1f} tokens/s with every layer at {n0}, {1 / t1:.1f} at {n1}"
     target_s = 1.0 / target_tokens_per_s
     if t0 > target_s:
@@ -90,10 +97,8 @@ def search(cfg, weights: dict, scorer, cands: list, budget_bytes: float, step=la
     choice = assign(kl, nbytes, budget_bytes - fixed)
     recipe = Recipe(base.default, base.head, tuple((i + 1, cands[c].name) for i, c in enumerate(choice)
                                                     if cands[c] != base.default))
-    chosen = {}
-    for i, c in enumerate(choice):
-        chosen.update({k: v for k, v in (replace or {}).get(cands[c].name, {}).items() if k.startswith(f"layers.{i}.")})
-    measured = scorer.score(acc.quantized_weights(weights, cfg, recipe, replace=chosen))
+    measured = scorer.score(acc.quantized_weights(weights, cfg, recipe,
+                                                  replace=by_recipe(replace or {}, recipe, cfg.num_layers)))
     step("measured the mixed model")
     used = fixed + sum(nbytes[i, c] for i, c in enumerate(choice))
     per_layer = [cands[c].name for c in choice]

@@ -51,19 +51,28 @@ def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
     return w if extra == 0 else torch.cat([w, w[:, -1:].expand(-1, extra)], 1)
 
 
+def _range_grid(g: torch.Tensor, symmetric: bool, ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, low) of groups g [..., group] whose range is shrunk by `ratio`: symmetric absmax / 7
+    (low 0), or asymmetric (max - min) / 15 from the minimum; an all-zero group gets scale 1."""
+    if symmetric:
+        scale = g.abs().amax(-1) * ratio / 7.0
+        low = torch.zeros_like(scale)
+    else:
+        low = g.amin(-1) * ratio
+        scale = (g.amax(-1) * ratio - low) / 15.0
+    return torch.where(scale == 0, torch.ones_like(scale), scale), low
+
+
+def _with_zero(scale: torch.Tensor, low: torch.Tensor, symmetric: bool):
+    """(scale, zero, low) with zero the value of code 8: 0 for symmetric grids, low + 8 * scale otherwise."""
+    return scale, (torch.zeros_like(scale) if symmetric else low + 8 * scale), low
+
+
 def int4_grid(w: torch.Tensor, group: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-group (scale, zero, low) of a weight [N, K] (K a multiple of `group`), [N, K // group] each;
     `low` is the value code 0 stands for (the group minimum; 0 for symmetric grids, whose code 8 is 0)."""
     n, k = w.shape
-    g = w.reshape(n, k // group, group)
-    if symmetric:
-        scale = g.abs().amax(-1) / 7.0
-    else:
-        scale = (g.amax(-1) - g.amin(-1)) / 15.0
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    low = torch.zeros_like(scale) if symmetric else g.amin(-1)
-    zero = torch.zeros_like(scale) if symmetric else low + 8 * scale
-    return scale, zero, low
+    return _with_zero(*_range_grid(w.reshape(n, k // group, group), symmetric), symmetric)
 
 
 def int4_grid_search(w: torch.Tensor, group: int, symmetric: bool, col_weight: torch.Tensor | None = None,
@@ -75,31 +84,20 @@ def int4_grid_search(w: torch.Tensor, group: int, symmetric: bool, col_weight: t
     Clipping a few outliers buys a finer step for every other weight of the group."""
     n, k = w.shape
     g = w.reshape(n, k // group, group)
-    cw = torch.ones(k) if col_weight is None else col_weight.float()
-    cw = cw.reshape(1, k // group, group)
+    cw = (torch.ones(k) if col_weight is None else col_weight.float()).reshape(1, k // group, group)
+    shift = 8 if symmetric else 0
     best = best_err = None
     for r in ratios:
-        if symmetric:
-            scale = g.abs().amax(-1) * r / 7.0
-            low = torch.zeros_like(scale)
-        else:
-            hi, lo = g.amax(-1) * r, g.amin(-1) * r
-            scale = (hi - lo) / 15.0
-            low = lo
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        origin = low if not symmetric else torch.zeros_like(scale)
-        q = int4_codes(g, scale[..., None], origin[..., None], symmetric, shift=8 if symmetric else 0)
-        deq = (q - (8 if symmetric else 0)) * scale[..., None] + origin[..., None]
-        err = (((g - deq) ** 2) * cw).sum(-1)
+        scale, low = _range_grid(g, symmetric, r)
+        q = int4_codes(g, scale[..., None], low[..., None], symmetric, shift=shift)
+        err = (((g - ((q - shift) * scale[..., None] + low[..., None])) ** 2) * cw).sum(-1)
         if best is None:
             best, best_err = (scale, low), err
         else:
             better = err < best_err
             best = (torch.where(better, scale, best[0]), torch.where(better, low, best[1]))
             best_err = torch.where(better, err, best_err)
-    scale, low = best
-    zero = torch.zeros_like(scale) if symmetric else low + 8 * scale
-    return scale, zero, low
+    return _with_zero(*best, symmetric)
 
 
 def int4_codes(w: torch.Tensor, scale: torch.Tensor, origin: torch.Tensor, symmetric: bool, shift: int = 8) -> torch.Tensor:
