@@ -4,7 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chipfuse.errors import ChipfuseError
 from chipfuse.quant.mixed import assign
@@ -22,6 +23,72 @@ def test_assignment_is_optimal(n, m, seed, frac):
     got = assign(kl, nbytes, budget)
     assert sum(nbytes[i, got[i]] for i in range(n)) <= budget + 1e-6
     assert sum(kl[i, got[i]] for i in range(n)) == pytest.approx(best[0], abs=1e-9)
+
+
+def _instance(n: int, m: int, seed: int, mode: str):
+    """KL log-uniform in [1e-8, 1], integer byte counts in [1e5, 1e8], a budget between the smallest and
+    the largest total (or exactly one assignment's total)."""
+    rng = np.random.default_rng(seed)
+    kl = 10.0 ** rng.uniform(-8, 0, (n, m))
+    nbytes = np.round(10.0 ** rng.uniform(5, 8, (n, m)))
+    lo, hi = nbytes.min(1).sum(), nbytes.max(1).sum()
+    if mode == "exact":  # exactly one assignment's total
+        budget = float(nbytes[np.arange(n), rng.integers(0, m, n)].sum())
+    else:
+        budget = {"min": lo, "max": hi, "between": float(np.floor(rng.uniform(lo, hi))),
+                  "fraction": rng.uniform(lo, hi)}[mode]
+    return kl, nbytes, budget
+
+
+def _brute_force(kl, nbytes, budget) -> float:
+    """Least total KL over every assignment within budget (byte totals are exact in float64 here)."""
+    n, m = kl.shape
+    combos = np.array(list(itertools.product(range(m), repeat=n)))
+    rows = np.arange(n)
+    totals = nbytes[rows, combos].sum(axis=1)
+    return float(kl[rows, combos].sum(axis=1)[totals <= budget].min())
+
+
+def _check_optimal(n, m, seed, mode):
+    kl, nbytes, budget = _instance(n, m, seed, mode)
+    best = _brute_force(kl, nbytes, budget)
+    got = assign(kl, nbytes, budget)
+    assert len(got) == n and all(0 <= c < m for c in got)
+    assert sum(int(nbytes[i, c]) for i, c in enumerate(got)) <= budget  # never over, in exact integers
+    assert sum(kl[i, c] for i, c in enumerate(got)) == pytest.approx(best, rel=1e-9)
+
+
+MODES = st.sampled_from(["min", "max", "exact", "between", "fraction"])
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.integers(1, 6), st.integers(1, 4), st.integers(0, 2**32 - 1), MODES)
+def test_assignment_is_exactly_optimal_across_scales(n, m, seed, mode):
+    """KL values down to 1e-8 beside byte counts up to 1e8 (where a plain MILP was non-optimal or over
+    budget): the choice is the brute-force optimum and within budget."""
+    _check_optimal(n, m, seed, mode)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.integers(1, 6), st.integers(1, 4), st.integers(0, 2**32 - 1), MODES)
+def test_milp_and_branch_and_bound_paths_are_exact(n, m, seed, mode):
+    """The same on the paths large instances take: HiGHS's incumbent, then branch and bound."""
+    from chipfuse.quant import mixed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mixed, "MILP_MIN_CHOICES", 0)
+        mp.setattr(mixed, "STATE_LIMIT", 0)
+        _check_optimal(n, m, seed, mode)
+
+
+def test_bad_inputs_are_clear_errors():
+    with pytest.raises(ChipfuseError, match="finite"):
+        assign(np.array([[np.nan, 1.0]]), np.ones((1, 2)), 5)
+    with pytest.raises(ChipfuseError, match="one shape"):
+        assign(np.ones((2, 2)), np.ones((2, 3)), 5)
+    with pytest.raises(ChipfuseError, match="NaN"):
+        assign(np.ones((1, 2)), np.ones((1, 2)), float("nan"))
+    assert assign(np.array([[1.0, 0.5]]), np.array([[1.0, 2.0]]), float("inf")) == [1]
 
 
 def test_impossible_budget_is_a_clear_error():

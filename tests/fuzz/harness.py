@@ -1,0 +1,126 @@
+"""Fuzz harness shared by the test suite (small budget) and benchmarks/fuzz_inputs.py (large budget).
+
+A category module (`cat_*.py` beside this file) exposes:
+  NAME: str                      -- e.g. "system YAML"
+  strategy() -> SearchStrategy   -- hypothesis strategy of one mutated input (a picklable value)
+  check(case) -> str             -- feeds the input to chipfuse the way the CLI does and returns
+                                    "ok" (accepted, result sane), "refused" (a ChipfuseError: one
+                                    clear message) or "impossible" (accepted, but the result holds
+                                    impossible figures); any other exception is a traceback.
+The harness runs `check` under a wall-clock alarm: an input that takes longer is a hang.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, Phase, given, settings
+
+from chipfuse.errors import ChipfuseError
+
+OUTCOMES = ("ok", "refused", "impossible", "traceback", "hang")
+
+
+class _Hang(BaseException):
+    """Raised by the alarm; a BaseException so `except Exception` in chipfuse cannot swallow it."""
+
+
+@dataclass
+class Report:
+    name: str
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # outcome -> a few descriptions
+
+    @property
+    def tried(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def bad(self) -> int:
+        return self.counts["traceback"] + self.counts["hang"] + self.counts["impossible"]
+
+    def note(self, outcome: str, text: str, keep: int = 5) -> None:
+        self.counts[outcome] += 1
+        if outcome in ("traceback", "hang", "impossible"):
+            self.examples.setdefault(outcome, [])
+            if len(self.examples[outcome]) < keep:
+                self.examples[outcome].append(text)
+
+
+def classify(check, case, timeout_s: float) -> tuple[str, str]:
+    """(outcome, description) of one input."""
+    def on_alarm(*_):
+        raise _Hang()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        out = check(case)
+        if out not in ("ok", "refused", "impossible"):
+            return "traceback", f"check returned {out!r} for {_short(case)}"
+        return out, _short(case)
+    except _Hang:
+        return "hang", f"over {timeout_s:g} s: {_short(case)}"
+    except ChipfuseError:
+        return "refused", _short(case)
+    except RecursionError:
+        return "traceback", f"RecursionError: {_short(case)}"
+    except Exception:  # noqa: BLE001 - the whole point: any other exception is a traceback
+        return "traceback", f"{traceback.format_exc(limit=-3)}\ninput: {_short(case)}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _short(case, n: int = 300) -> str:
+    s = repr(case)
+    return s if len(s) <= n else s[:n] + f"... ({len(s)} chars)"
+
+
+def run_category(mod, n: int, timeout_s: float = 20.0, seed: int | None = 0) -> Report:
+    """Try `n` inputs from `mod.strategy()` (generation only, no shrinking) and count the outcomes."""
+    rep = Report(mod.NAME)
+
+    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck), derandomize=seed is not None)
+    @given(mod.strategy())
+    def body(case):
+        rep.note(*classify(mod.check, case, timeout_s))
+
+    body()
+    return rep
+
+
+def impossible_figures(plan) -> list[str]:
+    """What is impossible in a plan that claims to fit: non-finite or negative numbers, a stage that
+    uses more memory than its die has, no decode speed."""
+    bad: list[str] = []
+
+    def walk(x, path: str) -> None:
+        if isinstance(x, bool) or x is None or isinstance(x, str):
+            return
+        if isinstance(x, (int, float)):
+            if not math.isfinite(x) or x < 0:
+                bad.append(f"{path} = {x!r}")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{path}[{i}]")
+
+    dump = plan.model_dump(mode="python")
+    dump.pop("system", None)  # the input, already validated on its own
+    walk(dump, "plan")
+    for st in plan.stages:
+        if st.used_bytes > st.memory_bytes:
+            bad.append(f"stage {st.index} on {st.die} uses {st.used_bytes} of {st.memory_bytes} bytes")
+    pred = plan.prediction
+    if plan.fits and pred is not None:
+        if not pred.decode_tokens_per_s > 0 or not pred.ttft_s > 0:
+            bad.append(f"decode {pred.decode_tokens_per_s} tokens/s, ttft {pred.ttft_s} s")
+    return bad
