@@ -142,3 +142,167 @@ def test_shared_memory_bandwidth_is_what_the_display_leaves(base_system):
 def test_system_round_trips_through_json(base_system):
     s = parse_system(base_system, "t")
     assert System.model_validate(s.model_dump(mode="json")) == s
+
+
+# --- robustness: every bad system file is one clear SpecError (found by tests/fuzz/cat_system.py) ---
+
+from chipfuse.hw.spec import UNIT_RANGES, numeric_annotation, unit_range
+
+
+def _load_text(tmp_path, raw: bytes | str) -> str:
+    f = tmp_path / "sys.yaml"
+    f.write_bytes(raw if isinstance(raw, bytes) else raw.encode())
+    with pytest.raises(SpecError) as e:
+        load_system(f)
+    assert str(f) in str(e.value)
+    return str(e.value)
+
+
+def _preset_text() -> str:
+    return (PRESET_DIR / "talk-4die-d2d.yaml").read_text()
+
+
+def test_non_utf8_bytes_name_the_offset(tmp_path):
+    text = _preset_text().encode()
+    msg = _load_text(tmp_path, text[:100] + b"\xff" + text[100:])
+    assert "not UTF-8" in msg and "offset 100" in msg and "0xff" in msg
+
+
+def test_deep_nesting_is_refused_before_parsing(tmp_path):
+    msg = _load_text(tmp_path, "name: " + "[" * 1000 + "]" * 1000 + "\n")
+    assert "nested more than" in msg and "line 1" in msg
+    msg = _load_text(tmp_path, "name: " + "{a: " * 1000 + "1" + "}" * 1000 + "\n")
+    assert "nested more than" in msg
+
+
+def test_directory_and_missing_and_huge_files(tmp_path):
+    d = tmp_path / "dir.yaml"
+    d.mkdir()
+    with pytest.raises(SpecError, match="is a directory"):
+        load_system(d)
+    with pytest.raises(SpecError, match="no such system file"):
+        load_system(tmp_path / "nope.yaml")
+    msg = _load_text(tmp_path, "# pad\n" * 300_000)
+    assert "too large" in msg and "1.0 MiB" in msg
+
+
+def test_alias_bomb_and_python_tags_are_refused(tmp_path):
+    bomb = "a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n" for i in range(1, 9))
+    assert "aliases" in _load_text(tmp_path, bomb + _preset_text())
+    msg = _load_text(tmp_path, _preset_text().replace("name: talk-4die-d2d", "name: !!python/object/apply:os.getcwd []"))
+    assert "not valid YAML" in msg
+
+
+def test_a_key_written_twice_is_refused(tmp_path):
+    text = _preset_text().replace("schema_version: 1", "schema_version: 1\nschema_version: 1")
+    msg = _load_text(tmp_path, text)
+    assert "'schema_version' appears twice" in msg and "line" in msg
+
+
+@pytest.mark.parametrize("value, words", [
+    (float("inf"), "finite"), (float("nan"), "finite"), (1e300, "between 1e-06 and 1e+06 GiB"),
+    (5e-324, "between 1e-06 and 1e+06 GiB"), (True, "expected a number, got true"),
+    ("896", "without quotes"), ("1e300", "with a dot and a sign"), (-1, "between"), (0, "between")])
+def test_capacity_must_be_a_plausible_number(base_system, value, words):
+    d = copy.deepcopy(base_system)
+    d["die_types"]["npu"]["memory"]["own"]["capacity_gib"] = value
+    msg = _err(d)
+    assert "die_types.npu.memory.own.capacity_gib" in msg and words in msg
+
+
+def test_inf_nan_in_yaml_text_are_refused(tmp_path):
+    for bad, words in ((".inf", "finite"), ("-.inf", "finite"), (".nan", "finite"), ("1.0e+300", "GiB"),
+                       ("5.0e-324", "GiB"), ("1e300", "with a dot and a sign"), ("true", "got true")):
+        msg = _load_text(tmp_path, _preset_text().replace("capacity_gib: 8", f"capacity_gib: {bad}", 1))
+        assert "capacity_gib" in msg and words in msg, msg
+
+
+def test_booleans_are_not_numbers_anywhere(base_system):
+    d = copy.deepcopy(base_system)
+    d["host"]["cpu"]["cores"] = True
+    d["links"][0]["lanes"] = True
+    d["host"]["reserved_gib"] = False
+    msg = _err(d)
+    assert "host.cpu.cores: expected a number, got true" in msg
+    assert "links[0].lanes: expected a number, got true" in msg
+    assert "host.reserved_gib: expected a number, got false" in msg
+
+
+def test_tops_and_energies_name_the_precision_and_the_range(base_system):
+    d = copy.deepcopy(base_system)
+    d["die_types"]["npu"]["tops"]["int8"] = float("inf")
+    d["die_types"]["npu"]["tops"]["fp16"] = 1e300
+    d["die_types"]["npu"]["power"] = {"pj_per_op": {"int8": -1}, "static_w": -0.5}
+    msg = _err(d)
+    assert "die_types.npu.tops.int8: must be a finite number" in msg
+    assert "die_types.npu.tops.fp16: must be between 1e-06 and 1e+06 TOPS" in msg
+    assert "die_types.npu.power.pj_per_op.int8: must be 0 or between" in msg and "pJ" in msg
+    assert "die_types.npu.power.static_w: must be 0 or between" in msg and " W " in msg
+
+
+def test_fractions_and_times_have_bounds(base_system):
+    d = copy.deepcopy(base_system)
+    d["die_types"]["npu"]["compute_efficiency"] = 5e-324
+    d["die_types"]["npu"]["op_overhead_s"] = 1e9
+    d["links"][0]["latency_us"] = -3
+    msg = _err(d)
+    assert "compute_efficiency: must be between 0.001 and 1" in msg
+    assert "op_overhead_s: must be 0 or between 1e-12 and 10 s" in msg
+    assert "links[0].latency_us: must be 0 or between" in msg and "us" in msg
+
+
+def test_pcie_fields_on_other_links_and_negative_lanes(base_system):
+    d = copy.deepcopy(base_system)
+    d["host"]["ports"].append({"kind": "usb", "usb": "usb4"})
+    d["links"][0] = {"between": ["host", "die0"], "kind": "usb", "usb": "usb4", "gen": 3, "lanes": 4}
+    msg = _err(d)
+    assert "links[0]" in msg and "describe PCIe only; remove them" in msg
+    d["links"][0] = {"between": ["host", "die0"], "kind": "pcie", "gen": 3, "lanes": -4}
+    assert "links[0].lanes: Input should be greater than or equal to 1" in _err(d)
+    d["links"][0] = {"between": ["host", "die0"], "kind": "d2d-pcb", "usb": "usb4"}
+    assert "'usb' names a USB generation; remove it" in _err(d)
+
+
+def test_display_traffic_that_eats_all_host_bandwidth_is_refused_for_shared_dies(base_system):
+    d = copy.deepcopy(base_system)
+    d["die_types"]["npu"]["memory"] = {"shared": {"capacity_gib": 1}}
+    d["host"]["traffic"] = {"display_width_px": 100000, "display_height_px": 100000, "refresh_hz": 1000}
+    msg = _err(d)
+    assert "host.traffic takes" in msg and "give the dies their own DRAM" in msg
+
+
+def test_huge_lists_are_bounded(base_system):
+    d = copy.deepcopy(base_system)
+    d["dies"] = [{"name": f"d{i}", "type": "npu"} for i in range(5000)]
+    assert "dies: List should have at most 256 items" in _err(d)
+
+
+def test_long_bad_values_are_cut_short(base_system):
+    d = copy.deepcopy(base_system)
+    d["name"] = ["x"]
+    d["host"]["name"] = 10**400
+    msg = _err(d)
+    assert len(msg) < 600 and "chars)" in msg
+
+
+def test_every_number_field_has_a_finite_range():
+    """A new number field must get a unit suffix with a range (UNIT_RANGES) or an explicit upper bound."""
+    from annotated_types import Le, Lt
+
+    from chipfuse.hw import spec
+
+    for model in vars(spec).values():
+        if not (isinstance(model, type) and issubclass(model, spec.Strict) and model is not spec.Strict):
+            continue
+        for name, f in model.model_fields.items():
+            if not numeric_annotation(f.annotation) or name == "schema_version":
+                continue
+            bounded = unit_range(name) is not None or any(isinstance(m, (Le, Lt)) for m in f.metadata)
+            assert bounded, f"{model.__name__}.{name} has no upper bound; add a unit suffix or le="
+    assert all(lo > 0 and hi < 1e10 for _, lo, hi, _ in UNIT_RANGES)
+
+
+def test_every_preset_is_within_the_new_ranges():
+    for name in preset_names():
+        assert load_system(name).name == name

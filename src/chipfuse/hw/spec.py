@@ -6,11 +6,25 @@ user writes carry their unit in the field name; the properties convert to SI.
 
 from __future__ import annotations
 
-from functools import cached_property
-from typing import Literal
+import math
+import re
+import types
+from collections import Counter
+from functools import cached_property, partial
+from itertools import pairwise
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from annotated_types import Ge
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .dram import DRAM_RATE_MTPS, peak_bandwidth_bytes_per_s
 from .links import PCIE_LANES, USB_BYTES_PER_S, link_defaults
@@ -22,11 +36,120 @@ Precision = Literal["int4", "int8", "fp8", "fp16", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = ("int4", "int8", "fp8", "fp16", "bf16", "fp32")
 HOST = "host"
 
+# Accepted range of a number, chosen by the unit its field name carries: (pattern, smallest
+# non-zero value, largest value, unit). The first match wins, so longer suffixes come first.
+# The bounds are far outside any real part but keep every figure the models derive finite
+# (5e-324 GiB or 1e300 GB/s would overflow or divide by zero downstream).
+UNIT_RANGES: tuple[tuple[str, float, float, str], ...] = (
+    (r"_gb_per_s$", 1e-6, 1e6, "GB/s"),
+    (r"_gib$", 1e-6, 1e6, "GiB"),
+    (r"_mib$", 1e-6, 1e9, "MiB"),
+    (r"_mtps$", 1.0, 1e6, "MT/s"),
+    (r"_ghz$", 1e-3, 100.0, "GHz"),
+    (r"_hz$", 1e-3, 1e4, "Hz"),
+    (r"_us$", 1e-6, 1e6, "us"),
+    (r"_s$", 1e-12, 10.0, "s"),
+    (r"_w$", 1e-6, 1e6, "W"),
+    (r"_usd$", 1e-6, 1e9, "USD"),
+    (r"_px$", 1, 100_000, "px"),
+    (r"_bits$", 1, 8192, "bits"),
+    (r"_mm2$", 1e-3, 1e5, "mm^2"),
+    (r"_nm$", 0.1, 1e4, "nm"),
+    (r"^pj_per_", 1e-9, 1e6, "pJ"),
+    (r"^tops$", 1e-6, 1e6, "TOPS"),
+    (r"^gflops", 1e-6, 1e9, "GFLOP/s"),
+    (r"efficiency$|_share$", 1e-3, 1.0, "(a fraction)"),
+)
+
+
+def unit_range(field: str) -> tuple[float, float, str] | None:
+    """(smallest non-zero value, largest value, unit) accepted for a field, from its name; None if unitless."""
+    for pattern, lo, hi, unit in UNIT_RANGES:
+        if re.search(pattern, field):
+            return lo, hi, unit
+    return None
+
+
+def _yaml_word(v: object) -> str:
+    """A value as the user wrote it in YAML: true/false/null rather than Python's spelling."""
+    return {True: "true", False: "false", None: "null"}.get(v, repr(v)) if isinstance(v, (bool, type(None))) else repr(v)
+
+
+def _string_for_number(v: str | bytes) -> str:
+    """Why a string is not accepted as a number, with the fix for the usual YAML surprises."""
+    shown = repr(v) if len(v) <= 40 else repr(v[:40]) + "..."
+    try:
+        float(v)
+    except ValueError:
+        return f"expected a number, got the string {shown}"
+    if isinstance(v, str) and "e" in v.lower() and "inf" not in v.lower():
+        return (f"expected a number, got the string {shown}: YAML reads an exponent as a number only with a dot "
+                f"and a sign; write it like 1.0e-3 or 2.0e+9")
+    return f"expected a number, got the string {shown}; write the number without quotes"
+
+
+def check_number(v: object, field: str, zero_ok: bool) -> object:
+    """A number field's value as written: a real, finite number in the range its unit allows.
+
+    Rejects YAML booleans and quoted numbers (pydantic would turn true into 1 and "896" into 896)."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {_yaml_word(v)}")  # noqa: TRY004 - pydantic reports ValueError
+    if isinstance(v, (str, bytes)):
+        raise ValueError(_string_for_number(v))  # noqa: TRY004
+    if not isinstance(v, (int, float)):
+        return v  # None, lists, ...: the field's type decides
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"must be a finite number, got {v}")
+    rng = unit_range(field)
+    if rng is None:
+        return v
+    lo, hi, unit = rng
+    if zero_ok and v == 0 or lo <= v <= hi:
+        return v
+    accepted = f"0 or between {lo:g} and {hi:g}" if zero_ok else f"between {lo:g} and {hi:g}"
+    raise ValueError(f"must be {accepted} {unit}")
+
+
+def numeric_annotation(tp: Any) -> bool:
+    """Whether a field's type takes a plain number (int, float, an int Literal), optionally or-None."""
+    if tp is bool:
+        return False
+    if tp in (int, float):
+        return True
+    origin = get_origin(tp)
+    if origin is Literal:
+        return any(isinstance(a, int) and not isinstance(a, bool) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return any(numeric_annotation(a) for a in get_args(tp))
+    if origin is Annotated:
+        return numeric_annotation(get_args(tp)[0])
+    return False
+
+
+def _zero_ok(metadata: list) -> bool:
+    """A field may be exactly 0 if it declares ge=0."""
+    return any(isinstance(m, Ge) and m.ge == 0 for m in metadata)
+
+
+def Number(unit_field: str, zero_ok: bool):
+    """A float checked by the unit rules of `unit_field`: for dict values (tops.int8, pj_per_op.fp16)."""
+    return Annotated[float, BeforeValidator(partial(check_number, field=unit_field, zero_ok=zero_ok))]
+
 
 class Strict(BaseModel):
-    """Base: unknown fields are errors (a typo must not be silently ignored)."""
+    """Base: unknown fields are errors (a typo must not be silently ignored); numbers are real,
+    finite and within the range their unit allows (see UNIT_RANGES)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_number(cls, v: object, info: ValidationInfo) -> object:
+        """Every number field goes through check_number before pydantic's own coercion."""
+        field = cls.model_fields[info.field_name]
+        if not numeric_annotation(field.annotation):
+            return v
+        return check_number(v, info.field_name, _zero_ok(field.metadata))
 
 
 class DRAM(Strict):
@@ -78,7 +201,7 @@ class HostTraffic(Strict):
     display_width_px: int = Field(0, ge=0)
     display_height_px: int = Field(0, ge=0)
     refresh_hz: float = Field(60, ge=0)
-    bytes_per_pixel: int = Field(4, ge=0)
+    bytes_per_pixel: int = Field(4, ge=0, le=16)
     other_gb_per_s: float = Field(0.0, ge=0, description="camera, ISP, GPU, ... in GB/s")
 
     @property
@@ -88,7 +211,7 @@ class HostTraffic(Strict):
 
 
 class CPU(Strict):
-    cores: int = Field(gt=0)
+    cores: int = Field(gt=0, le=100_000)
     core_type: str
     freq_ghz: float = Field(gt=0)
     gflops_fp32: float = Field(gt=0, description="peak FP32 GFLOP/s of all cores")
@@ -99,9 +222,14 @@ class Port(Strict):
 
     kind: Literal["pcie", "usb", "d2d"]
     gen: int | None = Field(None, ge=1, le=5, description="PCIe generation")
-    lanes: int | None = None
+    lanes: int | None = Field(None, ge=1, le=16, description="PCIe lanes: 1, 2, 4, 8 or 16")
     usb: Literal["usb3.2-gen1", "usb3.2-gen2", "usb3.2-gen2x2", "usb4"] | None = None
-    count: int = Field(1, ge=1)
+    count: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Port:
+        _check_kind_fields(self.kind, self.gen, self.lanes, self.usb)
+        return self
 
 
 class HostSoC(Strict):
@@ -110,7 +238,7 @@ class HostSoC(Strict):
     dram: DRAM
     reserved_gib: float = Field(1.0, ge=0, description="host DRAM kept for the OS and applications")
     traffic: HostTraffic = HostTraffic()
-    ports: list[Port] = []
+    ports: list[Port] = Field([], max_length=64)
     overhead_per_token_s: float = Field(50e-6, ge=0, description="host work per generated token: sampling, detokenising, scheduling")
     static_w: float = Field(1.0, ge=0)
     cost_usd: float | None = Field(None, ge=0)
@@ -148,14 +276,14 @@ class NVM(Strict):
 
 class DiePower(Strict):
     static_w: float = Field(0.5, ge=0)
-    pj_per_op: dict[Precision, float] = Field(default_factory=dict, description="dynamic energy per operation")
+    pj_per_op: dict[Precision, Number("pj_per_op", zero_ok=True)] = Field(default_factory=dict, description="dynamic energy per operation")
 
 
 class DieType(Strict):
     """One NPU die design. Throughput is peak tera-operations per second (a MAC is 2 ops)."""
 
     description: str = ""
-    tops: dict[Precision, float] = Field(description="peak TOPS (TFLOPS for floating point) per supported precision")
+    tops: dict[Precision, Number("tops", zero_ok=False)] = Field(description="peak TOPS (TFLOPS for floating point) per supported precision")
     weight_only: list[Precision] = Field(
         default_factory=list,
         description="weight formats the die stores and expands on the fly to a precision it computes in "
@@ -182,6 +310,17 @@ class DieType(Strict):
         return v
 
 
+def _check_kind_fields(kind: str, gen: int | None, lanes: int | None, usb: str | None) -> None:
+    """gen and lanes belong to PCIe, usb to USB: a stray one is a mistake the model would ignore."""
+    if lanes is not None and lanes not in PCIE_LANES:
+        raise ValueError(f"lanes {lanes} is not a PCIe width; accepted: 1, 2, 4, 8, 16")
+    if kind != "pcie" and (gen is not None or lanes is not None):
+        raise ValueError(f"'gen' and 'lanes' describe PCIe only; remove them from this {kind} entry "
+                         f"(or set kind: pcie)")
+    if kind != "usb" and usb is not None:
+        raise ValueError(f"'usb' names a USB generation; remove it from this {kind} entry (or set kind: usb)")
+
+
 class Die(Strict):
     name: str
     type: str = Field(description="a key of die_types")
@@ -194,7 +333,7 @@ class Link(Strict):
     kind: Literal["d2d-package", "d2d-pcb", "pcie", "usb", "on-chip"] = Field(
         description="on-chip: the compute engine is part of the host SoC itself (a real monolithic device)")
     gen: int | None = Field(None, ge=1, le=5, description="PCIe generation 1-5")
-    lanes: int | None = Field(None, description="PCIe lanes: 1, 2, 4, 8 or 16")
+    lanes: int | None = Field(None, ge=1, le=16, description="PCIe lanes: 1, 2, 4, 8 or 16")
     usb: Literal["usb3.2-gen1", "usb3.2-gen2", "usb3.2-gen2x2", "usb4"] | None = None
     bandwidth_gb_per_s: float | None = Field(None, gt=0, description="override: raw GB/s per direction")
     efficiency: float | None = Field(None, gt=0, le=1)
@@ -203,14 +342,11 @@ class Link(Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Link:
-        if self.kind == "pcie":
-            if self.gen is None or self.lanes is None:
-                raise ValueError("a pcie link needs 'gen' (1-5) and 'lanes' (1, 2, 4, 8, 16)")
-            if self.lanes not in PCIE_LANES:
-                raise ValueError(f"lanes {self.lanes} is not a PCIe width; accepted: 1, 2, 4, 8, 16")
-        elif self.kind == "usb":
-            if self.usb is None:
-                raise ValueError(f"a usb link needs 'usb', one of: {', '.join(USB_BYTES_PER_S)}")
+        if self.kind == "pcie" and (self.gen is None or self.lanes is None):
+            raise ValueError("a pcie link needs 'gen' (1-5) and 'lanes' (1, 2, 4, 8, 16)")
+        if self.kind == "usb" and self.usb is None:
+            raise ValueError(f"a usb link needs 'usb', one of: {', '.join(USB_BYTES_PER_S)}")
+        _check_kind_fields(self.kind, self.gen, self.lanes, self.usb)
         if self.between[0] == self.between[1]:
             raise ValueError(f"a link joins two different nodes, got {self.between[0]!r} twice")
         return self
@@ -259,17 +395,17 @@ class System(Strict):
     name: str
     description: str = ""
     host: HostSoC
-    die_types: dict[str, DieType]
-    dies: list[Die] = Field(min_length=1)
-    switches: list[str] = []
-    links: list[Link] = []
-    packages: list[Package] = []
+    die_types: dict[str, DieType] = Field(max_length=256)
+    dies: list[Die] = Field(min_length=1, max_length=256)
+    switches: list[str] = Field([], max_length=256)
+    links: list[Link] = Field([], max_length=4096)
+    packages: list[Package] = Field([], max_length=256)
     sources: dict[str, str] = Field(default_factory=dict, description="field path -> citation or 'assumed'")
 
     @model_validator(mode="after")
     def _check_graph(self) -> System:
         names = [d.name for d in self.dies]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = {n for n, k in Counter(names).items() if k > 1}
         if dup:
             raise ValueError(f"die names must be unique; repeated: {', '.join(sorted(dup))}")
         nodes = {HOST, *names, *self.switches}
@@ -300,15 +436,26 @@ class System(Strict):
                     raise ValueError(f"links[{i}] {a}-{b}: an in-package D2D link joins two dies of one package; "
                                      f"use d2d-pcb (or pcie/usb) between packages")
         g = self.graph
-        unreachable = [n for n in names if not nx.has_path(g, HOST, n)]
+        reached = nx.node_connected_component(g, HOST)
+        unreachable = [n for n in names if n not in reached]
         if unreachable:
             raise ValueError(f"dies not connected to the host: {', '.join(unreachable)}; add links")
         self._check_ports()
+        self._check_shared_bandwidth()
         over = self.shared_capacity_overflow_bytes()
         if over > 0:
             raise ValueError(f"dies with shared memory plus host.reserved_gib exceed host.dram.capacity_gib "
                              f"({self.host.dram.capacity_gib:g} GiB) by {over / GiB:.2f} GiB; lower their capacity_gib")
         return self
+
+    def _check_shared_bandwidth(self) -> None:
+        """Dies reading host DRAM need some of its bandwidth left after the display and other masters."""
+        sharing = [d for d in self.die_names if self.die_type(d).memory.shared]
+        if sharing and self.host.dram_free_bytes_per_s <= 0:
+            raise ValueError(
+                f"host.traffic takes {self.host.traffic.bytes_per_s / GB:.3g} GB/s, all of the host DRAM's usable "
+                f"{self.host.dram.usable_bytes_per_s / GB:.3g} GB/s, leaving nothing for dies with shared memory "
+                f"({', '.join(sharing)}); lower host.traffic or give the dies their own DRAM")
 
     def _check_ports(self) -> None:
         """Host links must fit the ports the host SoC offers."""
@@ -345,8 +492,17 @@ class System(Strict):
             g.add_edge(a, b, link=link, latency_s=link.latency_s, inv_bw=1.0 / link.bytes_per_s)
         return g
 
+    @cached_property
+    def _type_of(self) -> dict[str, str]:
+        return {d.name: d.type for d in self.dies}
+
     def die_type(self, die: str) -> DieType:
-        return self.die_types[next(d.type for d in self.dies if d.name == die)]
+        """The design of die `die`; a SpecError names the known dies if it is not one of them."""
+        if die not in self._type_of:
+            from ..errors import SpecError
+
+            raise SpecError(f"{self.name}: no die named {die!r}; its dies are {', '.join(self._type_of)}")
+        return self.die_types[self._type_of[die]]
 
     @property
     def die_names(self) -> list[str]:
@@ -361,7 +517,7 @@ class System(Strict):
     def route(self, a: str, b: str, nbytes: float) -> list[Link]:
         """The links a transfer of `nbytes` takes from a to b: the quickest path."""
         path = self.route_nodes(a, b, nbytes)
-        return [self.graph.edges[u, v]["link"] for u, v in zip(path, path[1:])]
+        return [self.graph.edges[u, v]["link"] for u, v in pairwise(path)]
 
     def die_memory_bytes(self, die: str) -> float:
         mem = self.die_type(die).memory

@@ -5,14 +5,29 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from pydantic import ValidationError
 
-from ..frontends.config import ModelConfig
+from ..errors import ChipfuseError, SpecError
 from ..hw.spec import HOST, System
 from ..ir.graph import Graph, Workload, op_costs
 from ..ir.llm import build_llm_graph
-from ..plan.plan import Plan, Prediction, StagePrediction
+from ..plan.plan import (
+    Plan,
+    Prediction,
+    StagePrediction,
+    check_model_config,
+    structure_problems,
+)
 from ..quant.formats import get_format
-from .perf import PRECISION_BYTES, die_rates, die_recipe, host_in_bytes, out_bytes, stage_cost, transfer_s
+from .perf import (
+    PRECISION_BYTES,
+    die_rates,
+    die_recipe,
+    host_in_bytes,
+    out_bytes,
+    stage_cost,
+    transfer_s,
+)
 
 GB = 1e9
 
@@ -26,15 +41,57 @@ def _reason(die: str, bound: str, precision: str, comp: float, mem: float, link:
         return f"{die}: memory-bound; it only moves data ({has_gbps:.1f} GB/s)"
     if bound == "memory":
         return (f"{die}: memory-bound; needs {need_gbps:.1f} GB/s to keep its {precision} compute busy, "
-                f"has {has_gbps:.1f}")
+                f"has {has_gbps:.1f} GB/s")
     return (f"{die}: compute-bound at {precision} ({100 * comp / step:.0f}% of the step computing); "
             f"its memory traffic takes {mem / comp:.0%} of the compute time at {has_gbps:.1f} GB/s")
 
 
+def _plan_system(plan: Plan) -> System:
+    """The plan's embedded system, validated; a bad one is a SpecError, not a traceback."""
+    from ..hw.load import format_validation_error
+
+    try:
+        return System.model_validate(plan.system)
+    except ValidationError as err:
+        raise SpecError(format_validation_error("plan's system", err)) from None
+
+
+def _check_plan(plan: Plan, system: System):
+    """The plan's ModelConfig, after checking the plan's stages still fit the model and system
+    (a plan is mutable after it is built, so its validator's verdict may be stale)."""
+    cfg, bad = check_model_config(plan.model.config)
+    if cfg is not None:
+        bad = structure_problems(plan, cfg.num_layers, cfg.max_position, system, same_system=False)
+    if bad:
+        raise ChipfuseError("cannot predict an invalid plan:\n" + "\n".join("  " + b for b in bad))
+    return cfg
+
+
 def predict(plan: Plan, graph: Graph | None = None, system: System | None = None) -> Prediction:
-    """Evaluate the performance model for a plan. Pure: rebuilds the IR from the plan if needed."""
-    system = system or System.model_validate(plan.system)
-    graph = graph or build_llm_graph(ModelConfig.model_validate(plan.model.config))
+    """Evaluate the performance model for a plan. Pure: rebuilds the IR from the plan if needed.
+
+    An invalid plan or system, or figures no real system gives (inf, NaN, negative), are ChipfuseErrors."""
+    system = system or _plan_system(plan)
+    cfg = _check_plan(plan, system)
+    graph = graph or build_llm_graph(cfg)
+    try:
+        return _predict(plan, graph, system)
+    except (ValidationError, ZeroDivisionError, OverflowError) as err:
+        raise ChipfuseError(f"{system.name}: the performance model gives no usable figures for this plan "
+                            f"({_first_problem(err)}); a rate, size or latency in the system description is "
+                            f"outside any real range: check its numbers") from None
+
+
+def _first_problem(err: Exception) -> str:
+    """A short account of why the figures are unusable."""
+    if isinstance(err, ValidationError):
+        e = err.errors()[0]
+        return f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}"
+    return str(err)
+
+
+def _predict(plan: Plan, graph: Graph, system: System) -> Prediction:
+    """The performance model proper, on a checked plan."""
     wl = plan.workload
     recipe = plan.recipe()
     kvb = PRECISION_BYTES[get_format(wl.kv_precision).precision]
