@@ -20,3 +20,14 @@ def fmt_bytes(n: float) -> str:
 def fmt_rate(bytes_per_s: float) -> str:
     """Bandwidth in GB/s (decimal, as vendors state it)."""
     return f"{bytes_per_s / GB:.1f} GB/s"
+
+
+def fmt_duration(s: float) -> str:
+    """A time in the unit that reads best: 850 us, 12.3 ms, 4.56 s, 2.5 min."""
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    if s < 120:
+        return f"{s:.2f} s"
+    return f"{s / 60:.1f} min"

@@ -131,6 +131,27 @@ def _lower_precisions(fmt: Format) -> list[str]:
     return [c for c in cands if FORMATS[c].bits_per_weight() < bpw - 1e-9]
 
 
+MAX_BATCH = 4096  # concurrent sequences; beyond this no edge system holds the KV cache
+
+
+def _whole(value: object, option: str, lo: int, hi: int, unit: str) -> int:
+    """An integer option within [lo, hi], or a SpecError naming the option, the value and the range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{option} {value!r}: give a whole number of {unit} ({lo}..{hi:,})")
+    if not lo <= value <= hi:
+        raise SpecError(f"{option} {value}: must be between {lo} and {hi:,} {unit}")
+    return value
+
+
+def check_workload(model: ModelConfig, *, context: int, batch: int, prompt_tokens: int) -> None:
+    """The workload's numbers are whole, positive and consistent with each other and the model (context first:
+    a bad context is named as such, not as a prompt problem)."""
+    _whole(context, "--context", 1, model.max_position, f"tokens ({model.name}'s max_position_embeddings is "
+                                                         f"{model.max_position})")
+    _whole(batch, "--batch", 1, MAX_BATCH, "sequences")
+    _whole(prompt_tokens, "--prompt-tokens", 1, context, "tokens (at most --context)")
+
+
 def compile_plan(model: ModelConfig, system: System, precision: str | Format | Recipe | None = "int4", *,
                  head_precision: str | None = None, context: int = 4096,
                  batch: int = 1, prompt_tokens: int = 512, kv_precision: str = "fp16",
@@ -158,16 +179,12 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     if bad:
         raise SpecError(f"recipe overrides blocks {bad}: {model.name} has layer blocks 1..{model.num_layers}")
     fmt = recipe.default
-    if prompt_tokens > context:
-        raise SpecError(f"--prompt-tokens {prompt_tokens} exceeds --context {context}")
-    if context > model.max_position:
-        raise SpecError(f"--context {context} exceeds {model.name}'s max_position_embeddings {model.max_position}")
+    check_workload(model, context=context, batch=batch, prompt_tokens=prompt_tokens)
     wl = WorkloadSpec(context=context, batch=batch, prompt_tokens=prompt_tokens, kv_precision=kv_precision)
     graph = graph or build_llm_graph(model)
     dies = system.die_names
     if max_dies is not None:
-        if not 1 <= max_dies <= len(dies):
-            raise SpecError(f"--dies {max_dies}: {system.name} has {len(dies)} die(s)")
+        _whole(max_dies, "--dies", 1, len(dies), f"dies ({system.name} has {len(dies)})")
     warnings: list[str] = []
     coded = {recipe.default, *(get_format(n) for _, n in recipe.blocks)} if quantized_weights else set()
     for d in dies:
@@ -227,4 +244,19 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         warnings=warnings,
     )
     plan.prediction = predict(plan, graph=graph, system=system)
+    _check_figures(plan, system)
     return plan
+
+
+def _check_figures(plan: Plan, system: System) -> None:
+    """Backstop: a prediction with a non-finite, negative or zero rate is refused, never printed as if valid."""
+    pred = plan.prediction
+    figures = {"time to first token": pred.ttft_s, "decode tokens/s": pred.decode_tokens_per_s,
+               **{f"{sp.die} decode step": sp.decode_s for sp in pred.stages},
+               **{f"{sp.die} link time": sp.link_out_s for sp in pred.stages}}
+    bad = {k: v for k, v in figures.items() if not (math.isfinite(v) and v >= 0)}
+    if not bad and pred.decode_tokens_per_s > 0 and pred.ttft_s > 0:
+        return
+    shown = ", ".join(f"{k} = {v!r}" for k, v in (bad or figures).items())
+    raise SpecError(f"{system.name}: the performance model gives no usable figures ({shown}); a rate, size or "
+                    "latency in the system description is out of any real range: check its numbers")

@@ -132,4 +132,6 @@ def to_dict(rows: list[FormatRow]) -> list[dict]:
 def save_json(path: str | Path, payload: dict) -> None:
     import json
 
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    from ..io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")

@@ -32,7 +32,11 @@ def save_quantized(path: str | Path, tensors: dict[str, Codes], recipe: Recipe, 
             out[name + ".q4"] = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
             out[name + ".zero"] = t.zero.float().contiguous()
         out[name + ".scale"] = t.scale.float().contiguous()
-    save_file(out, str(path), metadata={"chipfuse": json.dumps({**meta, "recipe": recipe_to_dict(recipe)})})
+    import os
+
+    part = Path(path).with_name(Path(path).name + ".part")
+    save_file(out, str(part), metadata={"chipfuse": json.dumps({**meta, "recipe": recipe_to_dict(recipe)})})
+    os.replace(part, path)  # a stopped run never leaves a half-written checkpoint under the real name
 
 
 def read_meta(path: str | Path) -> dict:
@@ -41,7 +45,7 @@ def read_meta(path: str | Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {})["chipfuse"])
-    except (OSError, KeyError, ValueError, SafetensorError) as err:
+    except (OSError, KeyError, ValueError, TypeError, RecursionError, SafetensorError) as err:
         raise ChipfuseError(f"{path}: not a chipfuse quantized checkpoint ({err}); write one with "
                             "`chipfuse quantize --method gptq --save FILE`") from None
 
@@ -52,7 +56,7 @@ def checkpoint_recipe(path: str | Path, meta: dict | None = None) -> Recipe:
     meta = read_meta(path) if meta is None else meta
     try:
         return recipe_from_dict(meta["recipe"]) if "recipe" in meta else Recipe.of(get_format(meta["format"]))
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, ChipfuseError) as err:
         raise ChipfuseError(f"{path}: its recipe cannot be read ({err})") from None
 
 

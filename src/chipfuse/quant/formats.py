@@ -80,6 +80,8 @@ DEFAULT_FORMAT = {"int4": "int4-g32", "int8": "int8", "fp8": "fp8-e4m3", "fp16":
 
 
 def get_format(name: str) -> Format:
+    if not isinstance(name, str):
+        raise SpecError(f"precision {name!r}: give a format name; accepted: {', '.join(list(FORMATS) + list(ALIASES))}")
     key = ALIASES.get(name.lower(), name.lower())
     if key not in FORMATS:
         raise SpecError(f"unknown precision {name!r}; accepted: {', '.join(list(FORMATS) + list(ALIASES))}")
@@ -142,24 +144,53 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return {"default": recipe.default.name, "head": recipe.head.name, "blocks": [list(b) for b in recipe.blocks]}
 
 
+MAX_BLOCK = 1_000_000  # far above any model's layer count; keeps a hostile recipe from meaning anything
+
+
 def recipe_from_dict(d: dict) -> Recipe:
-    return Recipe(get_format(d["default"]), get_format(d["head"]),
-                  tuple((int(b), get_format(f).name) for b, f in d.get("blocks", [])))
+    """A recipe from its JSON mapping, every field checked (a SpecError names the one that is wrong)."""
+    if not isinstance(d, dict) or not {"default", "head"} <= set(d):
+        raise SpecError('a recipe is a mapping {"default": format, "head": format, "blocks": [[block, format], ...]}')
+    extra = set(d) - {"default", "head", "blocks"}
+    if extra:
+        raise SpecError(f"unknown recipe field(s) {', '.join(sorted(map(str, extra)))}; accepted: default, head, blocks")
+    blocks = d.get("blocks", [])
+    if not isinstance(blocks, list):
+        raise SpecError(f"recipe blocks: a list of [block, format] pairs, got {type(blocks).__name__}")
+    out = []
+    for i, pair in enumerate(blocks):
+        if not (isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is int and 1 <= pair[0] <= MAX_BLOCK):
+            raise SpecError(f"recipe blocks[{i}] = {pair!r}: give [block, format] with a layer block number >= 1")
+        out.append((pair[0], get_format(pair[1]).name))
+    if len({b for b, _ in out}) != len(out):
+        raise SpecError("recipe blocks: a block is given twice")
+    return Recipe(get_format(d["default"]), get_format(d["head"]), tuple(out))
 
 
 def save_recipe(recipe: Recipe, path) -> None:
     import json
-    from pathlib import Path
 
-    Path(path).write_text(json.dumps(recipe_to_dict(recipe), indent=2) + "\n")
+    from ..io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(recipe_to_dict(recipe), indent=2) + "\n")
 
 
 def load_recipe(path) -> Recipe:
     import json
-    from pathlib import Path
 
+    from ..io import read_text_bounded
+
+    text = read_text_bounded(path, "recipe file", 1 << 20)
     try:
-        return recipe_from_dict(json.loads(Path(path).read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SpecError(f"{path}: not a recipe file ({err}); expected "
+        data = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
+        raise SpecError(f"{path}: not a recipe file (not JSON: {str(err)[:120]}); expected "
                         '{"default": "int4-g64", "head": "int8", "blocks": [[1, "int8"], ...]}') from None
+    try:
+        return recipe_from_dict(data)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
