@@ -22,9 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.fuzz is a package of the repository, not of chipfuse
 
-START, END = "<!-- fuzz:start -->", "<!-- fuzz:end -->"
-
-
 def categories() -> list[str]:
     return sorted(f"tests.fuzz.{p.stem}" for p in (ROOT / "tests" / "fuzz").glob("cat_*.py"))
 
@@ -77,11 +74,9 @@ def main() -> int:
             for e in ex_list:
                 print("  " + e.replace("\n", "\n  "))
     if a.markdown:
-        old = a.markdown.read_text() if a.markdown.exists() else ""
-        block = f"{START}\n{text}\n{END}"
-        new = (old[:old.index(START)] + block + old[old.index(END) + len(END):]) if START in old and END in old \
-            else (old.rstrip() + "\n\n" if old else "") + block + "\n"
-        a.markdown.write_text(new)
+        from chipfuse.io import replace_marked_block
+
+        replace_marked_block(a.markdown, "fuzz", text)
     bad = sum(r["counts"].get(o, 0) for r in results for o in ("traceback", "hang", "impossible"))
     return 1 if bad else 0
 

@@ -115,3 +115,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_marked_block(path: str | Path, tag: str, body: str) -> None:
+    """Put `body` between `<!-- tag:start -->` and `<!-- tag:end -->` in a text file (appended with the markers
+    if they are not there yet; the file is created if missing), written atomically."""
+    p = Path(path)
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    text = read_text_bounded(p, "Markdown file", 16 * MiB) if p.exists() else ""
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text and text.index(start) < text.index(end):
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
+    write_text_atomic(p, text)

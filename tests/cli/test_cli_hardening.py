@@ -109,7 +109,7 @@ def test_long_steps_print_progress_when_piped(tmp_path):
 
 def test_probe_file_maps_onto_any_die_names(base_system, system_factory):
     """A probe names its dies die0..dieN; a plan's dies may be called anything: they map by stage order."""
-    from chipfuse.cli.main import _predict_on_this_host
+    from chipfuse.api import this_host_prediction
     from chipfuse.compile.compiler import compile_plan
     from chipfuse.frontends import load_model_config
     from chipfuse.hw.load import parse_system
@@ -121,7 +121,7 @@ def test_probe_file_maps_onto_any_die_names(base_system, system_factory):
     plan = compile_plan(load_model_config("smollm2"), parse_system(board, "my-board.yaml"), context=1024)
     assert [st.die for st in plan.stages] == ["npu-left", "npu-right"]
     host = system_factory(2)  # named die0, die1 like a probe's
-    pred = _predict_on_this_host(plan, 20, host)
+    pred = this_host_prediction(plan, 20, host)
     assert [sp.die for sp in pred.stages] == ["npu-left", "npu-right"]
     assert pred.decode_tokens_per_s > 0
 
@@ -137,7 +137,7 @@ def test_probe_file_is_checked_before_the_dies_start(tmp_path):
 
 def test_run_refuses_max_tokens_that_leave_no_room_for_a_prompt():
     r = runner.invoke(app, ["run", "--max-tokens", "2048", "--context", "2048"])
-    assert r.exit_code == 2 and "--max-tokens 2048" in r.output
+    assert r.exit_code == 2 and "--max-tokens 2048: give 1..2047" in r.output
 
 
 def test_sampling_options_out_of_range_are_usage_errors():

@@ -56,28 +56,33 @@ def status(message: str):
 
 
 class Steps:
-    """Progress over a known number of steps: a bar on a terminal, a line every few seconds when piped."""
+    """Progress over a known number of steps (the API's `Progress`): a bar on a terminal, a line every few
+    seconds when piped. Use as a context manager; the API calls `start` once it knows the step count."""
 
-    def __init__(self, total: int, description: str, every_s: float = 5.0):
-        self.total, self.done, self.description, self.every_s = total, 0, description, every_s
+    def __init__(self, every_s: float = 5.0):
+        self.total, self.done, self.description, self.every_s = 0, 0, "", every_s
         self._bar: Progress | None = None
         self._t0 = self._shown = time.monotonic()
 
     def __enter__(self) -> Steps:
-        if interactive():
-            self._bar = Progress(console=err_console, transient=True)
-            self._bar.__enter__()
-            self._task = self._bar.add_task(self.description, total=self.total)
-        else:
-            self._line(force=True)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
-        elif exc[0] is None:
+        elif exc[0] is None and self.total:
             err_console.print(f"[{time.monotonic() - self._t0:6.1f} s] done: {self.done}/{self.total} steps",
                               markup=False, highlight=False)
+
+    def start(self, total: int, description: str) -> None:
+        """Work of `total` steps begins."""
+        self.total, self.description = total, description
+        if interactive():
+            self._bar = Progress(console=err_console, transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(description, total=total)
+        else:
+            self._line(force=True)
 
     def describe(self, description: str) -> None:
         """Name the step now running."""

@@ -1,0 +1,20 @@
+"""The documented Python API: one function per user task, each returning a typed result (docs/python-api.md).
+
+    from chipfuse import api
+    p = api.plan("llama-2-7b", "talk-heavy-2die-pcie", precision="int4")
+    print(p.prediction.decode_tokens_per_s)
+
+The `chipfuse` command is a thin shell over these functions.
+"""
+
+from .core import (alias_of, calibrate, load_model, load_plan, load_system, open_device, plan, predict, presets, probe,
+                   required_bandwidth_bytes_per_s, run, this_host_prediction)
+from .progress import Progress, Silent
+from .quantize import mixed_precision, quantize_report
+from .results import (CalibrationReport, FormatAccuracy, LayerSensitivity, MixedReport, PresetList, ProbeReport,
+                      QuantizeReport, RunResult)
+
+__all__ = ["alias_of", "calibrate", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
+           "required_bandwidth_bytes_per_s", "run", "this_host_prediction", "mixed_precision", "quantize_report",
+           "Progress", "Silent", "CalibrationReport", "FormatAccuracy", "LayerSensitivity", "MixedReport",
+           "PresetList", "ProbeReport", "QuantizeReport", "RunResult"]

@@ -1,0 +1,206 @@
+"""Systems, models, plans, predictions, calibration, probing and one-prompt runs: the Python API behind the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ChipfuseError
+from .results import CalibrationReport, PresetList, ProbeReport, RunResult
+
+SAMPLE_QUESTION = "What is the capital of France?"
+DEFAULT_SYSTEM = "talk-4die-d2d"
+
+
+def load_system(name_or_path: str | Path):
+    """A preset name or a system YAML file -> `hw.spec.System` (validated; errors name file and field)."""
+    from ..hw.load import load_system as load
+
+    return load(name_or_path)
+
+
+def load_model(spec: str | Path):
+    """A catalogue name, a config.json (or its folder) or a .gguf file -> `frontends.ModelConfig`."""
+    from ..frontends import load_model_config
+
+    return load_model_config(spec)
+
+
+def alias_of(name: str) -> str | None:
+    """The catalogue entry a name stands for, when it is an alias (`llama3-8b` -> `llama-3.1-8b`)."""
+    from ..frontends import alias_of as of
+
+    return of(str(name))
+
+
+def plan(model, system, precision: str | None = None, *, context: int = 4096, batch: int = 1,
+         prompt_tokens: int = 512, kv_precision: str = "fp16", dies: int | None = None, strict: bool = False,
+         head_precision: str | None = None, recipe: str | Path | None = None, quantized: str | Path | None = None):
+    """Split a model over a system's dies (optimal pipeline) and predict its speed -> `plan.Plan`.
+
+    `model` and `system` are names/paths or already loaded objects; `recipe` is a per-layer recipe file
+    (from `mixed_precision`); `quantized` a GPTQ checkpoint whose recipe the plan takes."""
+    from ..compile.compiler import compile_plan
+    from ..frontends.config import ModelConfig
+    from ..hw.spec import System
+    from ..quant.formats import load_recipe
+
+    sysm = system if isinstance(system, System) else load_system(system)
+    cfg = model if isinstance(model, ModelConfig) else load_model(model)
+    if recipe is not None and precision is not None:
+        raise ChipfuseError("give --precision or --recipe, not both (the recipe holds the formats)")
+    fmt = load_recipe(recipe) if recipe is not None else precision
+    return compile_plan(cfg, sysm, fmt, head_precision=head_precision, context=context, batch=batch,
+                        prompt_tokens=prompt_tokens, kv_precision=kv_precision, max_dies=dies, strict=strict,
+                        model_source=str(model) if not isinstance(model, ModelConfig) else model.name,
+                        quantized_weights=str(quantized) if quantized else None)
+
+
+def load_plan(path: str | Path):
+    """A plan JSON file -> `plan.Plan` (every field and the stages' consistency checked)."""
+    from ..plan.plan import Plan
+
+    return Plan.load(path)
+
+
+def predict(plan, system=None):
+    """The performance model's figures for a plan on its own system, or on `system` -> `plan.Prediction`."""
+    from ..hw.spec import System
+    from ..sim.predict import predict as run
+
+    sysm = None if system is None else (system if isinstance(system, System) else load_system(system))
+    return run(plan, system=sysm)
+
+
+def required_bandwidth_bytes_per_s(plan, tokens_per_s: float) -> float:
+    """DRAM bytes per second a batch-1 decode rate needs with this plan (each token reads the whole model)."""
+    import math
+
+    from ..sim.perf import required_bandwidth_bytes_per_s as need
+
+    if not (math.isfinite(tokens_per_s) and 0 < tokens_per_s <= 1e6):
+        raise ChipfuseError(f"--target-tokens-per-s {tokens_per_s:g}: give a rate above 0 and at most 1e6 tokens/s")
+    return need(plan.prediction.bytes_read_per_token, tokens_per_s)
+
+
+def calibrate(apply: bool = False) -> CalibrationReport:
+    """Fit the performance model's efficiency factors per device family to published measurements and
+    report the error; `apply` writes the fitted factors into the real-device presets."""
+    from ..sim.calibrate import apply_to_presets, calibrate as run, load_measurements, markdown_report
+
+    results, skipped = run()
+    report = markdown_report(results, skipped, len(load_measurements()))
+    changed = tuple(apply_to_presets(results)) if apply else ()
+    return CalibrationReport(tuple(results), tuple(skipped), len(load_measurements()), report, changed)
+
+
+def probe(dies: int = 4, on_status=lambda message: None) -> ProbeReport:
+    """Measure this machine (bandwidth, kernels, hops) as a system of `dies` emulated dies named die0..."""
+    from ..runtime.probe import probe as run
+
+    if not (isinstance(dies, int) and 1 <= dies <= 64):
+        raise ChipfuseError(f"--dies {dies!r}: give 1..64 emulated dies")
+    system, fig = run([f"die{i}" for i in range(dies)], on_status=on_status)
+    return ProbeReport(system, fig["bandwidth_gb_per_s"], fig["int4_kernel_gb_per_s"], fig["tops"],
+                       fig["layer_overhead_s"], fig["hop_latency_s"], fig["hop_gb_per_s"])
+
+
+def this_host_prediction(plan, prompt_tokens: int, host=None, on_status=lambda message: None):
+    """The performance model's figures for `plan` on this machine: a probe's system (`host`, its dies mapped in
+    stage order onto the plan's die names, whatever they are called) or one measured now."""
+    from ..hw.load import parse_system
+    from ..runtime.probe import probe as measure
+    from ..sim.predict import predict as run
+
+    dies = [st.die for st in plan.stages]
+    if host is None:
+        on_status("measuring this host for the prediction (chipfuse probe)...")
+        host, _ = measure(dies)
+    if len(host.dies) != len(dies):
+        raise ChipfuseError(f"the probe describes {len(host.dies)} emulated die(s), the plan uses {len(dies)}; "
+                            f"re-run `chipfuse probe --dies {len(dies)}`")
+    rename = dict(zip(host.die_names, dies))
+    if any(k != v for k, v in rename.items()):
+        host = parse_system(_renamed(host.model_dump(mode="json"), rename), "this host (probe, dies renamed)")
+    wl = plan.workload.model_copy(update={"batch": 1, "prompt_tokens": max(1, prompt_tokens)})
+    return run(plan.model_copy(update={"workload": wl, "system": host.model_dump(mode="json")}), system=host)
+
+
+def _renamed(data: dict, rename: dict[str, str]) -> dict:
+    """A system mapping with its dies renamed (in the die list, the links and the packages)."""
+    def r(n: str) -> str:
+        return rename.get(n, n)
+
+    return {**data, "dies": [{**d, "name": r(d["name"])} for d in data["dies"]],
+            "links": [{**lk, "between": [r(n) for n in lk["between"]]} for lk in data["links"]],
+            "packages": [{**p, "dies": [r(n) for n in p["dies"]]} for p in data.get("packages", [])]}
+
+
+def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precision: str | None = None, *,
+                context: int = 2048, max_batch: int = 4, recipe: str | Path | None = None,
+                quantized: str | Path | None = None, on_status=None):
+    """Start the dies of a system with a runnable model (the embedded SmolLM2 by default) -> `runtime.Device`."""
+    from ..quant.formats import load_recipe
+    from ..runtime.device import Device
+
+    if recipe is not None and precision is not None:
+        raise ChipfuseError("give --precision or --recipe, not both (the recipe holds the formats)")
+    fmt = load_recipe(recipe) if recipe is not None else precision
+    return Device(system, model, fmt, context=context, max_batch=max_batch, quantized=quantized, on_status=on_status)
+
+
+def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SAMPLE_QUESTION, *,
+        max_tokens: int = 64, precision: str | None = None, context: int = 2048, temperature: float = 0.0,
+        top_k: int = 0, top_p: float = 1.0, seed: int | None = None, raw: bool = False, host=None,
+        recipe: str | Path | None = None, quantized: str | Path | None = None, on_status=lambda m: None,
+        on_device=lambda device: None, on_text=lambda piece: None) -> RunResult:
+    """Answer one prompt on the dies: plan (batch 1), start the workers, stream the answer (`on_text` gets each
+    piece), stop them, and set the measured speed beside the model's prediction for this host (`host`: a
+    probe's system, else measured). `on_device(device)` is called once the dies are up."""
+    if not (isinstance(max_tokens, int) and 1 <= max_tokens < context):
+        raise ChipfuseError(f"--max-tokens {max_tokens!r}: give 1..{context - 1} (at least one token of the "
+                            f"--context {context} is the prompt)")
+    sysm = system if not isinstance(system, (str, Path)) else load_system(system)
+    dev = open_device(sysm, model, precision, context=context, max_batch=1, recipe=recipe, quantized=quantized,
+                      on_status=on_status)
+    if host is not None and len(host.dies) != len(dev.plan.stages):
+        dev.close()
+        raise ChipfuseError(f"the probe describes {len(host.dies)} emulated die(s), the plan uses "
+                            f"{len(dev.plan.stages)}; re-run `chipfuse probe --dies {len(dev.plan.stages)}`")
+    with dev:
+        on_device(dev)
+        kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        gen = dev.submit(prompt, max_tokens, **kw) if raw else dev.chat([{"role": "user", "content": prompt}],
+                                                                         max_tokens, **kw)
+        for piece in gen:
+            on_text(piece)
+        memory = tuple(dev.memory_report())
+    n_prompt = len(gen.req.prompt)
+    pred = this_host_prediction(dev.plan, n_prompt, host, on_status)
+    return RunResult(dev.plan, prompt, n_prompt, gen.text, tuple(gen.tokens), gen.finish_reason, gen.ttft_s,
+                     gen.decode_tokens_per_s, pred.ttft_s, pred.decode_tokens_per_s, memory)
+
+
+def presets() -> PresetList:
+    """The preset systems and the catalogue models, each as a plain mapping of its main facts."""
+    from ..frontends import catalogue, load_model_config
+    from ..hw.load import preset_names
+    from ..hw.spec import HOST
+
+    systems = []
+    for name in preset_names():
+        s = load_system(name)
+        systems.append({
+            "name": name, "description": s.description, "dies": len(s.dies),
+            "die_types": sorted({d.type for d in s.dies}), "links": sorted({lk.label() for lk in s.links}),
+            "die_memory_gib": [round(s.die_memory_bytes(d) / 1024**3, 2) for d in s.die_names],
+            "die_bandwidth_gb_per_s": [round(s.die_bandwidth_bytes_per_s(d) / 1e9, 1) for d in s.die_names],
+            "memory": sorted({"own" if s.die_type(d).memory.own else "shared" for d in s.die_names}),
+            "host": s.host.name, "host_links": [lk.label() for lk in s.links if HOST in lk.between],
+        })
+    models = []
+    for name, entry in sorted(catalogue().items()):
+        c = load_model_config(name)
+        models.append({"name": name, "display_name": entry.get("display_name", name), "layers": c.num_layers,
+                       "hidden": c.hidden_size, "heads": c.num_heads, "kv_heads": c.num_kv_heads,
+                       "vocab": c.vocab_size, "tied": c.tied_embeddings, "source": entry.get("source", "")})
+    return PresetList(tuple(systems), tuple(models))

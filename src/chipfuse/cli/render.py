@@ -1,0 +1,159 @@
+"""How the CLI shows the API's results: tables and sentences, every figure with its unit and what it is for."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.table import Table
+
+from ..units import GiB, MiB, fmt_bytes, fmt_duration
+from .ui import console
+
+
+def _table(title: str, columns, caption: str | None = None, justify: str = "right") -> Table:
+    t = Table(title=title, caption=caption)
+    for col in columns:
+        name, just = col if isinstance(col, tuple) else (col, justify)
+        t.add_column(name, justify=just, overflow="fold")
+    return t
+
+
+def _gib(x: float) -> str:
+    return f"{x / GiB:.2f}"
+
+
+def say(text: str) -> None:
+    """A line of plain text (no markup read from it: model output and paths may hold brackets)."""
+    console.print(text, markup=False, highlight=False)
+
+
+def full_route(plan) -> list[str]:
+    """Every node a token passes, host to host, hops through the host or a switch included."""
+    from ..hw.spec import HOST, System
+
+    nodes: list[str] = []
+    for st in plan.stages:
+        path = st.route_in or [st.die]
+        nodes += path if not nodes else path[1:]
+    back = System.model_validate(plan.system).route_nodes(plan.stages[-1].die, HOST, 4.0)
+    return nodes + back[1:]
+
+
+def plan(p, title: str | None = None) -> None:
+    """The plan as a table: one row per stage, with the predicted bottleneck in words (for the plan's system)."""
+    pred, target, wl = p.prediction, p.system["name"], p.workload
+    t = _table(title or f"{p.model.name} on {target} at {p.precision}",
+               [("stage", "right"), ("die", "left"), ("blocks", "left"), ("format", "left"), "weights GiB", "KV GiB",
+                "used / has GiB", "decode ms", ("bound", "left")],
+               caption=f"predicted for {target}; context {wl.context} x batch {wl.batch}, "
+                       f"prompt {wl.prompt_tokens} tokens, KV {wl.kv_precision}")
+    for st, sp in zip(p.stages, pred.stages if pred else [None] * len(p.stages)):
+        parts = (["embed"] if st.has_embedding else []) + ([f"L{st.layers[0]}-{st.layers[1]}"] if st.layers else []) \
+            + (["head"] if st.has_lm_head else [])
+        t.add_row(str(st.index), st.die, " + ".join(parts), st.format, _gib(st.weight_bytes), _gib(st.kv_bytes),
+                  f"{_gib(st.used_bytes)} / {_gib(st.memory_bytes)}",
+                  f"{sp.decode_s * 1e3:.2f}" if sp else "-", sp.bound if sp else "-")
+    console.print(t)
+    if p.block_formats:
+        counts = Counter(f for _, f in p.block_formats)
+        say("mixed precision: " + ", ".join(f"{n} layer(s) at {f}" for f, n in counts.most_common())
+            + f", the rest at {p.precision}")
+    route = full_route(p)
+    via = sorted({n for n in route[1:-1] if n not in {st.die for st in p.stages}})
+    say(f"route: {' -> '.join(route)}" + (f"  (passes through {', '.join(via)})" if via else ""))
+    if pred:
+        console.print(f"[bold]predicted on {target}:[/] fits   [bold]time to first token:[/] "
+                      f"{fmt_duration(pred.ttft_s)} ({wl.prompt_tokens}-token prompt)   "
+                      f"[bold]decode:[/] {pred.decode_tokens_per_s:.1f} tokens/s"
+                      + (f" ({pred.decode_tokens_per_s_per_request:.1f} per request)" if wl.batch > 1 else "")
+                      + f"   reads {fmt_bytes(pred.bytes_read_per_token)} per token")
+        for sp in pred.stages:
+            say(f"  - {sp.reason}")
+        for n in pred.notes:
+            console.print(f"  [dim]{n}[/]")
+    for w in p.warnings:
+        console.print("[yellow]warning:[/] ", end="")
+        say(w)
+
+
+def presets(systems: list[dict], models: list[dict]) -> None:
+    t = _table("systems (use with --system)", ["name", "dies", "links", "memory", "GiB per die", "GB/s per die"],
+               justify="left")
+    for s in systems:
+        t.add_row(s["name"], str(s["dies"]), ", ".join(s["links"]), "/".join(s["memory"]),
+                  ", ".join(f"{x:g}" for x in s["die_memory_gib"]), ", ".join(f"{x:g}" for x in s["die_bandwidth_gb_per_s"]))
+    console.print(t)
+    t = _table("models (use with --model; or give a config.json or .gguf path)",
+               ["name", "layers", "hidden", "heads / kv", "vocab", "tied"], justify="left")
+    for m in models:
+        t.add_row(m["name"], str(m["layers"]), str(m["hidden"]), f"{m['heads']} / {m['kv_heads']}", str(m["vocab"]),
+                  "yes" if m["tied"] else "no")
+    console.print(t)
+
+
+def accuracy(rep) -> None:
+    """`quantize_report`: one row per format and method, then GPTQ's gains and the per-layer table."""
+    t = _table(f"accuracy of {rep.model} per format ({rep.windows} windows x {rep.window_tokens} tokens of "
+               "evaluation text)", ["format", "recipe", "method", "weight MiB", "bits/weight", "perplexity",
+                                    "KL vs FP32", "top-1"], caption=rep.note)
+    for r in rep.rows:
+        t.add_row(r.format, r.recipe, r.method, f"{r.weight_bytes / MiB:.1f}", f"{r.bits_per_weight:.2f}",
+                  f"{r.perplexity:.3f}", f"{r.kl:.5f}", f"{100 * r.top1:.1f}%")
+    console.print(t)
+    for name, gain in rep.gptq_gains().items():
+        say(f"{name}: GPTQ lowers KL by {100 * gain:.0f}% against round-to-nearest")
+    if rep.sensitivity:
+        st = _table(f"per-layer sensitivity at {rep.sensitivity_format} (only that layer quantized; 2 windows)",
+                    ["layer", "KL vs FP32", "perplexity"])
+        for e in sorted(rep.sensitivity, key=lambda e: -e.kl):
+            st.add_row(str(e.layer), f"{e.kl:.5f}", f"{e.perplexity:.3f}")
+        console.print(st)
+    if rep.saved:
+        say(f"GPTQ codes for {rep.saved_recipe} written to {rep.saved}: run them with "
+            f"`chipfuse run --quantized {rep.saved}`")
+
+
+def mixed(rep) -> None:
+    """`mixed_precision`: the budget, the chosen formats per layer and the mixed model's measured accuracy."""
+    if rep.budget_reason:
+        say(rep.budget_reason)
+    counts = Counter(rep.per_layer)
+    say(f"mixed precision for {rep.model}: {rep.weight_bytes / MiB:.1f} MiB of {rep.budget_bytes / MiB:.1f} MiB "
+        "budget; " + ", ".join(f"{n} layers at {f}" for f, n in counts.most_common()))
+    say("per layer: " + " ".join(f"{i}:{f}" for i, f in enumerate(rep.per_layer)))
+    m = rep.measured
+    say(f"measured: perplexity {m['perplexity']:.3f}, KL {m['kl']:.5f}, top-1 {100 * m['top1']:.1f}% "
+        f"(sum of per-layer KL estimates {rep.estimated_kl:.5f})")
+    if rep.saved:
+        say(f"GPTQ codes for {rep.recipe.name} written to {rep.saved}: run them with "
+            f"`chipfuse run --quantized {rep.saved}`")
+    if rep.predicted_tokens_per_s is not None:
+        say(f"predicted on {rep.target_system} with this recipe: {rep.predicted_tokens_per_s:.1f} tokens/s "
+            f"(target {rep.target_tokens_per_s:g})")
+
+
+def memory(rows) -> None:
+    t = _table("memory held by each die (measured in its worker)", ["die", "resident weights", "plan", "die DRAM",
+                                                                     "load s"])
+    for r in rows:
+        t.add_row(r["die"], f"{r['resident_weight_bytes'] / MiB:.1f} MiB", f"{r['plan_weight_bytes'] / MiB:.1f} MiB",
+                  f"{r['die_memory_bytes'] / GiB:.1f} GiB", f"{r['load_s']:.1f}")
+    console.print(t)
+
+
+def run_speed(res) -> None:
+    """Measured on this machine beside the performance model's prediction for this machine (same plan)."""
+    n = len(res.plan.stages)
+    t = _table(f"speed on THIS machine ({n} emulated dies): measured vs the performance model for this host "
+               "(same plan)", ["", "measured here", "predicted here", "measured / predicted"])
+    for name, m, p in (("time to first token (s)", res.ttft_s, res.predicted_ttft_s),
+                       ("decode tokens/s", res.decode_tokens_per_s, res.predicted_decode_tokens_per_s)):
+        t.add_row(name, f"{m:.3f}" if m else "-", f"{p:.3f}", f"{m / p:.2f}" if m else "-")
+    console.print(t)
+    console.print(f"[dim]{len(res.tokens)} tokens generated ({res.finish_reason}), prompt {res.prompt_tokens} tokens[/]")
+
+
+def probe(rep) -> None:
+    say(f"streaming {rep.bandwidth_gb_per_s:.1f} GB/s, int4 kernel {rep.int4_kernel_gb_per_s:.1f} GB/s; "
+        f"TOPS {rep.tops}; per-layer cost {rep.layer_overhead_s * 1e6:.0f} us; "
+        f"hop {rep.hop_latency_s * 1e6:.0f} us, {rep.hop_gb_per_s:.2f} GB/s")
