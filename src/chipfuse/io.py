@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ChipfuseError
@@ -91,22 +92,19 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 `text` to `path` so a reader sees the old file or the new one, never half of one.
-
-    Writes a temporary file in the same folder, syncs it, then renames it over `path`."""
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temp_path)` on a temporary file beside `path`, then rename it over `path`: a reader sees the
+    old file or the new one, never half of one (a killed run leaves no partial file under the real name)."""
     p = Path(path)
     check_writable(p)
     mode = stat.S_IMODE(p.stat().st_mode) if p.exists() else _new_file_mode()
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
     except OSError as err:
         raise ChipfuseError(f"{p}: cannot write in folder {p.parent}: {err.strerror or err}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(Path(tmp))
         os.chmod(tmp, mode)
         os.replace(tmp, p)
     except OSError as err:
@@ -115,6 +113,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 `text` to `path` atomically (synced before the rename)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    write_atomic(path, write)
 
 
 def replace_marked_block(path: str | Path, tag: str, body: str) -> None:

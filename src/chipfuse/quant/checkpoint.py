@@ -32,11 +32,10 @@ def save_quantized(path: str | Path, tensors: dict[str, Codes], recipe: Recipe, 
             out[name + ".q4"] = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
             out[name + ".zero"] = t.zero.float().contiguous()
         out[name + ".scale"] = t.scale.float().contiguous()
-    import os
+    from ..io import write_atomic
 
-    part = Path(path).with_name(Path(path).name + ".part")
-    save_file(out, str(part), metadata={"chipfuse": json.dumps({**meta, "recipe": recipe_to_dict(recipe)})})
-    os.replace(part, path)  # a stopped run never leaves a half-written checkpoint under the real name
+    meta_json = json.dumps({**meta, "recipe": recipe_to_dict(recipe)})
+    write_atomic(path, lambda tmp: save_file(out, str(tmp), metadata={"chipfuse": meta_json}))
 
 
 def read_meta(path: str | Path) -> dict:

@@ -24,24 +24,23 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Iterator
 
 from ..errors import ChipfuseError
-from ..frontends import load_model_config, resolve_name
-from ..frontends.config import ModelConfig, from_hf_config
+from ..frontends import resolve_name
+from ..frontends.config import ModelConfig
 from ..hw.load import load_system
 from ..hw.spec import System
 from ..plan.plan import Plan
 from ..quant.formats import Recipe
+from .model_config import gguf_config
 from .model_files import default_gguf
-from .sampling import SamplingParams, sample
-from .stage import Segment
 from .tokenizer import StreamDecoder, load_tokenizer
-from .transport import FORWARD, FREE, IDS, MAX_SEGS, SHUTDOWN, TOKENS, Channel, Header, inline_bytes, recv_json, send_json
-from .weights import read_config_json
+
+if TYPE_CHECKING:  # torch is imported only once the dies' launcher is on its way (Device._start): ~1 s each
+    import torch
+
+    from .sampling import SamplingParams
 
 DEFAULT_SYSTEM = "talk-4die-d2d"
 DEFAULT_MODELS = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}
@@ -55,12 +54,14 @@ def resolve_model(model: str | Path | None) -> tuple[Path, ModelConfig]:
     """A runnable model: None or 'smollm2' (the embedded default), a .gguf file, or a HF folder."""
     if model is None or str(model).lower() in DEFAULT_MODELS:
         p = default_gguf()
-        return p, load_model_config(p)
+        return p, gguf_config(p)
     p = Path(model)
     if p.suffix == ".gguf" and p.exists():
-        return p, load_model_config(p)
+        return p, gguf_config(p)
     if p.is_dir() and (p / "config.json").exists():
-        return p, from_hf_config(read_config_json(p), name=p.name, source=str(p / "config.json"))
+        from ..frontends import load_model_config
+
+        return p, load_model_config(p)  # the config read and checked like any config.json
     if resolve_name(str(model)):
         raise DeviceError(f"{model!r} is a catalogue entry (architecture only, no weights); to run it give a "
                           f".gguf file or a folder with config.json and *.safetensors (the default is smollm2)")
@@ -145,6 +146,71 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def fork_workers() -> bool:
+    """Start the dies by forking one launcher (Linux; CHIPFUSE_FORK_WORKERS=0 starts one interpreter per die)."""
+    return sys.platform.startswith("linux") and os.environ.get("CHIPFUSE_FORK_WORKERS", "1") not in ("0", "no", "off")
+
+
+class ForkedWorker:
+    """A die forked by the launcher, seen through Popen's poll / wait / kill / pid.
+
+    It is the launcher's child, not ours: the launcher reaps it and writes its exit status (Popen's
+    convention, -signal or the code) to a file, which poll() reads."""
+
+    def __init__(self, pid: int, status: Path, launcher: subprocess.Popen):
+        self.pid, self._status, self._launcher = pid, status, launcher
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            if self._status.exists():
+                self.returncode = int(self._status.read_text())
+            elif self._launcher.poll() is not None and not os.path.exists(f"/proc/{self.pid}"):
+                self.returncode = self._launcher.returncode or -9  # the launcher died before reaping it
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"die pid {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+class _Background:
+    """fn(*args) on a thread; result() waits and returns its value or raises its error."""
+
+    def __init__(self, fn, *args):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="chipfuse-background", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as e:  # re-raised in result()
+            self._error = e
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _dist_initialized() -> bool:
+    """torch.distributed's default group is up in this process (False if torch is not even imported yet)."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,6 +228,7 @@ class Device:
                  startup_timeout_s: float = 300.0, on_status=None):
         from ..compile.compiler import compile_plan
 
+        self.marks = {"init": time.time()}  # wall-clock start-up milestones (startup_report)
         self._status = on_status or (lambda msg: None)
         self.system = system if isinstance(system, System) else load_system(system)
         self.model_path, self.config = resolve_model(model)
@@ -176,10 +243,8 @@ class Device:
         self.n_stages = len(plan.stages)
         self.world = self.n_stages + 1
         self.threads = threads or os.cpu_count() or 1
-        self._status("loading tokenizer")
-        self.tokenizer = load_tokenizer(self.model_path)
-        self.eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
-        self._procs: list[subprocess.Popen] = []
+        self.marks["planned"] = time.time()
+        self._procs: list[subprocess.Popen | ForkedWorker] = []
         self._logs: list[Path] = []
         self._closed = False
         self.error: BaseException | None = None
@@ -188,6 +253,15 @@ class Device:
         self._wake = threading.Event()
         self.worker_info: list[dict] = []
         self._start(spawn, master, startup_timeout_s)
+        try:
+            self.tokenizer = self._tokenizer_job.result()
+        except BaseException:
+            self.close()
+            raise
+        self.eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
+        self.marks["ready"] = time.time()
+        from .transport import Channel, inline_bytes
+
         last = self.world - 1
         self._to_first = Channel(1, inline_bytes(self.plan, 0, 1))
         self._from_last = Channel(last, inline_bytes(self.plan, last, 0))
@@ -197,27 +271,19 @@ class Device:
 
     # ---------------------------------------------------------------- start-up
     def _start(self, spawn: bool, master: str | None, timeout_s: float) -> None:
-        if dist.is_initialized():
+        if _dist_initialized():
             raise DeviceError("another Device is open in this process; close it first")
         host, port = (master.rsplit(":", 1) if master else ("127.0.0.1", "0"))
         port = int(port) or _free_port()
         self.master = f"{host}:{port}"
-        if spawn:
-            self._logdir = Path(tempfile.mkdtemp(prefix="chipfuse-workers-"))
-            for rank in range(1, self.world):
-                log = self._logdir / f"worker{rank}.log"
-                self._logs.append(log)
-                self._procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "chipfuse.runtime.worker", "--rank", str(rank), "--world", str(self.world),
-                     "--master", self.master, "--parent-pid", str(os.getpid()), "--timeout", str(timeout_s)],
-                    stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True, env=worker_env()))
-        else:
-            self._status(f"waiting for {self.world - 1} workers: chipfuse worker --rank K --world {self.world} "
-                         f"--master {self.master}  (K = 1..{self.world - 1})")
-        self._status(f"starting {self.n_stages} worker process(es)")
-        self._death: DeviceError | None = None
-        threading.Thread(target=self._watchdog, name="chipfuse-watchdog", daemon=True).start()
         err: list[BaseException] = []
+        forked = spawn and fork_workers()
+        self.marks["spawned"] = time.time()
+        if forked:  # before this process imports torch: the launcher imports its own copy meanwhile
+            self._logdir = Path(tempfile.mkdtemp(prefix="chipfuse-workers-"))
+            self._logs = [self._logdir / f"worker{rank}.log" for rank in range(1, self.world)]
+            self._launch_forked(self._worker_args(timeout_s))
+        import torch.distributed as dist
 
         def init():
             try:
@@ -226,8 +292,28 @@ class Device:
             except BaseException as e:  # reported below
                 err.append(e)
 
+        # the rendezvous server before the dies: a die that finds it not listening backs off for most of a second
+        # (the forked dies' launcher waits for it to listen)
         t = threading.Thread(target=init, daemon=True)
         t.start()
+        # the tokenizer (transformers: ~1 s of imports) while the dies join and load; started after this
+        # thread's own torch import, which the dies wait for (two imports at once in one process take turns)
+        self._tokenizer_job = _Background(load_tokenizer, self.model_path)
+        if forked:
+            self._forked_pids()
+        elif spawn:
+            self._logdir = Path(tempfile.mkdtemp(prefix="chipfuse-workers-"))
+            self._logs = [self._logdir / f"worker{rank}.log" for rank in range(1, self.world)]
+            for rank, log in enumerate(self._logs, start=1):
+                self._procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "chipfuse.runtime.worker", "--rank", str(rank), *self._worker_args(timeout_s)],
+                    stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True, env=worker_env()))
+        else:
+            self._status(f"waiting for {self.world - 1} workers: chipfuse worker --rank K --world {self.world} "
+                         f"--master {self.master}  (K = 1..{self.world - 1})")
+        self._status(f"starting {self.n_stages} worker process(es)")
+        self._death: DeviceError | None = None
+        threading.Thread(target=self._watchdog, name="chipfuse-watchdog", daemon=True).start()
         deadline = time.monotonic() + timeout_s
         while t.is_alive():
             t.join(0.05)
@@ -242,6 +328,7 @@ class Device:
         if err:
             self._kill()
             raise self._death or DeviceError(f"rendezvous at {self.master} failed: {err[0]}")
+        self.marks["joined"] = time.time()
         try:
             self._setup_workers()
         except DeviceError:
@@ -250,7 +337,37 @@ class Device:
             self._kill()
             raise self._death or DeviceError(f"workers failed during setup: {e}") from None
 
+    def _worker_args(self, timeout_s: float) -> list[str]:
+        return ["--world", str(self.world), "--master", self.master, "--parent-pid", str(os.getpid()),
+                "--timeout", str(timeout_s)]
+
+    def _launch_forked(self, common: list[str]) -> None:
+        """One launcher process imports torch once and forks every die (worker.launch): on a few cores,
+        N interpreters each importing torch at once were most of a warm start."""
+        ranks = ",".join(str(r) for r in range(1, self.world))
+        log = self._logdir / "launcher.log"
+        self._launcher = subprocess.Popen(
+            [sys.executable, "-m", "chipfuse.runtime.worker", "--fork-ranks", ranks, "--logdir", str(self._logdir),
+             *common], stdout=subprocess.PIPE, stderr=open(log, "w"), start_new_session=True, env=worker_env(),
+            text=True)
+
+    def _forked_pids(self) -> None:
+        """The dies' pids, once the launcher has forked them (it prints them)."""
+        log = self._logdir / "launcher.log"
+        line = self._launcher.stdout.readline()
+        if not line.startswith("PIDS "):
+            self._launcher.wait(timeout=10)
+            tail = log.read_text().strip().splitlines()
+            raise DeviceError(f"the worker launcher exited with code {self._launcher.returncode}"
+                              f"{': ' + tail[-1] if tail else ''}")
+        pids = dict(item.split(":") for item in line.split()[1:])
+        for rank in range(1, self.world):
+            self._procs.append(ForkedWorker(int(pids[str(rank)]), self._logdir / f"worker{rank}.status",
+                                            self._launcher))
+
     def _setup_workers(self) -> None:
+        from .transport import recv_json, send_json
+
         plan_json = self.plan.model_dump(mode="json", by_alias=True)
         for rank in range(1, self.world):
             send_json({"plan": plan_json, "weights": str(self.model_path), "threads": self.threads}, rank)
@@ -265,6 +382,7 @@ class Device:
                 raise DeviceError(f"{stage.die} holds {info['resident_weight_bytes']:,} weight bytes plus "
                                   f"{stage.kv_bytes:,} of KV cache: more than its {stage.memory_bytes:,} bytes")
             self.worker_info.append(info)
+        self.marks["loaded"] = time.time()
 
     def _watchdog(self) -> None:
         """If a worker dies, record why and kill the others: every blocked transfer then fails fast."""
@@ -279,9 +397,17 @@ class Device:
             time.sleep(0.05)
 
     def _alive(self) -> None:
-        """Raise DeviceError if any worker process has exited."""
-        for rank, p in enumerate(self._procs, start=1):
-            code = p.poll()
+        """Raise DeviceError if any worker process has exited, naming the one that died first.
+
+        A killed die takes its neighbours down with it (their sockets close), so when several are
+        gone a death by signal is the cause; the others get a moment to show theirs."""
+        dead = [(rank, p, p.poll()) for rank, p in enumerate(self._procs, start=1)]
+        dead = [d for d in dead if d[2] is not None]
+        if dead and not any(code < 0 for _, _, code in dead):
+            time.sleep(0.2)
+            again = [(rank, p, p.poll()) for rank, p in enumerate(self._procs, start=1)]
+            dead = [d for d in again if d[2] is not None and d[2] < 0] or dead
+        for rank, p, code in sorted(dead, key=lambda d: d[2] >= 0)[:1]:
             if code is not None:
                 stage = self.plan.stages[rank - 1]
                 tail = ""
@@ -297,6 +423,9 @@ class Device:
     def submit(self, prompt: str | list[int], max_tokens: int = 128, *, temperature: float = 0.0, top_k: int = 0,
                top_p: float = 1.0, seed: int | None = None, stop_ids: set[int] | None = None) -> Generation:
         """Queue a request; iterate the returned Generation for its text."""
+        import torch
+
+        from .sampling import SamplingParams
         if self._closed or self.error:
             raise DeviceError(f"the device is closed{': ' + str(self.error) if self.error else ''}")
         ids = self.tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
@@ -326,6 +455,12 @@ class Device:
 
     # ---------------------------------------------------------------- scheduler
     def _run(self) -> None:
+        import torch
+
+        from .sampling import sample
+        from .stage import Segment
+        from .transport import FORWARD, FREE, IDS, MAX_SEGS, TOKENS, Header
+
         free_slots = list(range(self.max_batch))
         active: dict[int, Request] = {}
         waiting_prefill: list[Request] = []
@@ -399,6 +534,15 @@ class Device:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        launcher = getattr(self, "_launcher", None)
+        if launcher is not None:
+            try:
+                launcher.wait(timeout=5)  # it leaves once it has reaped every die
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
+            if launcher.stdout:
+                launcher.stdout.close()
 
     def close(self) -> None:
         """Stop every worker and release the rendezvous. Safe to call twice."""
@@ -406,7 +550,9 @@ class Device:
             return
         self._closed = True
         self._wake.set()
-        if self.error is None and dist.is_initialized():
+        if self.error is None and _dist_initialized():
+            from .transport import SHUTDOWN, Header
+
             if hasattr(self, "_thread"):
                 self._thread.join(timeout=5)
             try:
@@ -419,7 +565,9 @@ class Device:
                 except subprocess.TimeoutExpired:
                     pass
         self._kill()
-        if dist.is_initialized():
+        if _dist_initialized():
+            import torch.distributed as dist
+
             t = threading.Thread(target=dist.destroy_process_group, daemon=True)
             t.start()
             t.join(5)
@@ -432,6 +580,25 @@ class Device:
         self.close()
 
     # ---------------------------------------------------------------- reports
+    def startup_report(self) -> dict[str, float]:
+        """Seconds spent in each start-up phase: the host's, then the slowest die's (from its own clock marks).
+
+        plan: model config + plan; spawn_to_import: process start + imports (torch) in the slowest die;
+        rendezvous: until every die joined; weights: cache load or dequantize + pack; fastpath: the
+        compiled decode path; ready: tokenizer and the rest until the device accepts requests.
+        """
+        m = self.marks
+        rep = {"plan_s": m["planned"] - m["init"]}
+        if self.worker_info and "marks" in self.worker_info[0]:
+            w = [i["marks"] for i in self.worker_info]
+            rep["spawn_to_import_s"] = max(x["imported"] for x in w) - m.get("spawned", m["planned"])
+            rep["rendezvous_s"] = m["joined"] - max(x["imported"] for x in w)
+            rep["weights_s"] = max(x["weights"] - x["setup"] for x in w)
+            rep["fastpath_s"] = max(x["fastpath"] - x["weights"] for x in w)
+        rep["loaded_s"] = m["loaded"] - m["init"]
+        rep["ready_s"] = m["ready"] - m["init"]
+        return {k: round(v, 3) for k, v in rep.items()}
+
     def memory_report(self) -> list[dict]:
         """Per die: resident weight bytes measured in the worker, beside the plan's figures."""
         return [dict(die=i["die"], resident_weight_bytes=i["resident_weight_bytes"],

@@ -34,6 +34,11 @@ def _nbytes(*ts: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
 
 
+def _scalar(x: int | float) -> torch.Tensor:
+    """A Python number as a 0-d tensor that round-trips exactly (int64 or float64)."""
+    return torch.tensor(x, dtype=torch.float64 if isinstance(x, float) else torch.int64)
+
+
 class Linear:
     """y = x @ W^T for x of shape [T, K] (float32 in, float32 out)."""
 
@@ -50,6 +55,15 @@ class Linear:
     def rows(self, idx: torch.Tensor) -> torch.Tensor | None:
         """FP32 values of the weight rows `idx` as held (for exact re-scoring), if the layout allows."""
         return None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The tensors this layer holds, already packed, so a cache can skip quantizing (prepared.py)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, st: dict[str, torch.Tensor]) -> Linear:
+        """The layer holding exactly the tensors `state()` gave."""
+        raise NotImplementedError
 
 
 def refine_top(lin: Linear, x: torch.Tensor, logits: torch.Tensor, k: int = 64) -> torch.Tensor:
@@ -93,6 +107,16 @@ class DenseLinear(Linear):
     def rows(self, idx):
         return self.w[idx].float()
 
+    def state(self):
+        return {"w": self.w}
+
+    @classmethod
+    def from_state(cls, st):
+        self = cls.__new__(cls)
+        self.w, self.dtype = st["w"], st["w"].dtype
+        self.out_features, self.resident_bytes = self.w.shape[0], _nbytes(self.w)
+        return self
+
 
 class Int8Linear(Linear):
     def __init__(self, w: torch.Tensor | None, quantized=None):
@@ -112,6 +136,16 @@ class Int8Linear(Linear):
 
     def rows(self, idx):
         return self.q[idx].float() * self.s[idx].float()[:, None]
+
+    def state(self):
+        return {"q": self.q, "s": self.s}
+
+    @classmethod
+    def from_state(cls, st):
+        self = cls.__new__(cls)
+        self.q, self.s = st["q"], st["s"]
+        self.out_features, self.resident_bytes = self.q.shape[0], _nbytes(self.q, self.s)
+        return self
 
 
 class Int4Linear(Linear):
@@ -135,6 +169,18 @@ class Int4Linear(Linear):
     def cpp_spec(self):
         return (3, self.packed, self.sz, self.group, self.pad, 1.0)
 
+    def state(self):
+        return {"packed": self.packed, "sz": self.sz, "group": _scalar(self.group), "pad": _scalar(self.pad),
+                "out_features": _scalar(self.out_features)}
+
+    @classmethod
+    def from_state(cls, st):
+        self = cls.__new__(cls)
+        self.packed, self.sz = st["packed"], st["sz"]
+        self.group, self.pad, self.out_features = int(st["group"]), int(st["pad"]), int(st["out_features"])
+        self.resident_bytes = _nbytes(self.packed, self.sz)
+        return self
+
 
 class Fp8Linear(Linear):
     def __init__(self, w: torch.Tensor, name: str):
@@ -148,6 +194,19 @@ class Fp8Linear(Linear):
 
     def cpp_spec(self):
         return (4, self.w, None, 0, 0, float(self.scale))
+
+    def state(self):
+        return {"w": self.w, "scale": _scalar(float(self.scale))}
+
+    @classmethod
+    def from_state(cls, st):
+        self = cls.__new__(cls)
+        self.w, self.scale = st["w"], float(st["scale"])
+        self.out_features, self.resident_bytes = self.w.shape[0], _nbytes(self.w) + 4
+        return self
+
+
+LINEARS = {c.__name__: c for c in (DenseLinear, Int8Linear, Int4Linear, Fp8Linear)}
 
 
 def make_linear(w: torch.Tensor, fmt: Format) -> Linear:
@@ -184,6 +243,33 @@ class Embedding:
         else:
             self.table = w.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[fmt.name])
             self.resident_bytes = _nbytes(self.table)
+
+    FIELDS = ("packed", "scale", "zero", "q", "s", "v", "table")
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The table as held (packed codes, scales...), so a cache can skip quantizing (prepared.py)."""
+        st = {k: getattr(self, k) for k in self.FIELDS if hasattr(self, k)}
+        st["width"] = _scalar(self.width)
+        st["resident_bytes"] = _scalar(self.resident_bytes)
+        if hasattr(self, "group"):
+            st["group"] = _scalar(self.group)
+        if hasattr(self, "fscale"):
+            st["fscale"] = _scalar(float(self.fscale))
+        return st
+
+    @classmethod
+    def from_state(cls, st: dict[str, torch.Tensor], fmt: Format) -> Embedding:
+        self = cls.__new__(cls)
+        self.fmt = fmt
+        for k in cls.FIELDS:
+            if k in st:
+                setattr(self, k, st[k])
+        self.width, self.resident_bytes = int(st["width"]), int(st["resident_bytes"])
+        if "group" in st:
+            self.group = int(st["group"])
+        if "fscale" in st:
+            self.fscale = float(st["fscale"])
+        return self
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if self.fmt.precision == "int4":

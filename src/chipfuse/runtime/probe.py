@@ -172,4 +172,6 @@ def probe(dies: list[str], on_status=lambda m: None) -> tuple[System, dict]:
 def save_system(system: System, path: str | Path) -> None:
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(system.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    from ..io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(system.model_dump(mode="json", exclude_none=True), sort_keys=False))

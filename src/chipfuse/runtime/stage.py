@@ -108,6 +108,11 @@ class StageModel:
                 self.embed = _TiedEmbedding(self.head)  # one copy of the table serves both
             else:
                 self.embed = make_embedding(weights["embed"], head_fmt)
+        self._init_runtime(kv_precision)
+
+    def _init_runtime(self, kv_precision: str) -> None:
+        """KV cache, rotary tables and the compiled path's slot: what a stage needs besides its weights."""
+        cfg, context = self.cfg, self.context
         self.kv_dtype = KV_DTYPES[kv_precision]
         self.cache: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         hd = cfg.head_dim
@@ -119,6 +124,68 @@ class StageModel:
         self.capture = None  # optional callback(layer, input name, tensor): calibration statistics
         self._fast = None  # the compiled decode path, built on the first one-token step (fastpath.py)
         self._fast_tried = False
+
+    # ---- prepared weights (the packed tensors, for runtime/prepared.py's cache) ----
+    def prepared_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Every tensor the stage holds, flat, and a layout saying which kernel class holds which."""
+        tensors: dict[str, torch.Tensor] = {}
+        layout: dict = {"layers": [], "embed": None, "head": None}
+
+        def put(prefix: str, kernel) -> str:
+            for k, t in kernel.state().items():
+                tensors[f"{prefix}.{k}"] = t
+            return type(kernel).__name__
+
+        for i, ly in zip(self.layer_ids, self.layers):
+            p = f"layers.{i}"
+            entry = {"index": i, **{n: put(f"{p}.{n}", getattr(ly, n)) for n in ("qkv", "o", "gate_up", "down")}}
+            for n in ("attn_norm", "mlp_norm", "qkv_bias", "q_norm", "k_norm"):
+                if getattr(ly, n) is not None:
+                    tensors[f"{p}.{n}"] = getattr(ly, n)
+            layout["layers"].append(entry)
+        if self.has_head:
+            tensors["final_norm"] = self.final_norm
+            layout["head"] = put("head", self.head)
+        if self.embed is not None:
+            layout["embed"] = "tied" if isinstance(self.embed, _TiedEmbedding) else put("embed", self.embed)
+        return tensors, layout
+
+    @classmethod
+    def from_prepared(cls, cfg: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict, blocks: tuple[int, int],
+                      fmt: Format, context: int, kv_precision: str = "fp16", head_fmt: Format | None = None) -> StageModel:
+        """The stage exactly as `prepared_state` saw it, from its tensors: no dequantizing, no packing."""
+        from .kernels import LINEARS, Embedding
+
+        self = cls.__new__(cls)
+        self.cfg, self.blocks, self.fmt, self.context = cfg, blocks, fmt, context
+        start, end = blocks
+        last = cfg.num_layers + 1
+        self.has_embedding, self.has_head = start == 0, end == last + 1
+        self.layer_ids = [b - 1 for b in range(max(start, 1), min(end, last))]
+        if [e["index"] for e in layout["layers"]] != self.layer_ids:
+            raise ValueError(f"prepared layers {[e['index'] for e in layout['layers']]} are not {self.layer_ids}")
+
+        def group(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) + 1:]: t for k, t in tensors.items() if k.startswith(prefix + ".")}
+
+        self.layers = []
+        for e in layout["layers"]:
+            p = f"layers.{e['index']}"
+            ly = _Layer.__new__(_Layer)
+            for n in ("qkv", "o", "gate_up", "down"):
+                setattr(ly, n, LINEARS[e[n]].from_state(group(f"{p}.{n}")))
+            for n in ("attn_norm", "mlp_norm", "qkv_bias", "q_norm", "k_norm"):
+                setattr(ly, n, tensors.get(f"{p}.{n}"))
+            self.layers.append(ly)
+        if self.has_head:
+            self.final_norm = tensors["final_norm"]
+            self.head = LINEARS[layout["head"]].from_state(group("head"))
+        self.embed = None
+        if self.has_embedding:
+            self.embed = _TiedEmbedding(self.head) if layout["embed"] == "tied" else \
+                Embedding.from_state(group("embed"), head_fmt or fmt)
+        self._init_runtime(kv_precision)
+        return self
 
     # ---- memory ----
     def resident_weight_bytes(self) -> int:

@@ -8,7 +8,6 @@ mlp_norm,gate_proj,up_proj,down_proj}`, `final_norm`, `lm_head` (absent when tie
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +121,3 @@ def open_weights(path: str | Path, cfg: ModelConfig):
     if p.is_dir():
         return SafetensorsWeights(p, cfg)
     raise ChipfuseError(f"{p}: give a .gguf file or a folder with config.json and *.safetensors")
-
-
-def read_config_json(folder: Path) -> dict:
-    return json.loads((folder / "config.json").read_text())

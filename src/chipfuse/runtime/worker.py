@@ -3,16 +3,21 @@
 Started by `Device` on this machine, or by hand on another (`chipfuse worker --rank K
 --master HOST:PORT`). It joins the TCP rendezvous, receives the plan (JSON) from the host,
 loads only its own blocks, reports its resident bytes, then serves FORWARD / FREE / SHUTDOWN
-messages from the previous rank and passes results to the next one.
+messages from the previous rank and passes results to the next one. Locally, `Device` starts
+one launcher that imports torch once and forks every die from it (`launch`); its blocks come
+from the prepared-weights cache when a previous start left them (prepared.py).
 """
 
 from __future__ import annotations
+
+import time
+
+STARTED_AT = time.time()  # wall clock at import, before torch: start-up timings include the interpreter's
 
 import argparse
 import os
 import sys
 import threading
-import time
 from datetime import timedelta
 
 import torch
@@ -21,49 +26,145 @@ import torch.distributed as dist
 from ..frontends.config import ModelConfig
 from ..plan.plan import Plan
 from ..quant.formats import get_format
+from . import prepared
 from .stage import StageModel
 from .transport import FORWARD, FREE, HIDDEN, LOGITS, SHUTDOWN, TOKENS, Channel, Header, inline_bytes, recv_json, send_json
 from .weights import open_weights, wanted_names
 
 
-def _watch_parent(pid: int) -> None:
+def _watch_parent(pid: int, before_exit=lambda: None) -> None:
     """Exit if the process that started us is gone (no orphans after a host crash)."""
     def loop():
         while True:
             if os.getppid() != pid:
+                before_exit()
                 os._exit(3)
             time.sleep(0.5)
 
     threading.Thread(target=loop, daemon=True).start()
 
 
+def _die(rank: int, world: int, master: str, timeout_s: float, log: str) -> None:
+    """A forked die: its own stderr log, the launcher as its parent to watch, then serve; never returns."""
+    code = 0
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 2)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        _watch_parent(os.getppid())
+        serve(rank, world, master, timeout_s)
+    except BaseException as err:  # a dead peer or a bad setup: say so and leave, never hang
+        print(f"chipfuse worker rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait_listening(master: str, timeout_s: float) -> None:
+    """Until the host's rendezvous accepts connections (a die that comes too early backs off ~1 s)."""
+    import socket
+
+    host, port = master.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.005)
+
+
+def launch(ranks: list[int], world: int, master: str, parent_pid: int | None, timeout_s: float, logdir: str) -> None:
+    """Fork one die per rank from this process, so they share one set of imports (torch: ~1 s of CPU each).
+
+    Torch is imported but has run nothing here (no OpenMP pool yet), so the children start clean.
+    Prints "PIDS rank:pid ..." for the host, then reaps the children, writing each one's exit
+    status (Popen's convention: -signal or the code) to LOGDIR/workerK.status for the host.
+    """
+    import importlib
+
+    from . import fastpath
+
+    for mod in ("safetensors.torch", "chipfuse.hw.spec", "chipfuse.sim.perf"):  # what serve() imports later
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+    fastpath.load()  # build or map the compiled kernel once, before the children need it
+    _wait_listening(master, timeout_s)
+    children: dict[int, int] = {}
+    for rank in ranks:
+        pid = os.fork()
+        if pid == 0:
+            _die(rank, world, master, timeout_s, os.path.join(logdir, f"worker{rank}.log"))
+        children[pid] = rank
+    print("PIDS " + " ".join(f"{r}:{p}" for p, r in children.items()), flush=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)
+
+    def kill_children():
+        for pid in children:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+    if parent_pid:
+        _watch_parent(parent_pid, kill_children)
+    while children:
+        pid, status = os.waitpid(-1, 0)
+        if pid not in children:
+            continue
+        rank = children.pop(pid)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        tmp = os.path.join(logdir, f".worker{rank}.status")
+        with open(tmp, "w") as f:
+            f.write(str(code))
+        os.replace(tmp, os.path.join(logdir, f"worker{rank}.status"))
+
+
 def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
+    marks = {"started": STARTED_AT, "imported": time.time()}  # wall-clock times, compared with the host's
     dist.init_process_group("gloo", init_method=f"tcp://{master}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s))
+    marks["joined"] = time.time()
     setup = recv_json(0)
+    marks["setup"] = time.time()
     torch.set_num_threads(int(setup.get("threads", 1)))
     plan = Plan.model_validate(setup["plan"])
     stage = plan.stages[rank - 1]
     cfg = ModelConfig.model_validate(plan.model.config)
     t0 = time.perf_counter()
-    weights = open_weights(setup["weights"], cfg).load(wanted_names(cfg, range(*stage.blocks)))
     from ..hw.spec import System
     from ..sim.perf import die_recipe
 
     recipe = die_recipe(System.model_validate(plan.system), stage.die, plan.recipe())
     layers = {b - 1: recipe.for_block(b) for b, _ in recipe.blocks}
-    quantized = None
-    if plan.quantized_weights:
-        from ..quant.checkpoint import load_quantized
+    fmt = get_format(stage.format)
+    head_fmt = get_format(stage.head_format) if stage.head_format else None
+    blocks = tuple(stage.blocks)
 
-        quantized = load_quantized(plan.quantized_weights, {n for n in wanted_names(cfg, range(*stage.blocks))})
-    model = StageModel(cfg, weights, stage.blocks, get_format(stage.format), plan.workload.context,
-                       plan.workload.kv_precision, get_format(stage.head_format) if stage.head_format else None,
-                       layer_formats=layers, quantized=quantized)
-    del weights
+    def build() -> StageModel:
+        """Dequantize this stage's blocks from the model file and pack them (the slow, cold path)."""
+        weights = open_weights(setup["weights"], cfg).load(wanted_names(cfg, range(*blocks)))
+        quantized = None
+        if plan.quantized_weights:
+            from ..quant.checkpoint import load_quantized
+
+            quantized = load_quantized(plan.quantized_weights, set(wanted_names(cfg, range(*blocks))))
+        return StageModel(cfg, weights, blocks, fmt, plan.workload.context, plan.workload.kv_precision, head_fmt,
+                          layer_formats=layers, quantized=quantized)
+
+    model, cache = prepared.stage(setup["weights"], cfg, blocks, fmt, head_fmt, layers, plan.quantized_weights,
+                                  plan.workload.context, plan.workload.kv_precision, build)
+    marks["weights"] = time.time()
     model._compiled()  # load the compiled decode path now, not inside the first generated token
+    marks["fastpath"] = time.time()
     send_json({"rank": rank, "die": stage.die, "resident_weight_bytes": model.resident_weight_bytes(),
-               "load_s": time.perf_counter() - t0, "pid": os.getpid()}, 0)
+               "load_s": time.perf_counter() - t0, "cache": cache, "marks": marks, "pid": os.getpid()}, 0)
     prev, nxt = rank - 1, (rank + 1) % world
     inbox = Channel(prev, inline_bytes(plan, prev, rank))
     outbox = Channel(nxt, inline_bytes(plan, rank, nxt))
@@ -90,12 +191,19 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="chipfuse-worker", description="serve one emulated die")
-    ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--rank", type=int, default=None)
     ap.add_argument("--world", type=int, required=True)
     ap.add_argument("--master", required=True, help="HOST:PORT of the host's rendezvous")
     ap.add_argument("--parent-pid", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--fork-ranks", default=None, help=argparse.SUPPRESS)  # Device's launcher: "1,2,3"
+    ap.add_argument("--logdir", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.fork_ranks:
+        launch([int(r) for r in a.fork_ranks.split(",")], a.world, a.master, a.parent_pid, a.timeout, a.logdir)
+        return
+    if a.rank is None:
+        ap.error("--rank is required")
     if a.parent_pid:
         _watch_parent(a.parent_pid)
     try:
