@@ -41,3 +41,9 @@ def test_default_run_answers_paris(tmp_path):
     assert len(d["plan"]["stages"]) == 4
     for k in ("ttft_s", "decode_tokens_per_s"):
         assert d["measured"][k] > 0 and d["predicted"][k] > 0
+    # every figure says what it is for: the plan's prediction is for the target system, the speed table for
+    # this machine; one request is served, so the plan is for batch 1; piped output keeps its full width
+    assert "predicted for talk-4die-d2d" in r.stdout and "x batch 1," in r.stdout
+    assert "speed on THIS machine" in r.stdout and "measured here" in r.stdout and "predicted here" in r.stdout
+    assert d["plan"]["workload"]["batch"] == 1 and "…" not in r.stdout
+    assert "starting the dies" in r.stderr  # progress lines when piped
