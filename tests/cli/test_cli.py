@@ -68,7 +68,8 @@ def test_quantized_checkpoint_sets_the_plans_recipe_and_a_mismatch_is_a_message(
     r = runner.invoke(app, ["plan", "-m", "smollm2", "-s", "talk-4die-d2d", "--quantized", str(ckpt), "--json", str(out)])
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
-    assert d["precision"] == "int4-g64" and d["block_formats"] == [[5, "int8"]] and d["quantized_weights"] == str(ckpt)
+    m = d["models"][0]
+    assert m["precision"] == "int4-g64" and m["block_formats"] == [[5, "int8"]] and m["quantized_weights"] == str(ckpt)
     r = runner.invoke(app, ["plan", "-m", "smollm2", "-s", "talk-4die-d2d", "--quantized", str(ckpt), "--precision", "int8"])
     assert r.exit_code == 2 and "holds int4-g64+head int8+1 mixed codes" in r.output
     bad = tmp_path / "not-codes.safetensors"

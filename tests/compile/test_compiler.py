@@ -86,7 +86,7 @@ def test_plan_json_round_trip_and_schema(tmp_path):
     import json
 
     d = json.loads(p.read_text())
-    assert d["schema"] == "chipfuse.plan" and d["schema_version"] == 1
+    assert d["schema"] == "chipfuse.plan" and d["schema_version"] == 2
     assert {"fits", "prediction", "stages"} <= set(d)
     assert {"ttft_s", "decode_tokens_per_s"} <= set(d["prediction"])
     assert {"die", "layers", "weight_bytes", "kv_bytes"} <= set(d["stages"][0])

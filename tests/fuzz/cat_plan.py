@@ -117,7 +117,7 @@ def _stages_op(d: dict, rnd: random.Random) -> None:
     if not isinstance(stages, list) or not stages or not all(isinstance(x, dict) for x in stages):
         return
     op = rnd.choice(["reverse", "empty", "unknown_die", "swap", "drop", "dup", "shift", "flags", "layers",
-                     "route", "bytes", "workload", "config", "system"])
+                     "route", "bytes", "workload", "config", "system", "formats", "kv", "kind", "model"])
     s = rnd.choice(stages)
     if op == "reverse":
         s["blocks"] = s["blocks"][::-1]
@@ -146,11 +146,33 @@ def _stages_op(d: dict, rnd: random.Random) -> None:
         d["workload"][rnd.choice(["context", "batch", "prompt_tokens"])] = rnd.choice(
             [0, -5, 10**8, 1, 3000, 2**31, 10**7])
     elif op == "config":
-        d["model"]["config"][rnd.choice(["num_layers", "hidden_size", "vocab_size", "num_heads", "head_dim",
+        d["models"][0]["config"][rnd.choice(["num_layers", "hidden_size", "vocab_size", "num_heads", "head_dim",
                                          "max_position", "rope_theta"])] = rnd.choice(
             [0, 1, 7, 10**9, 2**40, -3, 1e300])
     elif op == "system":
         _anywhere(d["system"], rnd)
+    else:
+        _v2_op(op, d, s, rnd)
+
+
+def _v2_op(op: str, d: dict, s: dict, rnd: random.Random) -> None:
+    """Version-2 fields: a stage's resolved formats, the KV precision, a shard stage, a second model."""
+    if op == "formats":
+        fmt = rnd.choice(["int4-g32", "fp8-e4m3", "fp32", "int9", "", 5])
+        s[rnd.choice(["format", "head_format"])] = fmt
+        s["block_formats"] = rnd.choice([[], [[s["blocks"][0] + 1, fmt]], [[0, "int8"]], [[3, "int8"], [2, "int8"]]])
+    elif op == "kv":
+        d["workload"]["kv_precision"] = rnd.choice(["int8", "fp8", "float16", "bf16", "fp32", "q4"])
+    elif op == "kind":
+        s["kind"] = "shard"
+        s["shard"] = rnd.choice([None, {"group": [s["die"]], "index": 0, "heads": [0, 9], "kv_heads": [0, 3],
+                                        "mlp_columns": [0, 1536], "collective": "all-reduce"},
+                                 {"group": [s["die"], "die9"], "index": 1, "heads": [0, 6], "kv_heads": [0, 2],
+                                  "mlp_columns": [0, -1]}])
+    elif op == "model":
+        extra = dict(d["models"][0], id=rnd.choice(["m0", "m1", "", "bad id"]))
+        d["models"].append(extra)
+        s["model"] = rnd.choice(["m1", "m9", "m0"])
 
 
 def _structure(text: str, rnd: random.Random, ops: list) -> str:

@@ -103,7 +103,7 @@ def plan(
     context: int = typer.Option(4096, help="tokens per sequence (prompt + generated) the KV cache must hold"),
     batch: int = typer.Option(1, help="concurrent sequences (at least 1)"),
     prompt_tokens: int = typer.Option(512, help="prompt length in tokens for time to first token (1..context)"),
-    kv_precision: str = typer.Option("fp16", help="KV-cache element format: fp32, fp16, bf16, fp8, int8"),
+    kv_precision: str = typer.Option("fp16", help="KV-cache element format: fp32, fp16 or bf16"),
     dies: Optional[int] = typer.Option(None, help="use at most this many dies (1..the system's count)"),
     strict: bool = typer.Option(False, help="fail instead of falling back when a die lacks the precision"),
     target_tokens_per_s: Optional[float] = typer.Option(None, help="also say what bandwidth this decode rate needs"),

@@ -17,8 +17,8 @@ from ..hw.spec import HOST, System
 from ..ir.graph import (Graph, Workload, block_weight_bytes, kv_cache_bytes, op_costs, tied_shared_bytes,
                         workspace_bytes)
 from ..ir.llm import build_llm_graph
-from ..plan.plan import ModelRef, Plan, Stage, WorkloadSpec
-from ..quant.formats import FORMATS, Format, Recipe, get_format
+from ..plan.plan import ModelEntry, Plan, Stage, WorkloadSpec
+from ..quant.formats import FORMATS, Format, Recipe, get_format, kv_precision as kv_supported
 from ..sim.perf import (PRECISION_BYTES, block_times, die_format, die_rates, die_recipe, host_in_bytes, out_bytes,
                         transfer_s)
 from ..units import GiB, fmt_bytes
@@ -26,11 +26,26 @@ from .order import die_order
 from .pipeline import min_dies, min_max_memory, split_pipeline
 
 
+MODEL_ID = "m0"  # the id of a single-model plan's one model
+
+
 def _kv_bytes(kv_precision: str) -> float:
+    """Bytes of one KV-cache element at a precision the runtime holds."""
+    return PRECISION_BYTES[get_format(kv_precision).precision]
+
+
+def _kv_name(kv_precision: str) -> str:
+    """The canonical KV precision, or a one-line SpecError naming the option and the supported ones."""
     try:
-        return PRECISION_BYTES[get_format(kv_precision).precision]
-    except SpecError:
-        raise SpecError(f"--kv-precision {kv_precision!r}: accepted fp32, fp16, bf16, fp8, int8") from None
+        return kv_supported(kv_precision)
+    except SpecError as err:
+        raise SpecError(f"--kv-precision: {err}") from None
+
+
+def _stage_overrides(f: Recipe, s: int, e: int, n_blocks: int) -> list[tuple[int, str]]:
+    """[block, format] of the layer blocks in [s, e) that a die recipe holds in another format than its default."""
+    layer_blocks = range(max(s, 1), min(e, n_blocks - 1))
+    return [(b, f.for_block(b).name) for b in layer_blocks if f.for_block(b) != f.default]
 
 
 class _Problem:
@@ -180,7 +195,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         raise SpecError(f"recipe overrides blocks {bad}: {model.name} has layer blocks 1..{model.num_layers}")
     fmt = recipe.default
     check_workload(model, context=context, batch=batch, prompt_tokens=prompt_tokens)
-    wl = WorkloadSpec(context=context, batch=batch, prompt_tokens=prompt_tokens, kv_precision=kv_precision)
+    wl = WorkloadSpec(context=context, batch=batch, prompt_tokens=prompt_tokens, kv_precision=_kv_name(kv_precision))
     graph = graph or build_llm_graph(model)
     dies = system.die_names
     if max_dies is not None:
@@ -217,8 +232,10 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         layers = [graph.blocks[b].layer for b in blocks if graph.blocks[b].layer is not None]
         route_in = system.route_nodes(prev, die, h_bytes)
         stages.append(Stage(
-            index=j, die=die, blocks=(s, e), layers=(min(layers), max(layers)) if layers else None,
+            index=j, die=die, model=MODEL_ID, kind="layers", blocks=(s, e),
+            layers=(min(layers), max(layers)) if layers else None,
             has_embedding=s == 0, has_lm_head=e == graph.n_blocks, format=f.default.name,
+            block_formats=_stage_overrides(f, s, e, graph.n_blocks),
             head_format=f.head.name if (s == 0 or e == graph.n_blocks) else None,
             weight_bytes=int(wb), kv_bytes=int(prob.kv[s:e].sum()),
             workspace_bytes=int(workspace_bytes(graph, blocks, prompt_tokens, batch, ab)),
@@ -231,12 +248,11 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         warnings.append(f"tied embedding table is held twice: on {tied[0]} (embedding) and {tied[-1]} (LM head)")
     plan = Plan(
         created_by=f"chipfuse {__version__}",
-        model=ModelRef(name=model.name, source=model_source or model.name, config=model.model_dump(mode="json")),
+        models=[ModelEntry(id=MODEL_ID, name=model.name, source=model_source or model.name,
+                           config=model.model_dump(mode="json"), precision=fmt.name, head_precision=recipe.head.name,
+                           block_formats=[(b, f) for b, f in recipe.blocks],
+                           quantized_weights=str(quantized_weights) if quantized_weights else None)],
         system=system.model_dump(mode="json"),
-        precision=fmt.name,
-        head_precision=recipe.head.name,
-        block_formats=[(b, f) for b, f in recipe.blocks],
-        quantized_weights=str(quantized_weights) if quantized_weights else None,
         workload=wl,
         route=[HOST, *order, HOST],
         stages=stages,

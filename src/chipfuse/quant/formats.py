@@ -79,6 +79,22 @@ FALLBACK = {
 DEFAULT_FORMAT = {"int4": "int4-g32", "int8": "int8", "fp8": "fp8-e4m3", "fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 
 
+# The KV-cache precisions the runtime holds (runtime.stage.KV_DTYPES maps these to torch dtypes);
+# the compiler refuses any other, and a plan file naming another is invalid.
+KV_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def kv_precision(name: object) -> str:
+    """The canonical name of a KV-cache precision the runtime holds; a SpecError listing them otherwise."""
+    try:
+        canonical = get_format(name).name
+    except SpecError:
+        canonical = None
+    if canonical not in KV_PRECISIONS:
+        raise SpecError(f"KV precision {name!r} is not supported: the KV cache holds {', '.join(KV_PRECISIONS)}")
+    return canonical
+
+
 def get_format(name: str) -> Format:
     if not isinstance(name, str):
         raise SpecError(f"precision {name!r}: give a format name; accepted: {', '.join(list(FORMATS) + list(ALIASES))}")

@@ -52,7 +52,10 @@ def die_format(system: System, die: str, fmt: Format) -> Format:
 
 
 def die_recipe(system: System, die: str, recipe: Recipe) -> Recipe:
-    """The recipe a die holds: every format passed through the die's precision fallback."""
+    """The recipe a die holds: every format passed through the die's precision fallback.
+
+    The compiler decides this once and writes it into each plan stage; everything after it reads
+    `Plan.stage_recipe` instead of calling this again."""
     return recipe.map(lambda f: die_format(system, die, f))
 
 
@@ -101,8 +104,9 @@ class StageCost:
 
 def stage_cost(graph: Graph, system: System, die: str, blocks: range, recipe: Recipe, w: Workload,
                kv_bytes: float, next_node: str, out_bytes: float, costs: OpCosts | None = None) -> StageCost:
+    """One stage's time for one step of `w`, its die holding `recipe` (already resolved: Plan.stage_recipe)."""
     r = die_rates(system, die, recipe.default)
-    c = costs if costs is not None else op_costs(graph, die_recipe(system, die, recipe), w, r.act_bytes, kv_bytes)
+    c = costs if costs is not None else op_costs(graph, recipe, w, r.act_bytes, kv_bytes)
     comp, mem = op_times(c, r)
     mask = np.isin(graph.op_block, list(blocks))
     t = float(np.maximum(comp, mem)[mask].sum()) + r.op_overhead_s * len(blocks)

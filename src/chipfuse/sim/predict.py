@@ -15,14 +15,14 @@ from ..plan.plan import (
     Plan,
     Prediction,
     StagePrediction,
-    check_model_config,
+    model_configs,
     structure_problems,
+    unsupported_problem,
 )
 from ..quant.formats import get_format
 from .perf import (
     PRECISION_BYTES,
     die_rates,
-    die_recipe,
     host_in_bytes,
     out_bytes,
     stage_cost,
@@ -58,13 +58,17 @@ def _plan_system(plan: Plan) -> System:
 
 def _check_plan(plan: Plan, system: System):
     """The plan's ModelConfig, after checking the plan's stages still fit the model and system
-    (a plan is mutable after it is built, so its validator's verdict may be stale)."""
-    cfg, bad = check_model_config(plan.model.config)
-    if cfg is not None:
-        bad = structure_problems(plan, cfg.num_layers, cfg.max_position, system, same_system=False)
+    (a plan is mutable after it is built, so its validator's verdict may be stale) and that this
+    chipfuse can predict it (one model, "layers" stages only)."""
+    configs, bad = model_configs(plan)
+    if not bad and plan.models:
+        bad = structure_problems(plan, configs, system, same_system=False)
     if bad:
         raise ChipfuseError("cannot predict an invalid plan:\n" + "\n".join("  " + b for b in bad))
-    return cfg
+    why = unsupported_problem(plan)
+    if why:
+        raise ChipfuseError(f"cannot predict this plan: {why}")
+    return configs[plan.model.id]
 
 
 def predict(plan: Plan, graph: Graph | None = None, system: System | None = None) -> Prediction:
@@ -93,7 +97,6 @@ def _first_problem(err: Exception) -> str:
 def _predict(plan: Plan, graph: Graph, system: System) -> Prediction:
     """The performance model proper, on a checked plan."""
     wl = plan.workload
-    recipe = plan.recipe()
     kvb = PRECISION_BYTES[get_format(wl.kv_precision).precision]
     n = len(plan.stages)
     micro = min(wl.batch, n)
@@ -106,8 +109,8 @@ def _predict(plan: Plan, graph: Graph, system: System) -> Prediction:
     for j, st in enumerate(plan.stages):
         nxt = plan.stages[j + 1].die if j + 1 < n else HOST
         blocks = range(*st.blocks)
-        f = die_recipe(system, st.die, recipe)
-        r = die_rates(system, st.die, recipe.default)
+        f = plan.stage_recipe(j)
+        r = die_rates(system, st.die, f.default)
         held.append((f, r))
         c = op_costs(graph, f, dec, r.act_bytes, kvb)
         d = stage_cost(graph, system, st.die, blocks, f, dec, kvb, nxt, out_bytes(graph, st.blocks[1], seqs, r.act_bytes), c)
