@@ -8,11 +8,11 @@ from __future__ import annotations
 import statistics
 import time
 
+from report import write_section
+
 from chipfuse.compile.compiler import compile_plan
 from chipfuse.frontends import load_model_config
 from chipfuse.hw.load import parse_system
-
-from report import write_section
 
 
 def mesh_system(n_side: int = 4) -> dict:

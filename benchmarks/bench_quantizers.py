@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import llama_cpp_decode_rate, write_section
 
 from chipfuse.frontends import load_model_config
 from chipfuse.quant import accuracy as acc
@@ -34,8 +35,6 @@ from chipfuse.runtime.reference import reference_model
 from chipfuse.runtime.stage import Segment
 from chipfuse.runtime.tokenizer import load_tokenizer
 from chipfuse.runtime.weights import open_weights, wanted_names
-
-from report import llama_cpp_decode_rate, write_section
 
 WINDOW = 512
 THREADS = os.cpu_count() or 1

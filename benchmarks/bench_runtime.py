@@ -14,6 +14,7 @@ import sys
 import time
 
 import torch
+from report import llama_cpp_decode_rate, write_section
 
 from chipfuse.frontends import load_model_config
 from chipfuse.runtime.device import Device
@@ -21,8 +22,6 @@ from chipfuse.runtime.model_files import default_gguf
 from chipfuse.runtime.reference import reference_model
 from chipfuse.runtime.stage import Segment
 from chipfuse.runtime.tokenizer import load_tokenizer
-
-from report import llama_cpp_decode_rate, write_section
 
 DECODE_TOKENS = 128
 PREFILL_TOKENS = 512

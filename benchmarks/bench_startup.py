@@ -24,10 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from chipfuse.runtime.model_files import cache_dir, default_gguf
-
 from bench_runtime import THREADS
 from report import write_section
+
+from chipfuse.runtime.model_files import cache_dir, default_gguf
 
 PROMPT = "What is the capital of France?"
 CONFIGS = (("talk-light-d2d", "1 die"), ("talk-4die-d2d", "4 dies"))
@@ -152,7 +152,7 @@ def main() -> None:
     lines += ["", "llama.cpp samples, s, in order: " + ", ".join(f"{t:.2f}" for t in peer_times) + "."]
     lines += ["", "Where chipfuse's time goes (medians, s; host plan, dies' process start + imports until the "
               "last is ready, rendezvous, weights from cache or GGUF, compiled kernel load):", ""]
-    for start, label, system, _, reports in rows:
+    for start, label, _system, _, reports in rows:
         lines.append(f"- {start}, {label}: {median_report(reports)}")
     body = "\n".join(lines) + "\n"
     if not a.no_write:

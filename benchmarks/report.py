@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def machine() -> str:
 
 def write_section(key: str, body: str) -> None:
     text = BENCH.read_text() if BENCH.exists() else HEADER
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     block = f"<!-- {key}:start -->\n{body.rstrip()}\n\n_Run {stamp} on {machine()}._\n<!-- {key}:end -->"
     pat = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"

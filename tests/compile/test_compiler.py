@@ -13,7 +13,7 @@ def test_llama2_7b_fits_two_dies_and_every_die_respects_its_memory():
     plan = compile_plan(load_model_config("llama-2-7b"), load_system("talk-heavy-2die-pcie"), "int4")
     assert plan.fits and len(plan.stages) == 2
     assert plan.stages[0].has_embedding and plan.stages[-1].has_lm_head
-    layers = [l for s in plan.stages for l in range(s.layers[0], s.layers[1] + 1)]
+    layers = [i for s in plan.stages for i in range(s.layers[0], s.layers[1] + 1)]
     assert layers == list(range(32))
     for s in plan.stages:
         assert s.used_bytes <= s.memory_bytes

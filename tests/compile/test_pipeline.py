@@ -3,7 +3,8 @@
 import itertools
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chipfuse.compile.pipeline import min_dies, min_max_memory, split_pipeline
 

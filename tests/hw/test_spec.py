@@ -1,13 +1,13 @@
-import copy
-
 """System files: presets load and cite their numbers; wrong files get a clear error."""
+
+import copy
 
 import pytest
 import yaml
 
 from chipfuse.errors import SpecError
 from chipfuse.hw.load import PRESET_DIR, load_system, parse_system, preset_names
-from chipfuse.hw.spec import System
+from chipfuse.hw.spec import UNIT_RANGES, System, numeric_annotation, unit_range
 
 
 def test_every_preset_loads_and_is_named_after_its_file():
@@ -145,8 +145,6 @@ def test_system_round_trips_through_json(base_system):
 
 
 # --- robustness: every bad system file is one clear SpecError (found by tests/fuzz/cat_system.py) ---
-
-from chipfuse.hw.spec import UNIT_RANGES, numeric_annotation, unit_range
 
 
 def _load_text(tmp_path, raw: bytes | str) -> str:

@@ -389,7 +389,7 @@ def test_several_models_may_share_a_die_but_are_not_predicted(tmp_path, plan_dic
     with pytest.raises(ChipfuseError, match="several models are not supported by this chipfuse yet"):
         predict(plan)
     with pytest.raises(ChipfuseError, match="holds 2 models"):
-        plan.model
+        _ = plan.model
 
 
 def test_one_models_pipeline_still_uses_each_die_once(tmp_path, plan_dict):

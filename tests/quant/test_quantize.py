@@ -2,11 +2,18 @@
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chipfuse.quant.formats import FORMATS, get_format
-from chipfuse.quant.quantize import (QuantizedInt4, dequantize_int4, fake_quantize, quantize_fp8, quantize_int4,
-                                     quantize_int8)
+from chipfuse.quant.quantize import (
+    QuantizedInt4,
+    dequantize_int4,
+    fake_quantize,
+    quantize_fp8,
+    quantize_int4,
+    quantize_int8,
+)
 from chipfuse.runtime.kernels import make_embedding, make_linear
 
 shapes = st.tuples(st.integers(1, 6), st.sampled_from([32, 64, 96, 128, 192, 256]))

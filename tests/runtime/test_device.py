@@ -153,3 +153,15 @@ def test_killed_host_leaves_no_orphan_worker(tmp_path):
     finally:
         if host.poll() is None:
             host.kill()
+
+
+def test_a_second_device_in_the_same_process_says_why_and_what_to_do():
+    """One Device per process: the host joins torch.distributed's default group. No worker of the second starts."""
+    with Device("talk-heavy-2die-d2d", context=256) as dev:
+        before = {p.pid for p in dev._procs}
+        with pytest.raises(DeviceError, match="close it first.*another process.*default process group"):
+            Device("talk-heavy-2die-d2d", context=256)
+        assert {p.pid for p in dev._procs} == before
+        g = dev.submit("Hello", 3, stop_ids=set())
+        list(g)
+        assert len(g.tokens) == 3  # the first one is unharmed

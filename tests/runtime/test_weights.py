@@ -27,3 +27,10 @@ def test_safetensors_folder_matches_transformers(tmp_path, model_type):
         ref = hf(ids[None]).logits[0]
     got = ours.forward(ids, [Segment(0, 0, 10)])[0]
     assert ((got - ref[-1]).abs().max() / ref[-1].abs().max()).item() < 1e-4
+
+
+def test_the_kv_cache_holds_exactly_the_precisions_the_compiler_allows():
+    from chipfuse.quant.formats import KV_PRECISIONS
+    from chipfuse.runtime.stage import KV_DTYPES
+
+    assert set(KV_DTYPES) == set(KV_PRECISIONS)

@@ -7,12 +7,33 @@
 The `chipfuse` command is a thin shell over these functions.
 """
 
-from .core import (alias_of, calibrate, load_model, load_plan, load_system, open_device, plan, predict, presets, probe,
-                   required_bandwidth_bytes_per_s, run, this_host_prediction)
+from .core import (
+                   alias_of,
+                   calibrate,
+                   load_model,
+                   load_plan,
+                   load_system,
+                   open_device,
+                   plan,
+                   predict,
+                   presets,
+                   probe,
+                   required_bandwidth_bytes_per_s,
+                   run,
+                   this_host_prediction,
+)
 from .progress import Progress, Silent
 from .quantize import mixed_precision, quantize_report
-from .results import (CalibrationReport, FormatAccuracy, LayerSensitivity, MixedReport, PresetList, ProbeReport,
-                      QuantizeReport, RunResult)
+from .results import (
+                   CalibrationReport,
+                   FormatAccuracy,
+                   LayerSensitivity,
+                   MixedReport,
+                   PresetList,
+                   ProbeReport,
+                   QuantizeReport,
+                   RunResult,
+)
 
 __all__ = ["alias_of", "calibrate", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
            "required_bandwidth_bytes_per_s", "run", "this_host_prediction", "mixed_precision", "quantize_report",

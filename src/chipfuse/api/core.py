@@ -85,7 +85,8 @@ def required_bandwidth_bytes_per_s(plan, tokens_per_s: float) -> float:
 def calibrate(apply: bool = False) -> CalibrationReport:
     """Fit the performance model's efficiency factors per device family to published measurements and
     report the error; `apply` writes the fitted factors into the real-device presets."""
-    from ..sim.calibrate import apply_to_presets, calibrate as run, load_measurements, markdown_report
+    from ..sim.calibrate import apply_to_presets, load_measurements, markdown_report
+    from ..sim.calibrate import calibrate as run
 
     results, skipped = run()
     report = markdown_report(results, skipped, len(load_measurements()))

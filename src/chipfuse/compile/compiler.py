@@ -14,17 +14,24 @@ from .. import __version__
 from ..errors import FitError, SpecError
 from ..frontends.config import ModelConfig
 from ..hw.spec import HOST, System
-from ..ir.graph import (Graph, Workload, block_weight_bytes, kv_cache_bytes, op_costs, tied_shared_bytes,
-                        workspace_bytes)
+from ..ir.graph import Graph, Workload, block_weight_bytes, kv_cache_bytes, op_costs, tied_shared_bytes, workspace_bytes
 from ..ir.llm import build_llm_graph
 from ..plan.plan import ModelEntry, Plan, Stage, WorkloadSpec
-from ..quant.formats import FORMATS, Format, Recipe, get_format, kv_precision as kv_supported
-from ..sim.perf import (PRECISION_BYTES, block_times, die_format, die_rates, die_recipe, host_in_bytes, out_bytes,
-                        transfer_s)
+from ..quant.formats import FORMATS, Format, Recipe, get_format
+from ..quant.formats import kv_precision as kv_supported
+from ..sim.perf import (
+    PRECISION_BYTES,
+    block_times,
+    die_format,
+    die_rates,
+    die_recipe,
+    host_in_bytes,
+    out_bytes,
+    transfer_s,
+)
 from ..units import GiB, fmt_bytes
 from .order import die_order
 from .pipeline import min_dies, min_max_memory, split_pipeline
-
 
 MODEL_ID = "m0"  # the id of a single-model plan's one model
 

@@ -50,7 +50,7 @@ def has_gptq(fmt: Format) -> bool:
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: Format, damp: float = 0.01, block: int = 128,
-                  act_order: bool = True, clip: bool = True) -> "QuantizedInt4 | QuantizedInt8":
+                  act_order: bool = True, clip: bool = True) -> QuantizedInt4 | QuantizedInt8:
     """GPTQ codes of a weight [N, K] in an INT4 (grouped) or INT8 (per-channel) format.
 
     The grid (each group's scale and zero, or each row's INT8 scale) is fixed before the sweep,
@@ -115,7 +115,7 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, fmt: Format, **kw) -> torch.Tens
 
 
 def gptq_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], hessians: dict, fmt: Format | Recipe,
-                 progress=None, layers: set[int] | None = None) -> dict[str, "QuantizedInt4 | QuantizedInt8"]:
+                 progress=None, layers: set[int] | None = None) -> dict[str, QuantizedInt4 | QuantizedInt8]:
     """GPTQ codes of every linear weight of every layer (or of `layers`), each in its layer's format
     (a Recipe gives one per layer); layers whose format has no GPTQ (fp8, fp16...) are left out."""
     recipe = fmt if isinstance(fmt, Recipe) else Recipe.of(fmt)

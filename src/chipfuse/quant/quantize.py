@@ -36,7 +36,7 @@ class QuantizedInt8:
     scale: torch.Tensor  # float32 [N]
 
 
-def dequantize(t: "QuantizedInt4 | QuantizedInt8") -> torch.Tensor:
+def dequantize(t: QuantizedInt4 | QuantizedInt8) -> torch.Tensor:
     """FP32 values of INT4 (padded width) or INT8 codes."""
     if isinstance(t, QuantizedInt8):
         return t.q.float() * t.scale[:, None]

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from ..quant.formats import Format
 from ..quant.quantize import FP8_DTYPES, quantize_fp8, quantize_int4, quantize_int8
 
-
 DECODE_ROWS = 16  # up to this many rows (one token per sequence) INT8 runs the compiled GEMV, not the packed GEMM
 
 

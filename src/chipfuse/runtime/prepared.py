@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import platform
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 

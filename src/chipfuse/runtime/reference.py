@@ -27,16 +27,20 @@ def reference_model(path: str | Path, cfg: ModelConfig, layer_format: str, head_
 
 
 def reference_for_plan(path: str | Path, plan: Plan) -> StageModel:
+    """The whole model in one process, each layer in the format its stage holds (the plan's resolved formats)."""
     st = plan.stages[0]
     head = st.head_format or plan.stages[-1].head_format
+    layers = {}
+    for i, stage in enumerate(plan.stages):
+        recipe = plan.stage_recipe(i)
+        layers.update({b - 1: recipe.for_block(b) for b in range(*stage.blocks) if 1 <= b <= plan.model.config["num_layers"]})
     quantized = None
     if plan.quantized_weights:
         from ..quant.checkpoint import load_quantized
 
         quantized = load_quantized(plan.quantized_weights)
     return reference_model(path, ModelConfig.model_validate(plan.model.config), st.format, head,
-                           plan.workload.context, plan.workload.kv_precision,
-                           layer_formats={b - 1: get_format(f) for b, f in plan.block_formats}, quantized=quantized)
+                           plan.workload.context, plan.workload.kv_precision, layer_formats=layers, quantized=quantized)
 
 
 @torch.inference_mode()

@@ -19,7 +19,7 @@ from ..quant.formats import Format
 from .kernels import Linear, make_embedding, make_linear, refine_top
 from .weights import wanted_names
 
-KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # quant.formats.KV_PRECISIONS
 
 
 @dataclass(frozen=True)

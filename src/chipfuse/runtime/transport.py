@@ -5,12 +5,19 @@ for FORWARD, by one payload tensor. The same code runs on loopback and across ho
 rendezvous). No pickling: the setup message is JSON bytes in a uint8 tensor. Calls block;
 a dead peer closes its sockets, so a blocked call fails instead of hanging (the host's
 watchdog kills the remaining workers when one dies, which turns that into an error at once).
+
+Room for what comes next, carried in header word 7 (zero in every message today, so the wire is
+unchanged): a `Direction` (FORWARD activations down the pipeline; BACKWARD gradients up the same
+links, for fine-tuning) and a `Collective` with a die `group` id (e.g. a tensor-parallel
+all-reduce among the dies of one stage). Neither backward passes nor collectives exist yet: a
+worker treats any message with a non-zero direction or collective as unsupported.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 import torch
@@ -22,8 +29,26 @@ MAX_SEGS = 64
 HEADER_LEN = 8 + 3 * MAX_SEGS
 HEADER_BYTES = 8 * HEADER_LEN
 
-FORWARD, FREE, SHUTDOWN = 1, 2, 3
+FORWARD, FREE, SHUTDOWN = 1, 2, 3  # commands (FORWARD: run the micro-batch through this die's blocks)
 IDS, HIDDEN, LOGITS, TOKENS = 1, 2, 3, 4  # TOKENS: the last die's greedy choice, one id a sequence
+
+
+class Direction(IntEnum):
+    """Which way a payload travels along the links: activations forward, gradients backward (fine-tuning, later)."""
+
+    FORWARD = 0  # host -> die0 -> ... -> host: today's every message
+    BACKWARD = 1  # last die -> ... -> die0: d(loss)/d(hidden) of a micro-batch, same shape as HIDDEN (not yet used)
+
+
+class Collective(IntEnum):
+    """A collective over the dies of one group instead of a point-to-point hop (tensor parallelism, later)."""
+
+    NONE = 0  # point-to-point: today's every message
+    ALL_REDUCE = 1  # sum the payload over the group's dies; each gets the result (not yet used)
+    ALL_GATHER = 2  # concatenate the group's payloads along the last axis (not yet used)
+
+
+_ROUTE_BITS = 8  # header word 7: direction | collective << 8 | group << 16
 
 
 @dataclass
@@ -35,6 +60,9 @@ class Header:
     width: int = 0  # hidden size or vocabulary for float payloads
     inline: int = 0  # payload carried in the same message
     greedy: int = 0  # every sequence decodes greedily: the last die returns token ids, not logits
+    direction: int = Direction.FORWARD
+    collective: int = Collective.NONE
+    group: int = 0  # which group of dies a collective spans (an index the plan will define)
 
     @property
     def tokens(self) -> int:
@@ -45,6 +73,7 @@ class Header:
             raise ValueError(f"a micro-batch holds at most {MAX_SEGS} sequences")
         a = np.zeros(HEADER_LEN, dtype=np.int64)
         a[:7] = (self.cmd, self.mb, len(self.segs), self.kind, self.width, self.inline, self.greedy)
+        a[7] = self.route
         if self.segs:
             a[8: 8 + 3 * len(self.segs)] = np.array([(s.slot, s.pos, s.n) for s in self.segs]).ravel()
         t.copy_(torch.from_numpy(a))
@@ -52,9 +81,18 @@ class Header:
     @staticmethod
     def decode(t: torch.Tensor) -> Header:
         a = t.numpy()
-        cmd, mb, n, kind, width, inline, greedy = (int(v) for v in a[:7])
+        cmd, mb, n, kind, width, inline, greedy, route = (int(v) for v in a[:8])
         segs = tuple(Segment(*(int(v) for v in a[8 + 3 * i: 11 + 3 * i])) for i in range(n))
-        return Header(cmd, mb, segs, kind, width, inline, greedy)
+        if not route:
+            return Header(cmd, mb, segs, kind, width, inline, greedy)
+        mask = (1 << _ROUTE_BITS) - 1
+        return Header(cmd, mb, segs, kind, width, inline, greedy, route & mask, (route >> _ROUTE_BITS) & mask,
+                      route >> (2 * _ROUTE_BITS))
+
+    @property
+    def route(self) -> int:
+        """Direction, collective and group packed into one header word (0 for a plain forward hop)."""
+        return int(self.direction) | int(self.collective) << _ROUTE_BITS | self.group << (2 * _ROUTE_BITS)
 
     def payload_shape(self) -> tuple[torch.dtype, tuple[int, ...]]:
         if self.kind == IDS:

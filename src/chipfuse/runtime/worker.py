@@ -28,7 +28,19 @@ from ..plan.plan import Plan
 from ..quant.formats import get_format
 from . import prepared
 from .stage import StageModel
-from .transport import FORWARD, FREE, HIDDEN, LOGITS, SHUTDOWN, TOKENS, Channel, Header, inline_bytes, recv_json, send_json
+from .transport import (
+    FORWARD,
+    FREE,
+    HIDDEN,
+    LOGITS,
+    SHUTDOWN,
+    TOKENS,
+    Channel,
+    Header,
+    inline_bytes,
+    recv_json,
+    send_json,
+)
 from .weights import open_weights, wanted_names
 
 
@@ -93,17 +105,7 @@ def launch(ranks: list[int], world: int, master: str, parent_pid: int | None, ti
             importlib.import_module(mod)
         except ImportError:
             pass
-    fastpath.load()  # build or map the compiled kernel once, before the children need it
-    _wait_listening(master, timeout_s)
     children: dict[int, int] = {}
-    for rank in ranks:
-        pid = os.fork()
-        if pid == 0:
-            _die(rank, world, master, timeout_s, os.path.join(logdir, f"worker{rank}.log"))
-        children[pid] = rank
-    print("PIDS " + " ".join(f"{r}:{p}" for p, r in children.items()), flush=True)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 1)
 
     def kill_children():
         for pid in children:
@@ -112,8 +114,18 @@ def launch(ranks: list[int], world: int, master: str, parent_pid: int | None, ti
             except ProcessLookupError:
                 pass
 
-    if parent_pid:
+    if parent_pid:  # from the start: a host killed while we still import or wait must not leave us behind
         _watch_parent(parent_pid, kill_children)
+    fastpath.load()  # build or map the compiled kernel once, before the children need it
+    _wait_listening(master, timeout_s)
+    for rank in ranks:
+        pid = os.fork()
+        if pid == 0:
+            _die(rank, world, master, timeout_s, os.path.join(logdir, f"worker{rank}.log"))
+        children[pid] = rank
+    print("PIDS " + " ".join(f"{r}:{p}" for p, r in children.items()), flush=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)
     while children:
         pid, status = os.waitpid(-1, 0)
         if pid not in children:
@@ -138,12 +150,9 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
     stage = plan.stages[rank - 1]
     cfg = ModelConfig.model_validate(plan.model.config)
     t0 = time.perf_counter()
-    from ..hw.spec import System
-    from ..sim.perf import die_recipe
-
-    recipe = die_recipe(System.model_validate(plan.system), stage.die, plan.recipe())
+    recipe = plan.stage_recipe(rank - 1)  # decided by the compiler, after any die fallback: read, not re-derived
     layers = {b - 1: recipe.for_block(b) for b, _ in recipe.blocks}
-    fmt = get_format(stage.format)
+    fmt = recipe.default
     head_fmt = get_format(stage.head_format) if stage.head_format else None
     blocks = tuple(stage.blocks)
 
@@ -180,6 +189,8 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
             if nxt != 0:
                 outbox.send(h)
             continue
+        if h.route:  # a backward pass or a collective: the header can say so, this worker cannot do it yet
+            raise RuntimeError(f"unsupported message: direction {h.direction}, collective {h.collective}")
         if h.cmd == FORWARD:
             out = model.forward(payload, list(h.segs))
             kind = LOGITS if model.has_head else HIDDEN

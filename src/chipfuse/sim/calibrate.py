@@ -307,7 +307,7 @@ def apply_to_presets(results: list[FamilyResult]) -> list[str]:
             text = text.replace("efficiency 0.75 is a placeholder for the calibration fit", "").replace(";  (", "; (")
             if mem_note not in text:
                 key = f"die_types.{dt_name}.memory" if own else "host.dram"
-                text = re.sub(rf'(\n  {re.escape(key)}: "?)([^\n]*?)("?)\n', lambda mm: f'{mm.group(1)}{mm.group(2).rstrip(chr(34))} {mem_note}"\n'
+                text = re.sub(rf'(\n  {re.escape(key)}: "?)([^\n]*?)("?)\n', lambda mm, mem_note=mem_note: f'{mm.group(1)}{mm.group(2).rstrip(chr(34))} {mem_note}"\n'
                               if mm.group(1).endswith('"') else f'{mm.group(1)}{mm.group(2)} {mem_note}\n', text, count=1)
             path.write_text(text)
             load_system(device)  # still valid

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw.spec import HOST, System
-from ..ir.graph import Graph, OpCosts, block_sums, op_costs, Workload
+from ..ir.graph import Graph, OpCosts, Workload, block_sums, op_costs
 from ..quant.formats import DEFAULT_FORMAT, FALLBACK, Format, Recipe, get_format
 
 TERA = 1e12
