@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from chipfuse.errors import ChipfuseError
 from chipfuse.hw.load import PRESET_DIR, load_system, preset_names
 
-from .harness import impossible_figures
+from .harness import container_of, impossible_figures, places
 
 NAME = "system YAML"
 
@@ -145,30 +145,13 @@ WEIRD_VALUES = (float("inf"), float("-inf"), float("nan"), 1e300, 5e-324, -1, 0,
                 10**30, -1e-9, 0.5, "host", ["host", "host"])
 
 
-def _paths(node, prefix=()):
-    """Every (path, value) in a nested mapping/list."""
-    yield prefix, node
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, (*prefix, i))
-
-
-def _parent(data, path):
-    for p in path[:-1]:
-        data = data[p]
-    return data
-
-
 def _mutate_structure(data: dict, rnd: random.Random) -> None:
     """One change to a random place in the parsed system: a weird value, a deletion, a copy or a swap."""
-    paths = [p for p, _ in _paths(data) if p]
+    paths = [p for p, _ in places(data) if p]
     if not paths:
         return
     path = rnd.choice(paths)
-    parent, key = _parent(data, path), path[-1]
+    parent, key = container_of(data, path), path[-1]
     op = rnd.choice(["value", "value", "value", "delete", "copy", "swap", "unknown", "grow"])
     if op == "value":
         parent[key] = rnd.choice(WEIRD_VALUES)
@@ -178,7 +161,7 @@ def _mutate_structure(data: dict, rnd: random.Random) -> None:
         parent.append(parent[key])
     elif op == "swap":
         other = rnd.choice(paths)
-        op_parent, ok = _parent(data, other), other[-1]
+        op_parent, ok = container_of(data, other), other[-1]
         if other[:len(path)] != path and path[:len(other)] != other:
             parent[key], op_parent[ok] = op_parent[ok], parent[key]
     elif op == "unknown" and isinstance(parent, dict):

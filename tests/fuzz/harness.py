@@ -17,6 +17,7 @@ import signal
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
@@ -125,3 +126,42 @@ def impossible_figures(plan) -> list[str]:
         if not pred.decode_tokens_per_s > 0 or not pred.ttft_s > 0:
             bad.append(f"decode {pred.decode_tokens_per_s} tokens/s, ttft {pred.ttft_s} s")
     return bad
+
+
+# --- pieces the categories share ----------------------------------------------------------------
+
+def places(node, prefix=()):
+    """Every (path, value) in a nested mapping/list: the places a structure mutation can hit."""
+    yield prefix, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from places(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from places(v, (*prefix, i))
+
+
+def container_of(data, path):
+    """The container holding the value at `path`."""
+    for p in path[:-1]:
+        data = data[p]
+    return data
+
+
+def plan_outcome(cfg) -> str:
+    """Plan a model that loaded on talk-4die-d2d: "refused" (a clear error), "ok" or "impossible"."""
+    from chipfuse.compile.compiler import compile_plan
+
+    context = min(2048, cfg.max_position)
+    try:
+        plan = compile_plan(cfg, _four_dies(), context=context, prompt_tokens=min(512, context))
+    except ChipfuseError:
+        return "refused"
+    return "impossible" if impossible_figures(plan) else "ok"
+
+
+@lru_cache(maxsize=1)
+def _four_dies():
+    from chipfuse.hw.load import load_system
+
+    return load_system("talk-4die-d2d")
