@@ -119,9 +119,9 @@ def chipfuse_decode_rate(path: Path, cfg, layer: str, head: str, prompt: list[in
 
 
 def device_decode_rate(system: str, precision: str, prompt: list[int], n: int = 128) -> float:
-    from chipfuse.runtime.device import Device
+    from chipfuse.api import open_device
 
-    with Device(system, precision=precision, context=1024) as dev:
+    with open_device(system, precision=precision, context=1024) as dev:
         rates = []
         for _ in range(5):
             g = dev.submit(prompt, n + 1, stop_ids=set())

@@ -16,8 +16,8 @@ import time
 import torch
 from report import llama_cpp_decode_rate, write_section
 
+from chipfuse.api import open_device
 from chipfuse.frontends import load_model_config
-from chipfuse.runtime.device import Device
 from chipfuse.runtime.model_files import default_gguf
 from chipfuse.runtime.reference import reference_model
 from chipfuse.runtime.stage import Segment
@@ -78,7 +78,7 @@ def bench_single_process(path, prompt_short, prompt_long):
 
 
 def bench_device(system, dies, prompt_short, prompt_long):
-    with Device(system, dies=dies, context=2048) as dev:
+    with open_device(system, dies=dies, context=2048) as dev:
         rates, ttfts = [], []
         for _ in range(5):
             g = dev.submit(prompt_short, DECODE_TOKENS + 1, stop_ids=set())

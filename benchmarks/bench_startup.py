@@ -4,7 +4,7 @@ Run: python benchmarks/bench_startup.py [--repeats N] [--cold-repeats N]   (need
 
 Each sample is a fresh Python process, timed by this script from spawning it until it prints
 that the first token arrived (interpreter start and every import included):
-- chipfuse: `Device(system)` then `chat(..., max_tokens=1)`, what `chipfuse run` does before it
+- chipfuse: `api.open_device(system)` then `chat(..., max_tokens=1)`, what `chipfuse run` does before it
   streams (the CLI also prints its plan and memory tables; those are not timed here).
 - llama.cpp: `Llama(model_path, n_ctx=2048, n_threads=2)` then `create_completion(prompt, max_tokens=1)`.
 Warm: the user's cache (prepared weights, model config, tokenizer, compiled kernel) as a previous
@@ -34,8 +34,8 @@ CONFIGS = (("talk-light-d2d", "1 die"), ("talk-4die-d2d", "4 dies"))
 
 CHIPFUSE_DRIVER = """
 import json, sys
-from chipfuse.runtime.device import Device
-dev = Device(sys.argv[1])
+from chipfuse.api import open_device
+dev = open_device(sys.argv[1])
 g = dev.chat([{"role": "user", "content": sys.argv[2]}], max_tokens=1)
 list(g)
 print("FIRST", json.dumps({"report": dev.startup_report(), "cache": [i["cache"] for i in dev.worker_info]}), flush=True)
@@ -132,7 +132,7 @@ def main() -> None:
         "",
         f"Command: `{cmd}` (optional extra `.[bench]`). Each sample is a fresh process timed from its spawn to its "
         "first generated token. chipfuse: a driver doing what `chipfuse run` does before it streams "
-        "(`Device(system)`, then `chat(prompt, max_tokens=1)`; the CLI's tables are not timed). llama.cpp: "
+        "(`api.open_device(system)`, then `chat(prompt, max_tokens=1)`; the CLI's tables are not timed). llama.cpp: "
         f"`Llama(model_path, n_ctx=2048, n_threads={THREADS})` then `create_completion(prompt, max_tokens=1)`. "
         "Warm: the cache a previous run left (prepared per-die weights, model config, tokenizer). Cold: an empty "
         "`CHIPFUSE_CACHE` per sample, sharing only the compiled decode kernel (built once per machine). "

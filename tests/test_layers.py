@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import chipfuse
 
 PURE = ("chipfuse.hw", "chipfuse.ir", "chipfuse.compile", "chipfuse.plan", "chipfuse.sim")
@@ -70,9 +68,6 @@ def _runtime_imports_of(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="worker.py imports sim.perf.die_recipe and device.py compile.compiler "
-                                       "inside functions; remove this marker once the runtime reads "
-                                       "Plan.stage_recipe and takes plans from its caller")
 def test_no_runtime_module_imports_the_compiler_or_simulator_anywhere():
     found = [x for f in sorted(RUNTIME_DIR.glob("*.py")) for x in _runtime_imports_of(f)]
     assert not found, "runtime modules import the compiler or simulator: " + ", ".join(found)

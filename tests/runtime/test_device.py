@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 
+from chipfuse.api import open_device
 from chipfuse.errors import FitError
 from chipfuse.hw.load import load_system, parse_system
-from chipfuse.runtime.device import Device, DeviceError
+from chipfuse.runtime.device import DeviceError
 from chipfuse.runtime.reference import greedy, reference_for_plan
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def reference(smollm2_gguf):
                                          ("talk-4die-d2d", 3), ("talk-4die-d2d", None)])
 def test_greedy_tokens_identical_to_single_process_reference(reference, system, dies):
     ids, want = reference
-    with Device(system, context=512, dies=dies) as dev:
+    with open_device(system, context=512, dies=dies) as dev:
         assert len(dev.plan.stages) == (dies or len(load_system(system).dies))
         for prompt, expect in zip(ids, want):
             g = dev.submit(prompt, 20, stop_ids=set())
@@ -53,7 +54,7 @@ def test_greedy_tokens_identical_to_single_process_reference(reference, system, 
 
 def test_concurrent_requests_keep_their_own_sampling_and_cache(reference):
     ids, want = reference
-    with Device("talk-4die-d2d", context=512) as dev:
+    with open_device("talk-4die-d2d", context=512) as dev:
         alone = dev.submit(ids[1], 12, temperature=0.8, top_k=40, top_p=0.9, seed=7, stop_ids=set())
         list(alone)
         gens = [dev.submit(ids[0], 20, stop_ids=set()), dev.submit(ids[1], 20, stop_ids=set()),
@@ -75,7 +76,7 @@ def test_concurrent_requests_keep_their_own_sampling_and_cache(reference):
 
 
 def test_killed_worker_is_a_clear_error_and_no_process_is_left(smollm2_gguf):
-    dev = Device("talk-4die-d2d", context=1024)
+    dev = open_device("talk-4die-d2d", context=1024)
     procs = list(dev._procs)
     g = dev.submit("Tell me a very long story about the sea.", 900, stop_ids=set())
     it = iter(g)
@@ -101,7 +102,7 @@ def test_model_that_does_not_fit_fails_before_any_worker_starts(base_system):
     tiny = parse_system(base_system, "tiny")
     before = set(os.listdir("/proc"))
     with pytest.raises(FitError, match="does not fit"):
-        Device(tiny, precision="fp32", context=512)
+        open_device(tiny, precision="fp32", context=512)
     assert not torch.distributed.is_initialized()
     del before
 
@@ -116,7 +117,7 @@ def test_workers_started_by_hand_join_over_tcp(reference):
                                "--master", f"127.0.0.1:{port}", "--timeout", "120"], env=worker_env())
              for r in (1, 2)]
     try:
-        with Device("talk-heavy-2die-d2d", context=512, spawn=False, master=f"127.0.0.1:{port}") as dev:
+        with open_device("talk-heavy-2die-d2d", context=512, spawn=False, master=f"127.0.0.1:{port}") as dev:
             g = dev.submit(ids[0], 20, stop_ids=set())
             list(g)
             assert g.tokens == want[0]
@@ -133,8 +134,8 @@ def test_killed_host_leaves_no_orphan_worker(tmp_path):
     script = tmp_path / "host.py"
     script.write_text(
         "import sys, time\n"
-        "from chipfuse.runtime.device import Device\n"
-        "dev = Device('talk-heavy-2die-d2d', context=256)\n"
+        "from chipfuse.api import open_device\n"
+        "dev = open_device('talk-heavy-2die-d2d', context=256)\n"
         "print(' '.join(str(p.pid) for p in dev._procs), flush=True)\n"
         "time.sleep(600)\n")
     host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
@@ -157,10 +158,10 @@ def test_killed_host_leaves_no_orphan_worker(tmp_path):
 
 def test_a_second_device_in_the_same_process_says_why_and_what_to_do():
     """One Device per process: the host joins torch.distributed's default group. No worker of the second starts."""
-    with Device("talk-heavy-2die-d2d", context=256) as dev:
+    with open_device("talk-heavy-2die-d2d", context=256) as dev:
         before = {p.pid for p in dev._procs}
         with pytest.raises(DeviceError, match="close it first.*another process.*default process group"):
-            Device("talk-heavy-2die-d2d", context=256)
+            open_device("talk-heavy-2die-d2d", context=256)
         assert {p.pid for p in dev._procs} == before
         g = dev.submit("Hello", 3, stop_ids=set())
         list(g)

@@ -160,7 +160,7 @@ def test_unwritable_cache_only_warns(tiny, cache, monkeypatch):
 def test_device_tokens_identical_cold_and_warm(smollm2_gguf, tmp_path, monkeypatch, system):
     """Real workers, an empty cache: cold start (miss), warm start (hit) and no cache (dies started one
     interpreter each) give the same greedy tokens."""
-    from chipfuse.runtime.device import Device
+    from chipfuse.api import open_device
     from chipfuse.runtime.model_files import cache_dir
 
     real = cache_dir()
@@ -177,7 +177,7 @@ def test_device_tokens_identical_cold_and_warm(smollm2_gguf, tmp_path, monkeypat
         if label == "off":  # no cache, and one interpreter per die instead of the forking launcher
             monkeypatch.setenv("CHIPFUSE_NO_CACHE", "1")
             monkeypatch.setenv("CHIPFUSE_FORK_WORKERS", "0")
-        with Device(system, context=256) as dev:
+        with open_device(system, context=256) as dev:
             g = dev.submit(prompt, 12, stop_ids=set())
             list(g)
             runs[label] = (g.tokens, [i["cache"] for i in dev.worker_info])

@@ -7,13 +7,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_gptq_checkpoint_runs_on_the_dies_as_measured(smollm2_gguf, tmp_path):
+    from chipfuse.api import open_device
     from chipfuse.frontends import load_model_config
     from chipfuse.quant import accuracy as acc
     from chipfuse.quant.checkpoint import load_quantized, save_quantized
     from chipfuse.quant.formats import Recipe, get_format
     from chipfuse.quant.gptq import collect_hessians, dequantized, gptq_weights
     from chipfuse.quant.quantize import QuantizedInt4, QuantizedInt8
-    from chipfuse.runtime.device import Device
     from chipfuse.runtime.reference import greedy, reference_for_plan
     from chipfuse.runtime.tokenizer import load_tokenizer
     from chipfuse.runtime.weights import open_weights, wanted_names
@@ -33,7 +33,7 @@ def test_gptq_checkpoint_runs_on_the_dies_as_measured(smollm2_gguf, tmp_path):
     back = dequantized(load_quantized(ckpt, {"layers.3.down_proj"}), w)["layers.3.down_proj"]
     assert torch.equal(back, g["layers.3.down_proj"])
     ids = tok.encode("The three primary colours are", add_special_tokens=False)
-    with Device("talk-heavy-2die-d2d", context=256, quantized=ckpt) as dev:  # the checkpoint's recipe
+    with open_device("talk-heavy-2die-d2d", context=256, quantized=ckpt) as dev:  # the checkpoint's recipe
         assert dev.plan.quantized_weights == str(ckpt) and dev.plan.recipe() == recipe
         gen = dev.submit(ids, 16, stop_ids=set())
         list(gen)

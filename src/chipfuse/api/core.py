@@ -138,15 +138,29 @@ def _renamed(data: dict, rename: dict[str, str]) -> dict:
 
 def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precision: str | None = None, *,
                 context: int = 2048, max_batch: int = 4, recipe: str | Path | None = None,
-                quantized: str | Path | None = None, on_status=None):
-    """Start the dies of a system with a runnable model (the embedded SmolLM2 by default) -> `runtime.Device`."""
-    from ..quant.formats import load_recipe
-    from ..runtime.device import Device
+                quantized: str | Path | None = None, head_precision: str | None = None, kv_precision: str = "fp16",
+                dies: int | None = None, threads: int | None = None, spawn: bool = True, master: str | None = None,
+                startup_timeout_s: float = 300.0, on_status=None):
+    """Compile a plan for a runnable model (the embedded SmolLM2 by default) on a system and start its dies
+    -> `runtime.Device` (one device whatever the number of dies; use it as a context manager)."""
+    import time
 
+    from ..compile.compiler import compile_plan
+    from ..hw.spec import System
+    from ..quant.formats import load_recipe
+    from ..runtime.device import Device, resolve_model
+
+    started_at = time.time()
     if recipe is not None and precision is not None:
         raise ChipfuseError("give --precision or --recipe, not both (the recipe holds the formats)")
     fmt = load_recipe(recipe) if recipe is not None else precision
-    return Device(system, model, fmt, context=context, max_batch=max_batch, quantized=quantized, on_status=on_status)
+    sysm = system if isinstance(system, System) else load_system(system)
+    path, cfg = resolve_model(model)
+    p = compile_plan(cfg, sysm, fmt, head_precision=head_precision, context=context, batch=max_batch,
+                     prompt_tokens=min(512, context), kv_precision=kv_precision, max_dies=dies,
+                     model_source=str(path), quantized_weights=str(quantized) if quantized else None)
+    return Device(p, path, threads=threads, spawn=spawn, master=master, startup_timeout_s=startup_timeout_s,
+                  on_status=on_status, started_at=started_at)
 
 
 def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SAMPLE_QUESTION, *,

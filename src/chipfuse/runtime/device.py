@@ -1,10 +1,10 @@
 """`Device`: N emulated dies behind one interface. The user never addresses a die.
 
-    with Device("talk-4die-d2d") as dev:              # SmolLM2 on four dies
+    with chipfuse.api.open_device("talk-4die-d2d") as dev:      # SmolLM2 on four dies
         for piece in dev.chat([{"role": "user", "content": "Hi"}]):
             print(piece, end="")
 
-The host compiles a plan (or takes one), starts one worker process per stage (executor.py),
+The host takes a compiled plan (the API compiles it), starts one worker process per stage (executor.py),
 tokenises, schedules requests into micro-batches (scheduler.py: up to one per die in flight),
 samples and detokenises; hidden states flow die to die over torch.distributed (gloo, transport.py).
 One Device per process at a time (the host joins torch.distributed's default group).
@@ -23,10 +23,7 @@ from pathlib import Path
 
 from ..frontends import resolve_name
 from ..frontends.config import ModelConfig
-from ..hw.load import load_system
-from ..hw.spec import System
 from ..plan.plan import Plan
-from ..quant.formats import Recipe
 from .executor import (  # noqa: F401 (re-exported)
     DeviceError,
     Executor,
@@ -41,7 +38,6 @@ from .model_files import default_gguf
 from .scheduler import Request, Scheduler
 from .tokenizer import StreamDecoder, load_tokenizer
 
-DEFAULT_SYSTEM = "talk-4die-d2d"
 DEFAULT_MODELS = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}
 _free_port, _dist_initialized = free_port, dist_initialized  # the names before the executor split
 
@@ -130,28 +126,23 @@ class _Background:
 
 
 class Device:
-    """Every die of a system as one device: compile, load, generate, close.
+    """Every die of a system as one device: load a compiled plan onto the dies, generate, close.
 
     Three parts: an `Executor` runs the worker processes, a `Scheduler` decides what runs each
     step, and this facade holds the API and the loop that carries the scheduler's decisions out."""
 
-    def __init__(self, system: str | Path | System = DEFAULT_SYSTEM, model: str | Path | None = None,
-                 precision: str | Recipe | None = None, *, head_precision: str | None = None, context: int = 2048,
-                 max_batch: int = 4, kv_precision: str = "fp16", threads: int | None = None, dies: int | None = None,
-                 plan: Plan | None = None, spawn: bool = True, master: str | None = None,
-                 quantized: str | Path | None = None,
-                 startup_timeout_s: float = 300.0, on_status=None):
-        from ..compile.compiler import compile_plan
-
-        self.marks = {"init": time.time()}  # wall-clock start-up milestones (startup_report)
+    def __init__(self, plan: Plan, model: str | Path | None = None, *, threads: int | None = None, spawn: bool = True,
+                 master: str | None = None, startup_timeout_s: float = 300.0, on_status=None,
+                 started_at: float | None = None):
+        """Start the dies of a compiled `plan` with the model file it was made for (`model`: the same file or
+        folder, None for the embedded SmolLM2). Compile plans with `chipfuse.api.open_device` or `api.plan`:
+        the runtime obeys a plan, it never makes one."""
+        if not isinstance(plan, Plan):
+            raise DeviceError(f"Device takes a compiled Plan (got {type(plan).__name__}); start one with "
+                              "chipfuse.api.open_device(system, model, precision, ...)")
+        self.marks = {"init": started_at or time.time()}  # wall-clock start-up milestones (startup_report)
         self._status = on_status or (lambda msg: None)
-        self.system = system if isinstance(system, System) else load_system(system)
         self.model_path, self.config = resolve_model(model)
-        if plan is None:
-            plan = compile_plan(self.config, self.system, precision, head_precision=head_precision, context=context,
-                                batch=max_batch, prompt_tokens=min(512, context), kv_precision=kv_precision,
-                                max_dies=dies, model_source=str(self.model_path),
-                                quantized_weights=str(quantized) if quantized else None)
         reason = plan.unsupported()
         if reason:
             raise DeviceError(reason)

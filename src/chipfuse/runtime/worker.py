@@ -100,7 +100,7 @@ def launch(ranks: list[int], world: int, master: str, parent_pid: int | None, ti
 
     from . import fastpath
 
-    for mod in ("safetensors.torch", "chipfuse.hw.spec", "chipfuse.sim.perf"):  # what serve() imports later
+    for mod in ("safetensors.torch", "chipfuse.hw.spec"):  # what serve() imports later
         try:
             importlib.import_module(mod)
         except ImportError:
