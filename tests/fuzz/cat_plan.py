@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from chipfuse.plan.plan import Plan
 from chipfuse.sim.predict import predict
 
-from .harness import impossible_figures
+from .harness import container_of, impossible_figures, places
 
 NAME = "plan JSON"
 PRESETS = ("talk-4die-d2d", "talk-heavy-2die-pcie", "talk-light-usb")
@@ -78,30 +78,13 @@ TEXT_MUTATIONS = (_replace_number, _replace_number, _replace_number, _truncate, 
 
 # --- structure mutations ----------------------------------------------------------------------------
 
-def _leaves(node, prefix=()):
-    """(path, value) of every place in the plan."""
-    yield prefix, node
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _leaves(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _leaves(v, (*prefix, i))
-
-
-def _parent(data, path):
-    for p in path[:-1]:
-        data = data[p]
-    return data
-
-
 def _anywhere(d: dict, rnd: random.Random) -> None:
     """A weird value, a deletion or an unknown key at a random place."""
-    paths = [p for p, _ in _leaves(d) if p]
+    paths = [p for p, _ in places(d) if p]
     if not paths:
         return
     path = rnd.choice(paths)
-    parent, key = _parent(d, path), path[-1]
+    parent, key = container_of(d, path), path[-1]
     op = rnd.random()
     if op < 0.7:
         parent[key] = rnd.choice(WEIRD_VALUES)
