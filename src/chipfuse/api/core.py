@@ -42,17 +42,22 @@ def plan(model, system, precision: str | None = None, *, context: int = 4096, ba
     from ..compile.compiler import compile_plan
     from ..frontends.config import ModelConfig
     from ..hw.spec import System
-    from ..quant.formats import load_recipe
-
     sysm = system if isinstance(system, System) else load_system(system)
     cfg = model if isinstance(model, ModelConfig) else load_model(model)
-    if recipe is not None and precision is not None:
-        raise ChipfuseError("give --precision or --recipe, not both (the recipe holds the formats)")
-    fmt = load_recipe(recipe) if recipe is not None else precision
+    fmt = _formats_asked(precision, recipe)
     return compile_plan(cfg, sysm, fmt, head_precision=head_precision, context=context, batch=batch,
                         prompt_tokens=prompt_tokens, kv_precision=kv_precision, max_dies=dies, strict=strict,
                         model_source=str(model) if not isinstance(model, ModelConfig) else model.name,
                         quantized_weights=str(quantized) if quantized else None)
+
+
+def _formats_asked(precision: str | None, recipe: str | Path | None):
+    """The weight formats a caller asked for: a precision name, or the recipe read from its file (not both)."""
+    from ..quant.formats import load_recipe
+
+    if recipe is not None and precision is not None:
+        raise ChipfuseError("give --precision or --recipe, not both (the recipe holds the formats)")
+    return load_recipe(recipe) if recipe is not None else precision
 
 
 def load_plan(path: str | Path):
@@ -73,13 +78,18 @@ def predict(plan, system=None):
 
 def required_bandwidth_bytes_per_s(plan, tokens_per_s: float) -> float:
     """DRAM bytes per second a batch-1 decode rate needs with this plan (each token reads the whole model)."""
-    import math
-
     from ..sim.perf import required_bandwidth_bytes_per_s as need
+
+    check_rate(tokens_per_s)
+    return need(plan.prediction.bytes_read_per_token, tokens_per_s)
+
+
+def check_rate(tokens_per_s: float) -> None:
+    """A decode-rate target is finite, above 0 and at most 1e6 tokens/s (else one message naming the option)."""
+    import math
 
     if not (math.isfinite(tokens_per_s) and 0 < tokens_per_s <= 1e6):
         raise ChipfuseError(f"--target-tokens-per-s {tokens_per_s:g}: give a rate above 0 and at most 1e6 tokens/s")
-    return need(plan.prediction.bytes_read_per_token, tokens_per_s)
 
 
 def calibrate(apply: bool = False) -> CalibrationReport:
@@ -116,14 +126,18 @@ def this_host_prediction(plan, prompt_tokens: int, host=None, on_status=lambda m
     if host is None:
         on_status("measuring this host for the prediction (chipfuse probe)...")
         host, _ = measure(dies)
-    if len(host.dies) != len(dies):
-        raise ChipfuseError(f"the probe describes {len(host.dies)} emulated die(s), the plan uses {len(dies)}; "
-                            f"re-run `chipfuse probe --dies {len(dies)}`")
+    _check_probe(host, len(dies))
     rename = dict(zip(host.die_names, dies))
     if any(k != v for k, v in rename.items()):
         host = parse_system(_renamed(host.model_dump(mode="json"), rename), "this host (probe, dies renamed)")
     wl = plan.workload.model_copy(update={"batch": 1, "prompt_tokens": max(1, prompt_tokens)})
     return run(plan.model_copy(update={"workload": wl, "system": host.model_dump(mode="json")}), system=host)
+
+
+def _check_probe(host, n_dies: int) -> None:
+    if len(host.dies) != n_dies:
+        raise ChipfuseError(f"the probe describes {len(host.dies)} emulated die(s), the plan uses {n_dies}; "
+                            f"re-run `chipfuse probe --dies {n_dies}`")
 
 
 def _renamed(data: dict, rename: dict[str, str]) -> dict:
@@ -147,13 +161,10 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
 
     from ..compile.compiler import compile_plan
     from ..hw.spec import System
-    from ..quant.formats import load_recipe
     from ..runtime.device import Device, resolve_model
 
     started_at = time.time()
-    if recipe is not None and precision is not None:
-        raise ChipfuseError("give --precision or --recipe, not both (the recipe holds the formats)")
-    fmt = load_recipe(recipe) if recipe is not None else precision
+    fmt = _formats_asked(precision, recipe)
     sysm = system if isinstance(system, System) else load_system(system)
     path, cfg = resolve_model(model)
     p = compile_plan(cfg, sysm, fmt, head_precision=head_precision, context=context, batch=max_batch,
@@ -177,10 +188,12 @@ def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SA
     sysm = system if not isinstance(system, (str, Path)) else load_system(system)
     dev = open_device(sysm, model, precision, context=context, max_batch=1, recipe=recipe, quantized=quantized,
                       on_status=on_status)
-    if host is not None and len(host.dies) != len(dev.plan.stages):
-        dev.close()
-        raise ChipfuseError(f"the probe describes {len(host.dies)} emulated die(s), the plan uses "
-                            f"{len(dev.plan.stages)}; re-run `chipfuse probe --dies {len(dev.plan.stages)}`")
+    if host is not None:
+        try:
+            _check_probe(host, len(dev.plan.stages))  # before the answer, not after it
+        except ChipfuseError:
+            dev.close()
+            raise
     with dev:
         on_device(dev)
         kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

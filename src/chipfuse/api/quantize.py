@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ChipfuseError
+from .core import check_rate
 from .progress import Progress, status_of
 from .results import FormatAccuracy, LayerSensitivity, MixedReport, QuantizeReport
 
@@ -171,8 +172,8 @@ def mixed_precision(model: str | Path | None = "smollm2", *, budget_bytes: float
         raise ChipfuseError("give either --budget-bytes or --system with --target-tokens-per-s, not both")
     if budget_bytes is not None and not (math.isfinite(budget_bytes) and 0 < budget_bytes <= 1e15):
         raise ChipfuseError(f"--budget-bytes {budget_bytes:g}: give a positive number of bytes (at most 1e15)")
-    if target_tokens_per_s is not None and not (math.isfinite(target_tokens_per_s) and 0 < target_tokens_per_s <= 1e6):
-        raise ChipfuseError(f"--target-tokens-per-s {target_tokens_per_s:g}: give a rate above 0 and at most 1e6")
+    if target_tokens_per_s is not None:
+        check_rate(target_tokens_per_s)
     cands = _formats(candidates)
     if not cands:
         raise ChipfuseError("--candidates: give at least one format a layer may take")

@@ -31,6 +31,11 @@ def interactive() -> bool:
     return err_console.is_terminal
 
 
+def _stamp(t0: float, text: str) -> None:
+    """One progress line on stderr, with the seconds since `t0` (monotonic)."""
+    err_console.print(f"[{time.monotonic() - t0:6.1f} s] {text}", markup=False, highlight=False)
+
+
 class _LineStatus:
     """Status messages as plain lines on stderr, each once, with the time since the start."""
 
@@ -42,7 +47,7 @@ class _LineStatus:
     def update(self, message: str) -> None:
         if message != self.last:
             self.last = message
-            err_console.print(f"[{time.monotonic() - self.t0:6.1f} s] {message}", markup=False, highlight=False)
+            _stamp(self.t0, message)
 
 
 @contextmanager
@@ -71,8 +76,7 @@ class Steps:
         if self._bar is not None:
             self._bar.__exit__(*exc)
         elif exc[0] is None and self.total:
-            err_console.print(f"[{time.monotonic() - self._t0:6.1f} s] done: {self.done}/{self.total} steps",
-                              markup=False, highlight=False)
+            _stamp(self._t0, f"done: {self.done}/{self.total} steps")
 
     def start(self, total: int, description: str) -> None:
         """Work of `total` steps begins."""
@@ -106,5 +110,4 @@ class Steps:
         now = time.monotonic()
         if force or now - self._shown >= self.every_s:
             self._shown = now
-            err_console.print(f"[{now - self._t0:6.1f} s] {self.done}/{self.total} {self.description}",
-                              markup=False, highlight=False)
+            _stamp(self._t0, f"{self.done}/{self.total} {self.description}")
