@@ -47,7 +47,7 @@ def test_int8_error_within_half_a_step(shape, seed, scale):
 @given(shapes, st.integers(0, 10**6), st.floats(1e-2, 50))
 def test_fp8_e4m3_relative_error_bound(shape, seed, scale):
     w = _weights(shape, seed, scale)
-    v, s = quantize_fp8(w, "fp8-e4m3")
+    v, s = quantize_fp8(w, get_format("fp8-e4m3"))
     deq = v.float() * s
     normal = (w / s).abs() >= 2.0 ** -6  # e4m3's smallest normal
     # 3 mantissa bits: half an ulp is 2^-4 of the value
@@ -76,7 +76,7 @@ def test_two_per_byte_packing_round_trips_exactly():
         assert torch.allclose(emb.lookup(ids), fake_quantize(w, f), atol=2e-3 * w.abs().max())
 
 
-@pytest.mark.parametrize("name", ["fp32", "bf16", "fp16", "int8", "int4-g32", "int4-g64", "int4-g128"])
+@pytest.mark.parametrize("name", ["fp32", "bf16", "fp16", "fp8-e4m3", "fp8-e5m2", "int8", "int4-g32", "int4-g64", "int4-g128"])
 def test_planner_bytes_are_the_bytes_the_runtime_holds(name):
     f = FORMATS[name]
     lin = make_linear(torch.randn(256, 512), f)
@@ -145,3 +145,33 @@ def test_checkpoint_round_trips_int4_and_int8_codes_exactly(tmp_path):
     assert torch.equal(back["layers.0.o_proj"].scale, q4.scale) and torch.equal(back["layers.0.o_proj"].zero, q4.zero)
     assert torch.equal(back["layers.1.o_proj"].q, q8.q) and torch.equal(back["layers.1.o_proj"].scale, q8.scale)
     assert checkpoint_recipe(path) == recipe
+
+
+def test_every_family_has_one_codec_and_one_kernel_and_every_format_names_its_kernel_kind():
+    """The registry is whole: a format's family finds its codec and kernel, and the layer it builds
+    hands the compiled path the kind code the format's entry states."""
+    from chipfuse.quant.formats import FAMILIES
+    from chipfuse.quant.quantize import CODECS
+    from chipfuse.runtime.kernels import KERNELS
+
+    assert set(FAMILIES.values()) == set(CODECS) == set(KERNELS)
+    w = torch.randn(16, 96)
+    for f in FORMATS.values():
+        assert f.dtype and f.kind >= 0, f.name
+        assert make_linear(w, f).cpp_spec()[0] == f.kind
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_codes_survive_a_checkpoint_and_dequantize_to_what_the_format_keeps(tmp_path, name):
+    from chipfuse.quant.checkpoint import load_quantized, save_quantized
+    from chipfuse.quant.formats import Recipe
+    from chipfuse.quant.quantize import dequantize, quantize
+
+    f = get_format(name)
+    w = _weights((12, 80), 5, 0.1)
+    codes = quantize(w, f)
+    assert torch.equal(dequantize(codes)[:, :80], fake_quantize(w, f))
+    save_quantized(tmp_path / "c.safetensors", {"layers.0.o_proj": codes}, Recipe.of(f), {"model": "t"})
+    back = load_quantized(tmp_path / "c.safetensors")["layers.0.o_proj"]
+    assert type(back) is type(codes)
+    assert torch.equal(dequantize(back), dequantize(codes))

@@ -55,10 +55,11 @@ def test_compiled_decode_matches_python_path(tmp_path, model_type, precision, kv
 @pytest.mark.parametrize("n,k,t", [(7, 37, 1), (64, 576, 2), (130, 200, 3)])
 def test_int8_decode_kernel_equals_fp32_on_the_held_codes(n, k, t):
     """The compiled INT8 GEMV (any N, K, including tails) computes x @ (q * s)^T in FP32."""
-    from chipfuse.runtime.kernels import Int8Linear
+    from chipfuse.quant.formats import get_format
+    from chipfuse.runtime.kernels import make_linear
 
     g = torch.Generator().manual_seed(n)
-    lin = Int8Linear(torch.randn(n, k, generator=g))
+    lin = make_linear(torch.randn(n, k, generator=g), get_format("int8"))
     x = torch.randn(t, k, generator=g)
     want = x.double() @ (lin.q.double() * lin.s.double()[:, None]).t()
     got = fastpath.load().mm_bytes(x, lin.q, lin.s, 1.0)
@@ -71,17 +72,17 @@ def test_int8_decode_kernel_equals_fp32_on_the_held_codes(n, k, t):
 def test_fp8_decode_kernel_widens_every_code_exactly(name):
     """Every finite FP8 code (subnormals and negatives included), widened by moving bits, equals
     PyTorch's float8 -> float conversion; a whole layer sums in FP32."""
-    from chipfuse.quant.quantize import FP8_DTYPES
-    from chipfuse.runtime.kernels import Fp8Linear
+    from chipfuse.quant.formats import get_format
+    from chipfuse.runtime.kernels import make_linear
 
-    dtype = FP8_DTYPES[name]
+    dtype = getattr(torch, get_format(name).dtype)
     codes = torch.arange(256, dtype=torch.uint8).view(dtype).float()
     codes[~torch.isfinite(codes)] = 0.0  # NaN/inf codes: our quantizer never writes them
     w = codes.reshape(16, 16).to(dtype)
     held = fastpath.load().mm_bytes(torch.eye(16), w, w, 1.0).t()  # column j of the identity reads weight column j
     assert torch.equal(held, w.float())
     g = torch.Generator().manual_seed(3)
-    lin = Fp8Linear(torch.randn(67, 99, generator=g), name)
+    lin = make_linear(torch.randn(67, 99, generator=g), get_format(name))
     x = torch.randn(2, 99, generator=g)
     want = x.double() @ (lin.w.double() * lin.scale).t()
     assert torch.allclose(lin(x).double(), want, rtol=1e-5, atol=1e-6)

@@ -29,8 +29,25 @@ def test_safetensors_folder_matches_transformers(tmp_path, model_type):
     assert ((got - ref[-1]).abs().max() / ref[-1].abs().max()).item() < 1e-4
 
 
-def test_the_kv_cache_holds_exactly_the_precisions_the_compiler_allows():
-    from chipfuse.quant.formats import KV_PRECISIONS
-    from chipfuse.runtime.stage import KV_DTYPES
+def test_the_kv_cache_holds_exactly_the_precisions_the_compiler_allows(tmp_path):
+    """Each KV precision the compiler accepts becomes a cache in its registry dtype; every other format is refused."""
+    import transformers
 
-    assert set(KV_DTYPES) == set(KV_PRECISIONS)
+    from chipfuse.errors import SpecError
+    from chipfuse.quant.formats import FORMATS, KV_PRECISIONS, get_format
+    from chipfuse.runtime.device import resolve_model
+    from chipfuse.runtime.stage import StageModel
+    from chipfuse.runtime.weights import open_weights, wanted_names
+
+    hf = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    transformers.LlamaForCausalLM(hf).save_pretrained(tmp_path, safe_serialization=True)
+    path, cfg = resolve_model(tmp_path)
+    w = open_weights(path, cfg).load(wanted_names(cfg, range(1, 2)))
+    for name in FORMATS:
+        if name in KV_PRECISIONS:
+            stage = StageModel(cfg, w, (1, 2), get_format("fp32"), 8, kv_precision=name)
+            assert stage.kv_dtype == getattr(torch, get_format(name).dtype)
+        else:
+            with pytest.raises(SpecError, match="KV precision"):
+                StageModel(cfg, w, (1, 2), get_format("fp32"), 8, kv_precision=name)

@@ -1,5 +1,6 @@
-"""Quantized weights on disk: INT4 codes (two per byte) with scales and zero points, or INT8 codes
-with per-channel scales, in safetensors, under the recipe that says which layer holds which format.
+"""Quantized weights on disk: each weight's codes as its family's codec packs them (INT4 two per byte
+with scales and zero points, INT8 with per-channel scales...), in safetensors, under the recipe that
+says which layer holds which format.
 
 Written by `chipfuse quantize --method gptq --save FILE`, read by the workers (`--quantized FILE`),
 so a calibration-based result runs exactly as it was measured. No pickle anywhere.
@@ -10,28 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..errors import ChipfuseError
 from .formats import Recipe, get_format, recipe_from_dict, recipe_to_dict
-from .quantize import QuantizedInt4, QuantizedInt8
-
-Codes = QuantizedInt4 | QuantizedInt8
+from .quantize import CODECS, Codes, family_of
 
 
 def save_quantized(path: str | Path, tensors: dict[str, Codes], recipe: Recipe, meta: dict) -> None:
     """Write codes and `meta` (model, layers, method) with the recipe they were made for."""
     from safetensors.torch import save_file
 
-    out = {}
-    for name, t in tensors.items():
-        if isinstance(t, QuantizedInt8):
-            out[name + ".q8"] = t.q.to(torch.int8).contiguous()
-        else:
-            q = t.q.to(torch.uint8)
-            out[name + ".q4"] = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
-            out[name + ".zero"] = t.zero.float().contiguous()
-        out[name + ".scale"] = t.scale.float().contiguous()
+    out = {f"{name}.{key}": v for name, t in tensors.items() for key, v in CODECS[family_of(t)].pack(t).items()}
     from ..io import write_atomic
 
     meta_json = json.dumps({**meta, "recipe": recipe_to_dict(recipe)})
@@ -60,20 +49,20 @@ def checkpoint_recipe(path: str | Path, meta: dict | None = None) -> Recipe:
 
 
 def load_quantized(path: str | Path, names: set[str] | None = None) -> dict[str, Codes]:
-    """The checkpoint's tensors (only `names`, if given) as QuantizedInt4 or QuantizedInt8."""
+    """The checkpoint's codes (only `names`, if given), each unpacked by the codec whose marker it carries."""
     from safetensors import safe_open
 
     read_meta(path)
     out: dict[str, Codes] = {}
     with safe_open(str(path), framework="pt") as f:
-        keys = set(f.keys())
-        stems = {k.rsplit(".", 1)[0] for k in keys}
-        for name in sorted(stems if names is None else stems & names):
-            scale = f.get_tensor(name + ".scale")
-            if name + ".q8" in keys:
-                out[name] = QuantizedInt8(f.get_tensor(name + ".q8"), scale)
-                continue
-            p = f.get_tensor(name + ".q4")
-            q = torch.stack([p & 0xF, p >> 4], -1).reshape(p.shape[0], -1).to(torch.int32)
-            out[name] = QuantizedInt4(q, scale, f.get_tensor(name + ".zero"), q.shape[1] // scale.shape[1])
+        parts: dict[str, dict[str, str]] = {}  # stem -> {suffix: key}
+        for key in f.keys():
+            stem, _, suffix = key.rpartition(".")
+            parts.setdefault(stem, {})[suffix] = key
+        for name in sorted(parts if names is None else set(parts) & names):
+            codec = next((c for c in CODECS.values() if c.marker in parts[name]), None)
+            if codec is None:
+                raise ChipfuseError(f"{path}: {name} holds no codes this version reads "
+                                    f"(it has {', '.join(sorted(parts[name]))})")
+            out[name] = codec.unpack({suffix: f.get_tensor(key) for suffix, key in parts[name].items()})
     return out

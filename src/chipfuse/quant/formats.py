@@ -1,7 +1,11 @@
-"""Numeric formats and their storage cost: the one place that says how many bytes a weight takes.
+"""The format registry: every fact about a numeric format that does not need torch, in one table.
 
-The planner, the simulator and the packers all read `Format.matrix_bytes`, so a plan's byte
-counts are the bytes the runtime actually holds.
+A format states its bytes (`matrix_bytes`, read by the planner, the simulator and the packers, so a
+plan's byte counts are the bytes the runtime holds), the die precision that runs it, its family, the
+dtype its values are held in and the kind code the compiled decode path switches on. The family
+names the torch-side entries: `quant.quantize.CODECS[family]` (quantize, dequantize, checkpoint
+packing) and `runtime.kernels.KERNELS[family]` (the kernel). A new format of an existing family is
+one row in `_build`; a new family adds one codec and one kernel under its name.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ class Format:
     symmetric: bool = True
     scale_bytes: int = 2
     per_tensor_scale: bool = False
+    dtype: str = ""  # torch dtype name of the held values ("" for formats only ever predicted, never run)
+    kind: int = -1  # the compiled decode path's kernel kind (csrc/decode.cpp, enum Kind); -1: none
+
+    @property
+    def family(self) -> str:
+        """Which codec and kernel hold it: float (fp32/fp16/bf16), fp8, int8 or int4."""
+        return FAMILIES[self.precision]
 
     def matrix_bytes(self, rows: int, cols: int) -> int:
         """Bytes to store a [rows, cols] weight quantised along cols (the input dimension)."""
@@ -43,24 +54,24 @@ class Format:
         """Storage bits per weight, scales included, for rows of `cols` inputs."""
         return 8 * self.matrix_bytes(1, cols) / cols
 
-    @property
-    def bytes_per_element(self) -> float:
-        """Plain element size (for activations and KV cache)."""
-        return self.bits / 8
+
+FAMILIES = {"fp32": "float", "fp16": "float", "bf16": "float", "fp8": "fp8", "int8": "int8", "int4": "int4"}
+# csrc/decode.cpp's enum Kind: which of its kernels a held layer runs on
+KIND_DENSE_F32, KIND_DENSE_HALF, KIND_INT8, KIND_INT4, KIND_FP8 = 0, 1, 2, 3, 4
 
 
 def _build() -> dict[str, Format]:
     fmts = [
-        Format("fp32", "fp32", 32),
-        Format("fp16", "fp16", 16),
-        Format("bf16", "bf16", 16),
-        Format("fp8-e4m3", "fp8", 8, per_tensor_scale=True),
-        Format("fp8-e5m2", "fp8", 8, per_tensor_scale=True),
-        Format("int8", "int8", 8, group_size=None, symmetric=True),
+        Format("fp32", "fp32", 32, dtype="float32", kind=KIND_DENSE_F32),
+        Format("fp16", "fp16", 16, dtype="float16", kind=KIND_DENSE_HALF),
+        Format("bf16", "bf16", 16, dtype="bfloat16", kind=KIND_DENSE_HALF),
+        Format("fp8-e4m3", "fp8", 8, per_tensor_scale=True, dtype="float8_e4m3fn", kind=KIND_FP8),
+        Format("fp8-e5m2", "fp8", 8, per_tensor_scale=True, dtype="float8_e5m2", kind=KIND_FP8),
+        Format("int8", "int8", 8, group_size=None, symmetric=True, dtype="int8", kind=KIND_INT8),
     ]
-    for g in (32, 64, 128):
-        fmts.append(Format(f"int4-g{g}", "int4", 4, group_size=g, symmetric=False))
-        fmts.append(Format(f"int4-g{g}-sym", "int4", 4, group_size=g, symmetric=True))
+    for g in (32, 64, 128):  # codes 0..15, two per byte once packed
+        fmts.append(Format(f"int4-g{g}", "int4", 4, group_size=g, symmetric=False, dtype="uint8", kind=KIND_INT4))
+        fmts.append(Format(f"int4-g{g}-sym", "int4", 4, group_size=g, symmetric=True, dtype="uint8", kind=KIND_INT4))
     return {f.name: f for f in fmts}
 
 
@@ -77,9 +88,11 @@ FALLBACK = {
     "fp32": ["fp16", "bf16", "fp8", "int8", "int4"],
 }
 DEFAULT_FORMAT = {"int4": "int4-g32", "int8": "int8", "fp8": "fp8-e4m3", "fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
+# Bytes per element of each die precision (activations, KV cache): its default format's bits / 8.
+PRECISION_BYTES = {p: FORMATS[name].bits / 8 for p, name in DEFAULT_FORMAT.items()}
 
 
-# The KV-cache precisions the runtime holds (runtime.stage.KV_DTYPES maps these to torch dtypes);
+# The KV-cache precisions the runtime holds (in each one's registry dtype, runtime/stage.py);
 # the compiler refuses any other, and a plan file naming another is invalid.
 KV_PRECISIONS = ("fp32", "fp16", "bf16")
 

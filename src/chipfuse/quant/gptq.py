@@ -46,7 +46,7 @@ def collect_hessians(cfg: ModelConfig, weights: dict[str, torch.Tensor], wins: l
 
 def has_gptq(fmt: Format) -> bool:
     """GPTQ here makes INT4 (grouped) and INT8 (per-channel) codes; other formats round to nearest."""
-    return fmt.precision == "int4" or fmt.name == "int8"
+    return fmt.family in ("int4", "int8")
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: Format, damp: float = 0.01, block: int = 128,
@@ -58,7 +58,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: Format, damp: float = 0
     input-weighted rounding error (`int4_grid_search` with diag H). With `act_order` the columns
     are visited by decreasing input energy (diag H), so the most important ones are rounded
     first and the rest absorb their error."""
-    int8 = fmt.name == "int8"
+    int8 = fmt.family == "int8"
     group = w.shape[1] if int8 else (fmt.group_size or 32)
     k0 = w.shape[1]
     w = pad_to_group(w.float().clone(), group)

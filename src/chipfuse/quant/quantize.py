@@ -1,4 +1,8 @@
-"""Round-to-nearest quantizers for every format, and their inverse.
+"""Round-to-nearest quantizers for every format, their inverse, and their checkpoint packing.
+
+`CODECS` holds one entry per format family (quant.formats.FAMILIES): what turns an FP32 weight
+into the family's codes, the codes back into FP32, and the codes into named tensors for a
+safetensors checkpoint and back. The kernels (runtime.kernels.KERNELS) are built from these codes.
 
 Conventions (one for all INT4 variants, so one kernel runs them): a weight [N, K] is split
 along K into groups; w ~= (q - 8) * scale + zero with q in 0..15. Symmetric: zero = 0 and
@@ -16,8 +20,10 @@ import torch
 
 from .formats import Format
 
-FP8_DTYPES = {"fp8-e4m3": torch.float8_e4m3fn, "fp8-e5m2": torch.float8_e5m2}
-FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+def held_dtype(fmt: Format) -> torch.dtype:
+    """The torch dtype a format's values are held in (its registry entry names it)."""
+    return getattr(torch, fmt.dtype)
 
 
 @dataclass
@@ -36,11 +42,31 @@ class QuantizedInt8:
     scale: torch.Tensor  # float32 [N]
 
 
-def dequantize(t: QuantizedInt4 | QuantizedInt8) -> torch.Tensor:
-    """FP32 values of INT4 (padded width) or INT8 codes."""
-    if isinstance(t, QuantizedInt8):
-        return t.q.float() * t.scale[:, None]
-    return dequantize_int4(t)
+@dataclass
+class QuantizedFloat:
+    """Values in a float dtype (fp32, fp16, bf16, fp8) times one tensor scale (1.0 but for fp8)."""
+
+    v: torch.Tensor  # [N, K] in the format's dtype
+    scale: float
+
+
+Codes = QuantizedInt4 | QuantizedInt8 | QuantizedFloat
+
+
+def dequantize(t: Codes) -> torch.Tensor:
+    """FP32 values of any codes (INT4 at its padded width)."""
+    return CODECS[family_of(t)].dequantize(t)
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """INT4 codes [N, K] (K even, values 0..15) as bytes [N, K / 2], two per byte, low nibble first."""
+    q = q.to(torch.uint8)
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
+    """The inverse of `pack_nibbles`: codes [N, 2 * B] as uint8."""
+    return torch.stack([p & 0xF, p >> 4], -1).reshape(p.shape[0], -1)
 
 
 def pad_to_group(w: torch.Tensor, group: int) -> torch.Tensor:
@@ -130,22 +156,134 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def quantize_fp8(w: torch.Tensor, name: str) -> tuple[torch.Tensor, float]:
+def quantize_fp8(w: torch.Tensor, fmt: Format) -> tuple[torch.Tensor, float]:
     """Per-tensor scaled FP8: (values in the fp8 dtype, scale as a float)."""
-    dtype = FP8_DTYPES[name]
+    dtype = held_dtype(fmt)
     amax = float(w.abs().max()) or 1.0
     scale = amax / torch.finfo(dtype).max
     return (w.float() / scale).to(dtype), scale
 
 
+class Codec:
+    """One format family's codes: quantize an FP32 weight [N, K], dequantize, stack rows, and the
+    named tensors a checkpoint stores (`marker` is the key suffix that says which family a stem holds)."""
+
+    marker: str
+    codes: type
+
+    def quantize(self, w: torch.Tensor, fmt: Format) -> Codes:
+        raise NotImplementedError
+
+    def dequantize(self, c) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cat(self, cs: list) -> Codes:
+        """The codes of several weights' rows stacked (fused projections)."""
+        raise NotImplementedError
+
+    def fits(self, c, fmt: Format) -> bool:
+        """Whether codes `c` are codes of `fmt` (a checkpoint's codes against the plan's format)."""
+        return isinstance(c, self.codes)
+
+    def pack(self, c) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def unpack(self, t: dict[str, torch.Tensor]) -> Codes:
+        raise NotImplementedError
+
+
+class Int4Codec(Codec):
+    """Grouped 4-bit codes; checkpoints hold them two per byte (`q4`) with FP32 scales and zero points."""
+
+    marker, codes = "q4", QuantizedInt4
+
+    def quantize(self, w, fmt):
+        return quantize_int4(w, fmt.group_size or 32, fmt.symmetric)
+
+    def dequantize(self, c):
+        return dequantize_int4(c)
+
+    def cat(self, cs):
+        return QuantizedInt4(torch.cat([c.q for c in cs]), torch.cat([c.scale for c in cs]),
+                             torch.cat([c.zero for c in cs]), cs[0].group)
+
+    def fits(self, c, fmt):
+        return isinstance(c, QuantizedInt4) and c.group == (fmt.group_size or 32)
+
+    def pack(self, c):
+        return {"q4": pack_nibbles(c.q), "zero": c.zero.float().contiguous(), "scale": c.scale.float().contiguous()}
+
+    def unpack(self, t):
+        q = unpack_nibbles(t["q4"]).to(torch.int32)
+        return QuantizedInt4(q, t["scale"], t["zero"], q.shape[1] // t["scale"].shape[1])
+
+
+class Int8Codec(Codec):
+    """Per-output-channel symmetric INT8 codes (`q8`) with FP32 row scales."""
+
+    marker, codes = "q8", QuantizedInt8
+
+    def quantize(self, w, fmt):
+        return QuantizedInt8(*quantize_int8(w))
+
+    def dequantize(self, c):
+        return c.q.float() * c.scale[:, None]
+
+    def cat(self, cs):
+        return QuantizedInt8(torch.cat([c.q for c in cs]), torch.cat([c.scale for c in cs]))
+
+    def pack(self, c):
+        return {"q8": c.q.to(torch.int8).contiguous(), "scale": c.scale.float().contiguous()}
+
+    def unpack(self, t):
+        return QuantizedInt8(t["q8"], t["scale"])
+
+
+class FloatCodec(Codec):
+    """Values cast to the format's dtype (fp32, fp16, bf16); FP8 adds a per-tensor scale."""
+
+    marker, codes = "v", QuantizedFloat
+
+    def quantize(self, w, fmt):
+        if fmt.per_tensor_scale:
+            return QuantizedFloat(*quantize_fp8(w, fmt))
+        return QuantizedFloat(w.to(held_dtype(fmt)), 1.0)
+
+    def dequantize(self, c):
+        return c.v.float() * c.scale
+
+    def cat(self, cs):
+        if len({c.scale for c in cs}) != 1:
+            raise ValueError("stacked float codes need one tensor scale")
+        return QuantizedFloat(torch.cat([c.v for c in cs]), cs[0].scale)
+
+    def fits(self, c, fmt):
+        return isinstance(c, QuantizedFloat) and c.v.dtype == held_dtype(fmt)
+
+    def pack(self, c):
+        return {"v": c.v.contiguous(), "scale": torch.tensor(float(c.scale), dtype=torch.float64)}
+
+    def unpack(self, t):
+        return QuantizedFloat(t["v"], float(t["scale"]))
+
+
+# One entry per family of quant.formats.FAMILIES (fp8 shares the float codec: a cast and a scale).
+CODECS: dict[str, Codec] = {"int4": Int4Codec(), "int8": Int8Codec(), "float": FloatCodec(), "fp8": FloatCodec()}
+
+
+def family_of(c: Codes) -> str:
+    """The family whose codec made codes `c`."""
+    for fam, codec in CODECS.items():
+        if isinstance(c, codec.codes):
+            return fam
+    raise TypeError(f"not quantized codes: {type(c).__name__}")
+
+
+def quantize(w: torch.Tensor, fmt: Format) -> Codes:
+    """`w` [N, K] in `fmt`, by round-to-nearest: the codes its family's kernel is built from."""
+    return CODECS[fmt.family].quantize(w, fmt)
+
+
 def fake_quantize(w: torch.Tensor, fmt: Format) -> torch.Tensor:
     """Quantize then dequantize to FP32: what the format keeps of `w`."""
-    if fmt.precision == "int4":
-        return dequantize_int4(quantize_int4(w, fmt.group_size or 32, fmt.symmetric))[:, : w.shape[1]]
-    if fmt.name == "int8":
-        q, s = quantize_int8(w)
-        return q.float() * s[:, None]
-    if fmt.name in FP8_DTYPES:
-        v, s = quantize_fp8(w, fmt.name)
-        return v.float() * s
-    return w.to(FLOAT_DTYPES[fmt.name]).float()
+    return CODECS[fmt.family].dequantize(quantize(w, fmt))[:, : w.shape[1]]

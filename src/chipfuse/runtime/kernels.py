@@ -5,15 +5,19 @@ activations (they are fast only then). Decode-sized inputs of INT8, FP8, BF16 an
 compiled path's GEMV instead (FP32 activations, weights streamed near DRAM bandwidth); for
 prefill, BF16/FP16 use a half-precision GEMM and FP8 is widened to bf16 per call. FP32 is the
 dense reference. Every layer reports the bytes it holds, which the runtime compares with the plan.
+`KERNELS` gives each format family (quant.formats.FAMILIES) its linear layer and its embedding
+table, both built from the family's codes (quant.quantize.CODECS).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..quant.formats import Format
-from ..quant.quantize import FP8_DTYPES, quantize_fp8, quantize_int4, quantize_int8
+from ..quant.quantize import Codes, QuantizedFloat, QuantizedInt4, QuantizedInt8, pack_nibbles, quantize, unpack_nibbles
 
 DECODE_ROWS = 16  # up to this many rows (one token per sequence) INT8 runs the compiled GEMV, not the packed GEMM
 
@@ -38,14 +42,44 @@ def _scalar(x: int | float) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64 if isinstance(x, float) else torch.int64)
 
 
-class Linear:
-    """y = x @ W^T for x of shape [T, K] (float32 in, float32 out)."""
+class Held:
+    """Weights a die holds as named tensors (TENSORS) and numbers (SCALARS): `state()` gives them
+    already packed, so the prepared cache (prepared.py) can skip quantizing; `from_state` restores them."""
 
-    resident_bytes: int = 0
-    out_features: int = 0
+    TENSORS: tuple[str, ...] = ()
+    SCALARS: tuple[str, ...] = ()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**{k: getattr(self, k) for k in self.TENSORS}, **{k: _scalar(getattr(self, k)) for k in self.SCALARS}}
+
+    @classmethod
+    def from_state(cls, st: dict[str, torch.Tensor]):
+        self = cls.__new__(cls)
+        for k in cls.TENSORS:
+            setattr(self, k, st[k])
+        for k in cls.SCALARS:
+            setattr(self, k, st[k].item())
+        return self
+
+
+class Linear(Held):
+    """y = x @ W^T for x of shape [T, K] (float32 in, float32 out), built from its family's codes."""
+
+    SCALARS = ("kind",)  # the compiled path's kernel kind, from the format's registry entry
+
+    def __init__(self, codes: Codes, fmt: Format, in_features: int):  # pragma: no cover - interface
+        raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    @property
+    def resident_bytes(self) -> int:
+        return _nbytes(*(getattr(self, k) for k in self.TENSORS))
+
+    @property
+    def out_features(self) -> int:
+        return getattr(self, self.TENSORS[0]).shape[0]
 
     def cpp_spec(self) -> tuple:
         """(kind, weight, scales, group, pad, scale) for the compiled decode path (csrc/decode.cpp)."""
@@ -54,15 +88,6 @@ class Linear:
     def rows(self, idx: torch.Tensor) -> torch.Tensor | None:
         """FP32 values of the weight rows `idx` as held (for exact re-scoring), if the layout allows."""
         return None
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """The tensors this layer holds, already packed, so a cache can skip quantizing (prepared.py)."""
-        raise NotImplementedError
-
-    @classmethod
-    def from_state(cls, st: dict[str, torch.Tensor]) -> Linear:
-        """The layer holding exactly the tensors `state()` gave."""
-        raise NotImplementedError
 
 
 def refine_top(lin: Linear, x: torch.Tensor, logits: torch.Tensor, k: int = 64) -> torch.Tensor:
@@ -88,76 +113,61 @@ def refine_top(lin: Linear, x: torch.Tensor, logits: torch.Tensor, k: int = 64) 
 
 
 class DenseLinear(Linear):
-    def __init__(self, w: torch.Tensor, dtype: torch.dtype):
-        self.w = w.to(dtype).contiguous()
-        self.dtype = dtype
-        self.out_features = w.shape[0]
-        self.resident_bytes = _nbytes(self.w)
+    """FP32, FP16 or BF16 weights as they are."""
+
+    TENSORS = ("w",)
+
+    def __init__(self, codes: QuantizedFloat, fmt: Format, in_features: int):
+        self.w, self.kind = codes.v.contiguous(), fmt.kind
 
     def __call__(self, x):
-        if self.dtype == torch.float32:
+        if self.w.dtype == torch.float32:
             return F.linear(x, self.w)
         y = _decode_gemv(x, self.w, self.w, 1.0)
-        return y if y is not None else F.linear(x.to(self.dtype), self.w).float()
+        return y if y is not None else F.linear(x.to(self.w.dtype), self.w).float()
 
     def cpp_spec(self):
-        return (0 if self.dtype == torch.float32 else 1, self.w, None, 0, 0, 1.0)
+        return (self.kind, self.w, None, 0, 0, 1.0)
 
     def rows(self, idx):
         return self.w[idx].float()
 
-    def state(self):
-        return {"w": self.w}
-
-    @classmethod
-    def from_state(cls, st):
-        self = cls.__new__(cls)
-        self.w, self.dtype = st["w"], st["w"].dtype
-        self.out_features, self.resident_bytes = self.w.shape[0], _nbytes(self.w)
-        return self
-
 
 class Int8Linear(Linear):
-    def __init__(self, w: torch.Tensor | None, quantized=None):
-        """From an FP32 weight (round-to-nearest), or from codes a calibration method chose."""
-        q, s = (quantized.q, quantized.scale) if quantized is not None else quantize_int8(w)
-        self.q = q.contiguous()
-        self.s = s.to(torch.bfloat16)
-        self.out_features = q.shape[0]
-        self.resident_bytes = _nbytes(self.q, self.s)
+    """Per-channel INT8 codes with bfloat16 row scales."""
+
+    TENSORS = ("q", "s")
+
+    def __init__(self, codes: QuantizedInt8, fmt: Format, in_features: int):
+        self.q, self.s, self.kind = codes.q.contiguous(), codes.scale.to(torch.bfloat16), fmt.kind
 
     def __call__(self, x):
         y = _decode_gemv(x, self.q, self.s, 1.0)
         return y if y is not None else torch._weight_int8pack_mm(x.to(torch.bfloat16), self.q, self.s).float()
 
     def cpp_spec(self):
-        return (2, self.q, self.s, 0, 0, 1.0)
+        return (self.kind, self.q, self.s, 0, 0, 1.0)
 
     def rows(self, idx):
         return self.q[idx].float() * self.s[idx].float()[:, None]
 
-    def state(self):
-        return {"q": self.q, "s": self.s}
-
-    @classmethod
-    def from_state(cls, st):
-        self = cls.__new__(cls)
-        self.q, self.s = st["q"], st["s"]
-        self.out_features, self.resident_bytes = self.q.shape[0], _nbytes(self.q, self.s)
-        return self
-
 
 class Int4Linear(Linear):
-    def __init__(self, w: torch.Tensor | None, group: int, symmetric: bool, quantized=None, in_features: int = 0):
-        """From an FP32 weight (round-to-nearest), or from codes a calibration method chose."""
-        t = quantized if quantized is not None else quantize_int4(w, group, symmetric)
-        self.pad = t.q.shape[1] - (w.shape[1] if w is not None else in_features)  # zero activations meet padding
-        self.packed = torch._convert_weight_to_int4pack_for_cpu(t.q, 1)
+    """Grouped INT4 codes in PyTorch's packed CPU layout, scales and zero points in bfloat16."""
+
+    TENSORS = ("packed", "sz")
+    SCALARS = ("kind", "group", "pad", "n_out")
+
+    def __init__(self, codes: QuantizedInt4, fmt: Format, in_features: int):
+        self.pad = codes.q.shape[1] - in_features  # zero activations meet the padding columns
+        self.packed = torch._convert_weight_to_int4pack_for_cpu(codes.q, 1)
         # kernel layout: [K / group, N, 2] holding (scale, zero) with w = (q - 8) * scale + zero
-        self.sz = torch.stack([t.scale.t(), t.zero.t()], -1).contiguous().to(torch.bfloat16)
-        self.group = t.group
-        self.out_features = t.q.shape[0]
-        self.resident_bytes = _nbytes(self.packed, self.sz)
+        self.sz = torch.stack([codes.scale.t(), codes.zero.t()], -1).contiguous().to(torch.bfloat16)
+        self.group, self.n_out, self.kind = codes.group, codes.q.shape[0], fmt.kind
+
+    @property
+    def out_features(self) -> int:
+        return self.n_out
 
     def __call__(self, x):
         xb = x.to(torch.bfloat16)
@@ -166,124 +176,116 @@ class Int4Linear(Linear):
         return torch._weight_int4pack_mm_for_cpu(xb, self.packed, self.group, self.sz).float()
 
     def cpp_spec(self):
-        return (3, self.packed, self.sz, self.group, self.pad, 1.0)
-
-    def state(self):
-        return {"packed": self.packed, "sz": self.sz, "group": _scalar(self.group), "pad": _scalar(self.pad),
-                "out_features": _scalar(self.out_features)}
-
-    @classmethod
-    def from_state(cls, st):
-        self = cls.__new__(cls)
-        self.packed, self.sz = st["packed"], st["sz"]
-        self.group, self.pad, self.out_features = int(st["group"]), int(st["pad"]), int(st["out_features"])
-        self.resident_bytes = _nbytes(self.packed, self.sz)
-        return self
+        return (self.kind, self.packed, self.sz, self.group, self.pad, 1.0)
 
 
 class Fp8Linear(Linear):
-    def __init__(self, w: torch.Tensor, name: str):
-        self.w, self.scale = quantize_fp8(w, name)
-        self.out_features = w.shape[0]
-        self.resident_bytes = _nbytes(self.w) + 4
+    """FP8 values with one FP32 tensor scale."""
+
+    TENSORS = ("w",)
+    SCALARS = ("kind", "scale")
+
+    def __init__(self, codes: QuantizedFloat, fmt: Format, in_features: int):
+        self.w, self.scale, self.kind = codes.v, float(codes.scale), fmt.kind
+
+    @property
+    def resident_bytes(self) -> int:
+        return _nbytes(self.w) + 4
 
     def __call__(self, x):
         y = _decode_gemv(x, self.w, self.w, self.scale)
         return y if y is not None else F.linear(x.to(torch.bfloat16), self.w.to(torch.bfloat16)).float() * self.scale
 
     def cpp_spec(self):
-        return (4, self.w, None, 0, 0, float(self.scale))
-
-    def state(self):
-        return {"w": self.w, "scale": _scalar(float(self.scale))}
-
-    @classmethod
-    def from_state(cls, st):
-        self = cls.__new__(cls)
-        self.w, self.scale = st["w"], float(st["scale"])
-        self.out_features, self.resident_bytes = self.w.shape[0], _nbytes(self.w) + 4
-        return self
+        return (self.kind, self.w, None, 0, 0, self.scale)
 
 
-LINEARS = {c.__name__: c for c in (DenseLinear, Int8Linear, Int4Linear, Fp8Linear)}
-
-
-def make_linear(w: torch.Tensor, fmt: Format) -> Linear:
-    """Quantize an FP32 weight [N, K] into `fmt` and return the layer that runs it."""
-    if fmt.precision == "int4":
-        return Int4Linear(w, fmt.group_size or 32, fmt.symmetric)
-    if fmt.name == "int8":
-        return Int8Linear(w)
-    if fmt.name in FP8_DTYPES:
-        return Fp8Linear(w, fmt.name)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[fmt.name]
-    return DenseLinear(w, dtype)
-
-
-class Embedding:
+class Embedding(Held):
     """A token-embedding table held in a format, read by row (the die reads one row per token)."""
 
-    def __init__(self, w: torch.Tensor, fmt: Format):
-        self.fmt = fmt
-        self.width = w.shape[1]
-        if fmt.precision == "int4":
-            t = quantize_int4(w, fmt.group_size or 32, fmt.symmetric)
-            q = t.q.to(torch.uint8)
-            self.packed = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()  # two weights per byte
-            self.scale, self.zero, self.group = t.scale.to(torch.float16), t.zero.to(torch.float16), t.group
-            self.resident_bytes = _nbytes(self.packed, self.scale) + (0 if fmt.symmetric else _nbytes(self.zero))
-        elif fmt.name == "int8":
-            q, s = quantize_int8(w)
-            self.q, self.s = q, s.to(torch.bfloat16)  # the same values Int8Linear.rows gives
-            self.resident_bytes = _nbytes(self.q, self.s)
-        elif fmt.name in FP8_DTYPES:
-            self.v, self.fscale = quantize_fp8(w, fmt.name)
-            self.resident_bytes = _nbytes(self.v) + 4
-        else:
-            self.table = w.to({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[fmt.name])
-            self.resident_bytes = _nbytes(self.table)
+    resident_bytes: int
 
-    FIELDS = ("packed", "scale", "zero", "q", "s", "v", "table")
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """The table as held (packed codes, scales...), so a cache can skip quantizing (prepared.py)."""
-        st = {k: getattr(self, k) for k in self.FIELDS if hasattr(self, k)}
-        st["width"] = _scalar(self.width)
-        st["resident_bytes"] = _scalar(self.resident_bytes)
-        if hasattr(self, "group"):
-            st["group"] = _scalar(self.group)
-        if hasattr(self, "fscale"):
-            st["fscale"] = _scalar(float(self.fscale))
-        return st
 
-    @classmethod
-    def from_state(cls, st: dict[str, torch.Tensor], fmt: Format) -> Embedding:
-        self = cls.__new__(cls)
-        self.fmt = fmt
-        for k in cls.FIELDS:
-            if k in st:
-                setattr(self, k, st[k])
-        self.width, self.resident_bytes = int(st["width"]), int(st["resident_bytes"])
-        if "group" in st:
-            self.group = int(st["group"])
-        if "fscale" in st:
-            self.fscale = float(st["fscale"])
-        return self
+class FloatEmbedding(Embedding):
+    """FP32/FP16/BF16 rows, or FP8 rows with their tensor scale (4 more bytes)."""
 
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.fmt.precision == "int4":
-            p = self.packed[ids]
-            q = torch.stack([p & 0xF, p >> 4], -1).reshape(len(ids), -1).float()
-            n, k = q.shape
-            g = (q.view(n, k // self.group, self.group) - 8) * self.scale[ids].float()[..., None] + \
-                self.zero[ids].float()[..., None]
-            return g.reshape(n, k)[:, : self.width]
-        if self.fmt.name == "int8":
-            return self.q[ids].float() * self.s[ids].float()[:, None]
-        if self.fmt.name in FP8_DTYPES:
-            return self.v[ids].float() * self.fscale
-        return self.table[ids].float()
+    TENSORS = ("v",)
+    SCALARS = ("scale", "scale_bytes")
+
+    def __init__(self, codes: QuantizedFloat, fmt: Format, width: int):
+        self.v, self.scale, self.scale_bytes = codes.v, float(codes.scale), 4 if fmt.per_tensor_scale else 0
+
+    @property
+    def resident_bytes(self) -> int:
+        return _nbytes(self.v) + self.scale_bytes
+
+    def lookup(self, ids):
+        return self.v[ids].float() * self.scale
+
+
+class Int8Embedding(Embedding):
+    """INT8 rows with bfloat16 row scales (the values Int8Linear.rows gives)."""
+
+    TENSORS = ("q", "s")
+
+    def __init__(self, codes: QuantizedInt8, fmt: Format, width: int):
+        self.q, self.s = codes.q, codes.scale.to(torch.bfloat16)
+
+    @property
+    def resident_bytes(self) -> int:
+        return _nbytes(self.q, self.s)
+
+    def lookup(self, ids):
+        return self.q[ids].float() * self.s[ids].float()[:, None]
+
+
+class Int4Embedding(Embedding):
+    """INT4 rows two codes per byte, FP16 group scales and zero points (none counted when symmetric)."""
+
+    TENSORS = ("packed", "scale", "zero")
+    SCALARS = ("group", "width", "symmetric")
+
+    def __init__(self, codes: QuantizedInt4, fmt: Format, width: int):
+        self.packed = pack_nibbles(codes.q)
+        self.scale, self.zero = codes.scale.to(torch.float16), codes.zero.to(torch.float16)
+        self.group, self.width, self.symmetric = codes.group, width, int(fmt.symmetric)
+
+    @property
+    def resident_bytes(self) -> int:
+        return _nbytes(self.packed, self.scale) + (0 if self.symmetric else _nbytes(self.zero))
+
+    def lookup(self, ids):
+        q = unpack_nibbles(self.packed[ids]).float()
+        n, k = q.shape
+        g = (q.view(n, k // self.group, self.group) - 8) * self.scale[ids].float()[..., None] + \
+            self.zero[ids].float()[..., None]
+        return g.reshape(n, k)[:, : self.width]
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """What a die runs a format family with: its linear layer and its embedding table."""
+
+    linear: type[Linear]
+    embedding: type[Embedding]
+
+
+# One entry per family of quant.formats.FAMILIES.
+KERNELS = {"float": Kernels(DenseLinear, FloatEmbedding), "fp8": Kernels(Fp8Linear, FloatEmbedding),
+           "int8": Kernels(Int8Linear, Int8Embedding), "int4": Kernels(Int4Linear, Int4Embedding)}
+# kernel classes by name: the prepared cache's layout records which class holds each weight
+HELD = {c.__name__: c for k in KERNELS.values() for c in (k.linear, k.embedding)}
+
+
+def make_linear(w: torch.Tensor | None, fmt: Format, codes: Codes | None = None, in_features: int = 0) -> Linear:
+    """The layer holding `w` [N, K] in `fmt`: round-to-nearest codes, or `codes` a calibration method chose."""
+    codes = quantize(w, fmt) if codes is None else codes
+    return KERNELS[fmt.family].linear(codes, fmt, w.shape[1] if w is not None else in_features)
 
 
 def make_embedding(w: torch.Tensor, fmt: Format) -> Embedding:
-    return Embedding(w, fmt)
+    """The embedding table `w` [V, D] held in `fmt`."""
+    return KERNELS[fmt.family].embedding(quantize(w, fmt), fmt, w.shape[1])

@@ -28,7 +28,7 @@ from .file_cache import atomic_write, code_digest, digest, enabled, source_finge
 from .model_files import cache_dir
 from .stage import StageModel
 
-CACHE_FORMAT = 1  # bump when the saved layout or any kernel's state() changes meaning
+CACHE_FORMAT = 2  # bump when the saved layout or any kernel's state() changes meaning
 # the code that turns a model file into packed tensors: an edit to any of it invalidates the cache
 CODE = ("chipfuse.runtime.weights", "chipfuse.runtime.stage", "chipfuse.runtime.kernels",
         "chipfuse.quant.quantize", "chipfuse.quant.formats")

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from ..errors import ChipfuseError
 from ..frontends.config import ModelConfig
-from ..quant.formats import Format
-from .kernels import Linear, make_embedding, make_linear, refine_top
+from ..quant.formats import Format, get_format
+from ..quant.formats import kv_precision as kv_format_name
+from ..quant.quantize import CODECS, held_dtype
+from .kernels import HELD, Linear, make_embedding, make_linear, refine_top
 from .weights import wanted_names
-
-KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # quant.formats.KV_PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -32,19 +32,14 @@ class Segment:
 
 
 def _linear(w: dict, names: list[str], fmt: Format, quantized: dict) -> Linear:
-    """One kernel for the rows of `names` stacked: from given INT4/INT8 codes if all are there, else from FP32."""
+    """One kernel for the rows of `names` stacked: from a checkpoint's codes if all are there, else from FP32."""
     if quantized and all(n in quantized for n in names):
-        from ..quant.quantize import QuantizedInt4, QuantizedInt8
-        from .kernels import Int4Linear, Int8Linear
-
+        codec = CODECS[fmt.family]
         ts = [quantized[n] for n in names]
-        if all(isinstance(x, QuantizedInt8) for x in ts) and fmt.name == "int8":
-            return Int8Linear(None, QuantizedInt8(torch.cat([x.q for x in ts]), torch.cat([x.scale for x in ts])))
-        if all(isinstance(x, QuantizedInt4) and x.group == (fmt.group_size or 32) for x in ts):
-            t = QuantizedInt4(torch.cat([x.q for x in ts]), torch.cat([x.scale for x in ts]),
-                              torch.cat([x.zero for x in ts]), ts[0].group)
-            return Int4Linear(None, t.group, fmt.symmetric, quantized=t, in_features=w[names[0]].shape[1])
-        raise ChipfuseError(f"the quantized checkpoint holds codes for {names[0]} that do not match its format {fmt.name}")
+        if not all(codec.fits(x, fmt) for x in ts):
+            raise ChipfuseError(f"the quantized checkpoint holds codes for {names[0]} that do not match its format "
+                                f"{fmt.name}")
+        return make_linear(None, fmt, codec.cat(ts), in_features=w[names[0]].shape[1])
     return make_linear(torch.cat([w[n] for n in names]) if len(names) > 1 else w[names[0]], fmt)
 
 
@@ -113,7 +108,7 @@ class StageModel:
     def _init_runtime(self, kv_precision: str) -> None:
         """KV cache, rotary tables and the compiled path's slot: what a stage needs besides its weights."""
         cfg, context = self.cfg, self.context
-        self.kv_dtype = KV_DTYPES[kv_precision]
+        self.kv_dtype = held_dtype(get_format(kv_format_name(kv_precision)))
         self.cache: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         hd = cfg.head_dim
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
@@ -154,8 +149,6 @@ class StageModel:
     def from_prepared(cls, cfg: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict, blocks: tuple[int, int],
                       fmt: Format, context: int, kv_precision: str = "fp16", head_fmt: Format | None = None) -> StageModel:
         """The stage exactly as `prepared_state` saw it, from its tensors: no dequantizing, no packing."""
-        from .kernels import LINEARS, Embedding
-
         self = cls.__new__(cls)
         self.cfg, self.blocks, self.fmt, self.context = cfg, blocks, fmt, context
         start, end = blocks
@@ -173,17 +166,17 @@ class StageModel:
             p = f"layers.{e['index']}"
             ly = _Layer.__new__(_Layer)
             for n in ("qkv", "o", "gate_up", "down"):
-                setattr(ly, n, LINEARS[e[n]].from_state(group(f"{p}.{n}")))
+                setattr(ly, n, HELD[e[n]].from_state(group(f"{p}.{n}")))
             for n in ("attn_norm", "mlp_norm", "qkv_bias", "q_norm", "k_norm"):
                 setattr(ly, n, tensors.get(f"{p}.{n}"))
             self.layers.append(ly)
         if self.has_head:
             self.final_norm = tensors["final_norm"]
-            self.head = LINEARS[layout["head"]].from_state(group("head"))
+            self.head = HELD[layout["head"]].from_state(group("head"))
         self.embed = None
         if self.has_embedding:
             self.embed = _TiedEmbedding(self.head) if layout["embed"] == "tied" else \
-                Embedding.from_state(group("embed"), head_fmt or fmt)
+                HELD[layout["embed"]].from_state(group("embed"))
         self._init_runtime(kv_precision)
         return self
 

@@ -24,6 +24,7 @@
 
 namespace {
 
+// the codes quant/formats.py gives each format (Format.kind, KIND_*): keep the two in step
 enum Kind { DENSE_F32 = 0, DENSE_HALF = 1, INT8 = 2, INT4 = 3, FP8 = 4 };
 
 struct Lin {
