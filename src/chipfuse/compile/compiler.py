@@ -17,10 +17,9 @@ from ..hw.spec import HOST, System
 from ..ir.graph import Graph, Workload, block_weight_bytes, kv_cache_bytes, op_costs, tied_shared_bytes, workspace_bytes
 from ..ir.llm import build_llm_graph
 from ..plan.plan import ModelEntry, Plan, Stage, WorkloadSpec
-from ..quant.formats import FORMATS, Format, Recipe, get_format
+from ..quant.formats import FORMATS, PRECISION_BYTES, Format, Recipe, get_format
 from ..quant.formats import kv_precision as kv_supported
 from ..sim.perf import (
-    PRECISION_BYTES,
     block_times,
     die_format,
     die_rates,
@@ -36,7 +35,7 @@ from .pipeline import min_dies, min_max_memory, split_pipeline
 MODEL_ID = "m0"  # the id of a single-model plan's one model
 
 
-def _kv_bytes(kv_precision: str) -> float:
+def _kv_element_bytes(kv_precision: str) -> float:
     """Bytes of one KV-cache element at a precision the runtime holds."""
     return PRECISION_BYTES[get_format(kv_precision).precision]
 
@@ -61,7 +60,7 @@ class _Problem:
     def __init__(self, graph: Graph, system: System, order: list[str], recipe: Recipe, wl: WorkloadSpec):
         self.graph, self.system, self.order, self.recipe, self.wl = graph, system, order, recipe, wl
         self.fmt = recipe.default
-        kvb = _kv_bytes(wl.kv_precision)
+        kv_element_bytes = _kv_element_bytes(wl.kv_precision)
         k, mblocks = len(order), graph.n_blocks
         micro = min(wl.batch, k)
         self.seqs_per_micro = math.ceil(wl.batch / micro)
@@ -70,31 +69,31 @@ class _Problem:
         self.mem = np.zeros((mblocks, k))
         self.cap = np.zeros(k)
         self.formats: list[Recipe] = []
-        kv = kv_cache_bytes(graph, kvb, wl.context, wl.batch)
+        kv = kv_cache_bytes(graph, kv_element_bytes, wl.context, wl.batch)
         for j, die in enumerate(order):
             f = die_recipe(system, die, recipe)
             r = die_rates(system, die, recipe.default)
             self.formats.append(f)
-            self.time[:, j] = block_times(graph, op_costs(graph, f, step, r.act_bytes, kvb), r)
+            self.time[:, j] = block_times(graph, op_costs(graph, f, step, r.act_element_bytes, kv_element_bytes), r)
             self.mem[:, j] = block_weight_bytes(graph, f) + kv
-            ws = workspace_bytes(graph, range(1, mblocks - 1), wl.prompt_tokens, wl.batch, r.act_bytes)
-            head_ws = workspace_bytes(graph, range(mblocks - 1, mblocks), wl.prompt_tokens, wl.batch, r.act_bytes)
+            ws = workspace_bytes(graph, range(1, mblocks - 1), wl.prompt_tokens, wl.batch, r.act_element_bytes)
+            head_ws = workspace_bytes(graph, range(mblocks - 1, mblocks), wl.prompt_tokens, wl.batch, r.act_element_bytes)
             self.mem[-1, j] += head_ws
             self.cap[j] = system.die_memory_bytes(die) - ws
         if k == 1:  # embedding and a tied head share one table
             self.mem[-1, 0] -= tied_shared_bytes(graph, self.formats[0], range(mblocks))
         self.kv = kv
-        self.kvb = kvb
+        self.kv_element_bytes = kv_element_bytes
 
     def extra(self) -> np.ndarray:
         """Link time each stage pays per decode step: out to the next stage (the first also in)."""
         order = self.order
         rates = [die_rates(self.system, d, self.fmt) for d in order]
-        h = self.graph.hidden_bytes_per_token[1] * self.seqs_per_micro
+        h = self.graph.hidden_features[1] * self.seqs_per_micro
         ext = np.zeros(len(order))
         for j, d in enumerate(order):
             nxt = order[j + 1] if j + 1 < len(order) else HOST
-            nbytes = h * rates[j].act_bytes if nxt != HOST else out_bytes(self.graph, self.graph.n_blocks, self.seqs_per_micro, 4)
+            nbytes = h * rates[j].act_element_bytes if nxt != HOST else out_bytes(self.graph, self.graph.n_blocks, self.seqs_per_micro, 4)
             ext[j] = transfer_s(self.system, d, nxt, nbytes)
         ext[0] += transfer_s(self.system, HOST, order[0], host_in_bytes(self.seqs_per_micro))
         return ext
@@ -220,7 +219,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
                 if strict:
                     raise SpecError(msg.replace("; using", "; --strict forbids falling back to"))
                 warnings.append(msg)
-    h_bytes = graph.hidden_bytes_per_token[1] * 2.0
+    h_bytes = graph.hidden_features[1] * 2.0
     order = die_order(system, dies, h_bytes)
     k = min(len(order), max_dies or len(order), graph.n_blocks)
     order = order[:k]
@@ -235,7 +234,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         f = prob.formats[j]
         blocks = range(s, e)
         wb = float(block_weight_bytes(graph, f)[s:e].sum()) - tied_shared_bytes(graph, f, blocks)
-        ab = die_rates(system, die, fmt).act_bytes
+        ab = die_rates(system, die, fmt).act_element_bytes
         layers = [graph.blocks[b].layer for b in blocks if graph.blocks[b].layer is not None]
         route_in = system.route_nodes(prev, die, h_bytes)
         stages.append(Stage(

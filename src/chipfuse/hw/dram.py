@@ -24,3 +24,11 @@ DRAM_RATE_MTPS: dict[str, tuple[float, float]] = {
 def peak_bandwidth_bytes_per_s(bus_width_bits: int, data_rate_mtps: float) -> float:
     """Peak DRAM bandwidth: bus width in bytes times transfers per second."""
     return bus_width_bits / 8 * data_rate_mtps * 1e6
+
+
+def die_read_bytes_per_s(peak_bytes_per_s: float, efficiency: float, other_bytes_per_s: float = 0.0,
+                         share: float = 1.0, cap_bytes_per_s: float = float("inf")) -> float:
+    """The rate a die reads DRAM at: the usable rate (peak x efficiency) less other masters' traffic,
+    times the die's share of what is left, capped by the slowest off-chip link on its way.
+    The system spec (System.die_bandwidth_bytes_per_s) and the calibration's fit both use it."""
+    return min(max(peak_bytes_per_s * efficiency - other_bytes_per_s, 0.0) * share, cap_bytes_per_s)

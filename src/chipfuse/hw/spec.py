@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from .dram import DRAM_RATE_MTPS, peak_bandwidth_bytes_per_s
+from .dram import DRAM_RATE_MTPS, die_read_bytes_per_s, peak_bandwidth_bytes_per_s
 from .links import PCIE_LANES, USB_BYTES_PER_S, link_defaults
 
 GiB = 1024**3
@@ -527,11 +527,15 @@ class System(Strict):
         """Usable DRAM bandwidth of a die: its own DRAM, or its share of what the host leaves free."""
         mem = self.die_type(die).memory
         if mem.own:
-            return mem.own.usable_bytes_per_s
-        # a die sharing host DRAM reads it over its route from the host: the slowest off-chip link caps it
+            return die_read_bytes_per_s(mem.own.peak_bytes_per_s, mem.own.efficiency)
+        dram = self.host.dram
+        return die_read_bytes_per_s(dram.peak_bytes_per_s, dram.efficiency, self.host.traffic.bytes_per_s,
+                                    mem.shared.bandwidth_share, self.shared_link_cap_bytes_per_s(die))
+
+    def shared_link_cap_bytes_per_s(self, die: str) -> float:
+        """A die sharing host DRAM reads it over its route from the host: the slowest off-chip link caps it."""
         links = [lk for lk in self.route(HOST, die, 1 << 20) if lk.kind != "on-chip"]
-        link_cap = min((lk.bytes_per_s for lk in links), default=float("inf"))
-        return min(self.host.dram_free_bytes_per_s * mem.shared.bandwidth_share, link_cap)
+        return min((lk.bytes_per_s for lk in links), default=float("inf"))
 
     def shared_capacity_overflow_bytes(self) -> float:
         """How far dies sharing host DRAM plus the host's reserve exceed the host DRAM (0 if not)."""

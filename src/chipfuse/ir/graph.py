@@ -105,7 +105,7 @@ class Graph:
     name: str
     ops: list[Op]
     blocks: list[Block]
-    hidden_bytes_per_token: dict[int, int] = field(default_factory=dict)  # block -> output features
+    hidden_features: dict[int, int] = field(default_factory=dict)  # block -> output features
     meta: dict = field(default_factory=dict)
 
     def block_ops(self, b: int) -> list[Op]:
@@ -151,7 +151,7 @@ def _attn_positions(op: Op, w: Workload) -> float:
     return total * w.seqs
 
 
-def op_costs(graph: Graph, fmt: Format | Recipe, w: Workload, act_bytes: float = 2.0, kv_bytes: float = 2.0) -> OpCosts:
+def op_costs(graph: Graph, fmt: Format | Recipe, w: Workload, act_element_bytes: float = 2.0, kv_element_bytes: float = 2.0) -> OpCosts:
     """Work and bytes of every op for one step of `w` with weights held as `fmt` (a format or a recipe)."""
     recipe = Recipe.of(fmt)
     n = len(graph.ops)
@@ -163,22 +163,22 @@ def op_costs(graph: Graph, fmt: Format | Recipe, w: Workload, act_bytes: float =
             wf[i] = 2.0 * op.in_features * op.out_features * tok
             # a tied head reads the same table as the embedding: same bytes, counted here
             wb[i] = op.weight_bytes(fmt)  # a tied head on another die needs its own copy
-            rb[i] = wb[i] + tok * (op.in_features + op.out_features) * act_bytes
+            rb[i] = wb[i] + tok * (op.in_features + op.out_features) * act_element_bytes
         elif op.kind == "embedding":
             wb[i] = op.weight_bytes(fmt)
-            rb[i] = tok * op.out_features * (fmt.bits / 8 + act_bytes)  # one row per token
+            rb[i] = tok * op.out_features * (fmt.bits / 8 + act_element_bytes)  # one row per token
         elif op.kind == "attention":
             pos = _attn_positions(op, w)
             af[i] = 4.0 * op.heads * op.head_dim * pos  # QK^T and AV, 2 FLOP per MAC
-            kv[i] = op.kv_bytes_per_token(kv_bytes)
+            kv[i] = op.kv_bytes_per_token(kv_element_bytes)
             # the cache (past and new keys/values) streams once per sequence and step, tiled
             # over all its query heads and new tokens (flash-attention style), then is written
             reads = w.seqs * op.span(w.past_tokens + w.new_tokens)
-            rb[i] = reads * kv[i] + tok * (kv[i] + 2 * op.heads * op.head_dim * act_bytes)
+            rb[i] = reads * kv[i] + tok * (kv[i] + 2 * op.heads * op.head_dim * act_element_bytes)
         else:  # norm, elementwise
             af[i] = op.flop_per_element * op.dim * tok
             wb[i] = op.weight_bytes(fmt)
-            rb[i] = wb[i] + 2 * tok * op.dim * act_bytes
+            rb[i] = wb[i] + 2 * tok * op.dim * act_element_bytes
     return OpCosts(wf, af, rb, wb, kv)
 
 
@@ -187,12 +187,12 @@ def block_sums(graph: Graph, values: np.ndarray) -> np.ndarray:
     return np.bincount(graph.op_block, weights=values, minlength=graph.n_blocks)
 
 
-def kv_cache_bytes(graph: Graph, kv_bytes: float, context: int, seqs: int) -> np.ndarray:
+def kv_cache_bytes(graph: Graph, kv_element_bytes: float, context: int, seqs: int) -> np.ndarray:
     """Per-block KV-cache bytes for `seqs` sequences of `context` tokens (windows respected)."""
     out = np.zeros(graph.n_blocks)
     for op in graph.ops:
         if op.kind == "attention":
-            out[op.block] += seqs * op.span(context) * op.kv_bytes_per_token(kv_bytes)
+            out[op.block] += seqs * op.span(context) * op.kv_bytes_per_token(kv_element_bytes)
     return out
 
 
@@ -208,14 +208,14 @@ def tied_shared_bytes(graph: Graph, fmt: Format | Recipe, blocks: range) -> floa
     The runtime reads embedding rows out of the head's own weights for every format but
     packed INT4, whose kernel layout cannot be read by row; there both copies are held."""
     r = Recipe.of(fmt)
-    if r.head.precision == "int4":
+    if r.head.family == "int4":
         return 0.0
     names = {op.name: op for op in graph.ops}
     return float(sum(op.weight_bytes(r.for_op(op)) for op in graph.ops
                      if op.tied_to and op.block in blocks and names[op.tied_to].block in blocks))
 
 
-def workspace_bytes(graph: Graph, blocks: range, tokens: int, seqs: int, act_bytes: float) -> float:
+def workspace_bytes(graph: Graph, blocks: range, tokens: int, seqs: int, act_element_bytes: float) -> float:
     """Activation buffers a die needs: a few of its widest activations for a prefill chunk of
     `tokens`, plus fp32 logits for `seqs` sequences where it holds the LM head."""
     width, logits = 0, 0.0
@@ -226,4 +226,4 @@ def workspace_bytes(graph: Graph, blocks: range, tokens: int, seqs: int, act_byt
             logits = 4.0 * seqs * op.out_features
         elif op.kind in ("matmul", "embedding"):
             width = max(width, op.out_features if op.kind == "embedding" else max(op.in_features, op.out_features))
-    return 4 * tokens * width * act_bytes + logits
+    return 4 * tokens * width * act_element_bytes + logits

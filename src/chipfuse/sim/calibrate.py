@@ -21,12 +21,13 @@ import yaml
 from scipy.optimize import least_squares
 
 from ..frontends import load_model_config, resolve_name
+from ..hw.dram import die_read_bytes_per_s
 from ..hw.load import load_system, preset_names
 from ..hw.spec import HOST, System
 from ..ir.graph import Workload, op_costs
 from ..ir.llm import build_llm_graph
 from ..quant.formats import Format, Recipe
-from .perf import die_rates, host_in_bytes, op_times, out_bytes, transfer_s
+from .perf import die_rates, host_in_bytes, op_times, out_bytes, roofline_s, transfer_s
 
 # Device presets grouped into families that share efficiency factors.
 FAMILIES = {
@@ -112,8 +113,9 @@ class Point:
     fixed_s: float = 0.0  # links and host overhead (not fitted)
 
     def predict_s(self, mem_eff: float, comp_eff: float, overhead_s: float) -> float:
-        bw = min(max(self.peak_bytes_per_s * mem_eff - self.other_bytes_per_s, 1.0) * self.share, self.cap_bytes_per_s)
-        return float(np.maximum(self.comp1 / comp_eff, self.read_bytes / bw).sum()) + self.blocks * overhead_s + self.fixed_s
+        bw = die_read_bytes_per_s(self.peak_bytes_per_s, mem_eff, self.other_bytes_per_s, self.share, self.cap_bytes_per_s)
+        return float(roofline_s(self.comp1 / comp_eff, self.read_bytes, max(bw, 1.0)).sum()) + \
+            self.blocks * overhead_s + self.fixed_s
 
 
 def _unit_system(system: System) -> System:
@@ -168,7 +170,7 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
         graph = build_llm_graph(load_model_config(name))
         fmt = record_format(m)
         r = die_rates(unit, die, compute_format(m, fmt))
-        kvb = 2.0
+        kv_element_bytes = 2.0
         runs = []
         if m.decode_tokens_per_s:
             n = m.decode_tokens or 128
@@ -185,9 +187,9 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
             peak, other, share, cap = mem.own.peak_bytes_per_s, 0.0, 1.0, float("inf")
         else:
             peak, other, share = system.host.dram.peak_bytes_per_s, system.host.traffic.bytes_per_s, mem.shared.bandwidth_share
-            cap = min((lk.bytes_per_s for lk in system.route(HOST, die, 1 << 20) if lk.kind != "on-chip"), default=float("inf"))
+            cap = system.shared_link_cap_bytes_per_s(die)
         for kind, tokens, t, w, fixed in runs:
-            c = op_costs(graph, Recipe(fmt, fmt), w, r.act_bytes, kvb)  # the record's bits for every weight
+            c = op_costs(graph, Recipe(fmt, fmt), w, r.act_element_bytes, kv_element_bytes)  # the record's bits for every weight
             comp, _ = op_times(c, r)
             points.append(Point(m, kind, tokens, t, comp, c.read_bytes, peak, other, share, cap, graph.n_blocks, fixed))
     return points, skipped

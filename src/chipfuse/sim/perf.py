@@ -12,10 +12,8 @@ import numpy as np
 
 from ..hw.spec import HOST, System
 from ..ir.graph import Graph, OpCosts, Workload, block_sums, op_costs
-from ..quant.formats import DEFAULT_FORMAT, FALLBACK, Format, Recipe, get_format
-
-TERA = 1e12
-PRECISION_BYTES = {"int4": 0.5, "int8": 1, "fp8": 1, "fp16": 2, "bf16": 2, "fp32": 4}
+from ..quant.formats import DEFAULT_FORMAT, FALLBACK, PRECISION_BYTES, Format, Recipe, get_format
+from ..units import TERA
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,7 @@ class DieRates:
     op_overhead_s: float
 
     @property
-    def act_bytes(self) -> float:
+    def act_element_bytes(self) -> float:
         return PRECISION_BYTES[self.act_precision]
 
 
@@ -69,14 +67,20 @@ def die_rates(system: System, die: str, fmt: Format) -> DieRates:
 
 
 def op_times(c: OpCosts, r: DieRates) -> tuple[np.ndarray, np.ndarray]:
-    """(compute seconds, memory seconds) of each op on a die; the roofline is their max."""
+    """(compute seconds, memory seconds) of each op on a die."""
     return c.weight_flop / r.weight_flop_per_s + c.act_flop / r.act_flop_per_s, c.read_bytes / r.bytes_per_s
+
+
+def roofline_s(compute_s: np.ndarray, read_bytes: np.ndarray, bytes_per_s: float) -> np.ndarray:
+    """Seconds of each op: its compute time or its DRAM read time, whichever is longer (the roofline).
+    The one roofline: the predictor, the compiler's search and the calibration's fit all call it."""
+    return np.maximum(compute_s, read_bytes / bytes_per_s)
 
 
 def block_times(graph: Graph, c: OpCosts, r: DieRates) -> np.ndarray:
     """Seconds each block takes on this die for the workload behind `c`."""
-    comp, mem = op_times(c, r)
-    return block_sums(graph, np.maximum(comp, mem)) + r.op_overhead_s
+    comp, _ = op_times(c, r)
+    return block_sums(graph, roofline_s(comp, c.read_bytes, r.bytes_per_s)) + r.op_overhead_s
 
 
 def transfer_s(system: System, a: str, b: str, nbytes: float) -> float:
@@ -103,24 +107,24 @@ class StageCost:
 
 
 def stage_cost(graph: Graph, system: System, die: str, blocks: range, recipe: Recipe, w: Workload,
-               kv_bytes: float, next_node: str, out_bytes: float, costs: OpCosts | None = None) -> StageCost:
+               kv_element_bytes: float, next_node: str, out_bytes: float, costs: OpCosts | None = None) -> StageCost:
     """One stage's time for one step of `w`, its die holding `recipe` (already resolved: Plan.stage_recipe)."""
     r = die_rates(system, die, recipe.default)
-    c = costs if costs is not None else op_costs(graph, recipe, w, r.act_bytes, kv_bytes)
+    c = costs if costs is not None else op_costs(graph, recipe, w, r.act_element_bytes, kv_element_bytes)
     comp, mem = op_times(c, r)
     mask = np.isin(graph.op_block, list(blocks))
-    t = float(np.maximum(comp, mem)[mask].sum()) + r.op_overhead_s * len(blocks)
+    t = float(roofline_s(comp, c.read_bytes, r.bytes_per_s)[mask].sum()) + r.op_overhead_s * len(blocks)
     link = transfer_s(system, die, next_node, out_bytes) if next_node != die else 0.0
     return StageCost(die, float(comp[mask].sum()), float(mem[mask].sum()), t, link,
                      float(c.read_bytes[mask].sum()), float((c.weight_flop + c.act_flop)[mask].sum()))
 
 
-def out_bytes(graph: Graph, block_end: int, tokens: int, act_bytes: float) -> float:
+def out_bytes(graph: Graph, block_end: int, tokens: int, act_element_bytes: float) -> float:
     """Bytes a stage ending before `block_end` sends on: a hidden state, or fp32 logits to the host."""
     last = block_end - 1
     if last == graph.n_blocks - 1:
-        return tokens * graph.hidden_bytes_per_token[last] * 4.0
-    return tokens * graph.hidden_bytes_per_token[last] * act_bytes
+        return tokens * graph.hidden_features[last] * 4.0
+    return tokens * graph.hidden_features[last] * act_element_bytes
 
 
 def host_in_bytes(tokens: int) -> float:
@@ -128,5 +132,5 @@ def host_in_bytes(tokens: int) -> float:
     return 4.0 * tokens
 
 
-__all__ = ["DieRates", "StageCost", "die_rates", "die_format", "die_recipe", "supported", "op_times", "block_times",
+__all__ = ["DieRates", "StageCost", "die_rates", "die_format", "die_recipe", "supported", "op_times", "roofline_s", "block_times",
            "transfer_s", "stage_cost", "required_bandwidth_bytes_per_s", "out_bytes", "host_in_bytes", "HOST"]

@@ -19,9 +19,8 @@ from ..plan.plan import (
     structure_problems,
     unsupported_problem,
 )
-from ..quant.formats import get_format
+from ..quant.formats import PRECISION_BYTES, get_format
 from .perf import (
-    PRECISION_BYTES,
     die_rates,
     host_in_bytes,
     out_bytes,
@@ -97,7 +96,7 @@ def _first_problem(err: Exception) -> str:
 def _predict(plan: Plan, graph: Graph, system: System) -> Prediction:
     """The performance model proper, on a checked plan."""
     wl = plan.workload
-    kvb = PRECISION_BYTES[get_format(wl.kv_precision).precision]
+    kv_element_bytes = PRECISION_BYTES[get_format(wl.kv_precision).precision]
     n = len(plan.stages)
     micro = min(wl.batch, n)
     seqs = math.ceil(wl.batch / micro)
@@ -112,11 +111,11 @@ def _predict(plan: Plan, graph: Graph, system: System) -> Prediction:
         f = plan.stage_recipe(j)
         r = die_rates(system, st.die, f.default)
         held.append((f, r))
-        c = op_costs(graph, f, dec, r.act_bytes, kvb)
-        d = stage_cost(graph, system, st.die, blocks, f, dec, kvb, nxt, out_bytes(graph, st.blocks[1], seqs, r.act_bytes), c)
-        cp = op_costs(graph, f, pre, r.act_bytes, kvb)
-        p = stage_cost(graph, system, st.die, blocks, f, pre, kvb, nxt,
-                       out_bytes(graph, st.blocks[1], 1 if nxt == HOST else wl.prompt_tokens, r.act_bytes), cp)
+        c = op_costs(graph, f, dec, r.act_element_bytes, kv_element_bytes)
+        d = stage_cost(graph, system, st.die, blocks, f, dec, kv_element_bytes, nxt, out_bytes(graph, st.blocks[1], seqs, r.act_element_bytes), c)
+        cp = op_costs(graph, f, pre, r.act_element_bytes, kv_element_bytes)
+        p = stage_cost(graph, system, st.die, blocks, f, pre, kv_element_bytes, nxt,
+                       out_bytes(graph, st.blocks[1], 1 if nxt == HOST else wl.prompt_tokens, r.act_element_bytes), cp)
         ttft += p.time_s + p.link_out_s
         round_trip += d.time_s + d.link_out_s
         slowest = max(slowest, d.time_s, d.link_out_s)
@@ -134,7 +133,7 @@ def _predict(plan: Plan, graph: Graph, system: System) -> Prediction:
     one = Workload.decode(wl.context, 1)
     per_token = 0.0
     for st, (f, r) in zip(plan.stages, held):
-        c = op_costs(graph, f, one, r.act_bytes, kvb)
+        c = op_costs(graph, f, one, r.act_element_bytes, kv_element_bytes)
         per_token += float(c.read_bytes[np.isin(graph.op_block, list(range(*st.blocks)))].sum())
     notes = []
     if wl.batch == 1 and n > 1:
