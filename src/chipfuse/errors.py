@@ -37,7 +37,7 @@ def validation_lines(err, prefix: str = "", suggest=None) -> list[str]:
 
     `prefix` is put before each path (for a document nested in another); `suggest(field)` may
     return a close known field name for an unknown one."""
-    lines = []
+    lines: list[str] = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
         msg = e["msg"].removeprefix("Value error, ")

@@ -28,7 +28,8 @@ def die_order(system: System, dies: list[str], nbytes: float) -> list[str]:
     """
     cost = hop_costs(system, dies, nbytes)
     if len(dies) <= EXACT_MAX_DIES:
-        return list(min(itertools.permutations(dies), key=lambda o: route_cost(o, cost)))
+        best = min(itertools.permutations(dies), key=lambda o: route_cost(o, cost))
+        return list(best)
     order, left, here = [], list(dies), HOST
     while left:
         nxt = min(left, key=lambda d: cost[here, d])

@@ -65,7 +65,7 @@ def parse_system(data: object, source: str) -> System:
 class _Frame:
     """One open YAML mapping or sequence while scanning events."""
 
-    def __init__(self, event: yaml.Event):
+    def __init__(self, event: yaml.CollectionStartEvent):
         self.anchor = event.anchor
         self.is_mapping = isinstance(event, yaml.MappingStartEvent)
         self.size = 1
@@ -94,7 +94,7 @@ def check_yaml_shape(text: str, source: str) -> None:
     """Refuse YAML too deep, with too many values once aliases expand, or with repeated keys,
     before building any objects (deep nesting would overflow the stack, alias bombs hang)."""
     frames: list[_Frame] = []
-    sizes: dict[str, int] = {}
+    sizes: dict[str | None, int] = {}  # by anchor; an alias event's anchor is typed str | None
     for event in yaml.parse(text, Loader=_Loader):
         if not isinstance(event, (yaml.NodeEvent, yaml.CollectionEndEvent)):
             continue

@@ -12,7 +12,7 @@ import types
 from collections import Counter
 from functools import cached_property, partial
 from itertools import pairwise
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import networkx as nx
 from annotated_types import Ge
@@ -136,6 +136,14 @@ def Number(unit_field: str, zero_ok: bool):
     return Annotated[float, BeforeValidator(partial(check_number, field=unit_field, zero_ok=zero_ok))]
 
 
+if TYPE_CHECKING:  # a type checker cannot evaluate Number(...) in an annotation; to it they are floats
+    _PjPerOp = float
+    _Tops = float
+else:
+    _PjPerOp = Number("pj_per_op", zero_ok=True)
+    _Tops = Number("tops", zero_ok=False)
+
+
 class Strict(BaseModel):
     """Base: unknown fields are errors (a typo must not be silently ignored); numbers are real,
     finite and within the range their unit allows (see UNIT_RANGES)."""
@@ -146,10 +154,12 @@ class Strict(BaseModel):
     @classmethod
     def _plain_number(cls, v: object, info: ValidationInfo) -> object:
         """Every number field goes through check_number before pydantic's own coercion."""
-        field = cls.model_fields[info.field_name]
+        name = info.field_name
+        assert name is not None  # a field validator always runs for a named field
+        field = cls.model_fields[name]
         if not numeric_annotation(field.annotation):
             return v
-        return check_number(v, info.field_name, _zero_ok(field.metadata))
+        return check_number(v, name, _zero_ok(field.metadata))
 
 
 class DRAM(Strict):
@@ -276,14 +286,14 @@ class NVM(Strict):
 
 class DiePower(Strict):
     static_w: float = Field(0.5, ge=0)
-    pj_per_op: dict[Precision, Number("pj_per_op", zero_ok=True)] = Field(default_factory=dict, description="dynamic energy per operation")
+    pj_per_op: dict[Precision, _PjPerOp] = Field(default_factory=dict, description="dynamic energy per operation")
 
 
 class DieType(Strict):
     """One NPU die design. Throughput is peak tera-operations per second (a MAC is 2 ops)."""
 
     description: str = ""
-    tops: dict[Precision, Number("tops", zero_ok=False)] = Field(description="peak TOPS (TFLOPS for floating point) per supported precision")
+    tops: dict[Precision, _Tops] = Field(description="peak TOPS (TFLOPS for floating point) per supported precision")
     weight_only: list[Precision] = Field(
         default_factory=list,
         description="weight formats the die stores and expands on the fly to a precision it computes in "
@@ -411,9 +421,9 @@ class System(Strict):
         nodes = {HOST, *names, *self.switches}
         if len(nodes) != 1 + len(names) + len(self.switches):
             raise ValueError("names of dies and switches must be unique and must not be 'host'")
-        for i, d in enumerate(self.dies):
-            if d.type not in self.die_types:
-                raise ValueError(f"dies[{i}] ({d.name}): type {d.type!r} is not in die_types "
+        for i, die in enumerate(self.dies):
+            if die.type not in self.die_types:
+                raise ValueError(f"dies[{i}] ({die.name}): type {die.type!r} is not in die_types "
                                  f"({', '.join(self.die_types) or 'none defined'})")
         for i, link in enumerate(self.links):
             for end in link.between:
@@ -478,7 +488,7 @@ class System(Strict):
     @cached_property
     def graph(self) -> nx.Graph:
         """Undirected topology; each edge carries its Link and transfer cost data."""
-        g = nx.Graph()
+        g: nx.Graph[str] = nx.Graph()
         g.add_node(HOST, kind="host")
         for d in self.dies:
             g.add_node(d.name, kind="die")
@@ -521,13 +531,17 @@ class System(Strict):
 
     def die_memory_bytes(self, die: str) -> float:
         mem = self.die_type(die).memory
-        return mem.own.capacity_bytes if mem.own else mem.shared.capacity_gib * GiB
+        if mem.own:
+            return mem.own.capacity_bytes
+        assert mem.shared is not None  # DieMemory holds exactly one of own, shared
+        return mem.shared.capacity_gib * GiB
 
     def die_bandwidth_bytes_per_s(self, die: str) -> float:
         """Usable DRAM bandwidth of a die: its own DRAM, or its share of what the host leaves free."""
         mem = self.die_type(die).memory
         if mem.own:
             return die_read_bytes_per_s(mem.own.peak_bytes_per_s, mem.own.efficiency)
+        assert mem.shared is not None  # DieMemory holds exactly one of own, shared
         dram = self.host.dram
         return die_read_bytes_per_s(dram.peak_bytes_per_s, dram.efficiency, self.host.traffic.bytes_per_s,
                                     mem.shared.bandwidth_share, self.shared_link_cap_bytes_per_s(die))
@@ -539,6 +553,5 @@ class System(Strict):
 
     def shared_capacity_overflow_bytes(self) -> float:
         """How far dies sharing host DRAM plus the host's reserve exceed the host DRAM (0 if not)."""
-        shared = sum(self.die_type(d).memory.shared.capacity_gib for d in self.die_names
-                     if self.die_type(d).memory.shared)
+        shared = sum(s.capacity_gib for s in (self.die_type(d).memory.shared for d in self.die_names) if s)
         return max(0.0, (shared + self.host.reserved_gib - self.host.dram.capacity_gib) * GiB)

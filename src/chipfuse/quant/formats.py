@@ -108,7 +108,7 @@ def kv_precision(name: object) -> str:
     return canonical
 
 
-def get_format(name: str) -> Format:
+def get_format(name: object) -> Format:
     if not isinstance(name, str):
         raise SpecError(f"precision {name!r}: give a format name; accepted: {', '.join(list(FORMATS) + list(ALIASES))}")
     key = ALIASES.get(name.lower(), name.lower())

@@ -186,6 +186,7 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
         if mem.own:
             peak, other, share, cap = mem.own.peak_bytes_per_s, 0.0, 1.0, float("inf")
         else:
+            assert mem.shared is not None  # DieMemory holds exactly one of own, shared
             peak, other, share = system.host.dram.peak_bytes_per_s, system.host.traffic.bytes_per_s, mem.shared.bandwidth_share
             cap = system.shared_link_cap_bytes_per_s(die)
         for kind, tokens, t, w, fixed in runs:
@@ -309,8 +310,12 @@ def apply_to_presets(results: list[FamilyResult]) -> list[str]:
             text = text.replace("efficiency 0.75 is a placeholder for the calibration fit", "").replace(";  (", "; (")
             if mem_note not in text:
                 key = f"die_types.{dt_name}.memory" if own else "host.dram"
-                text = re.sub(rf'(\n  {re.escape(key)}: "?)([^\n]*?)("?)\n', lambda mm, mem_note=mem_note: f'{mm.group(1)}{mm.group(2).rstrip(chr(34))} {mem_note}"\n'
-                              if mm.group(1).endswith('"') else f'{mm.group(1)}{mm.group(2)} {mem_note}\n', text, count=1)
+
+                def noted(mm: re.Match[str], mem_note: str = mem_note) -> str:
+                    return (f'{mm.group(1)}{mm.group(2).rstrip(chr(34))} {mem_note}"\n'
+                            if mm.group(1).endswith('"') else f'{mm.group(1)}{mm.group(2)} {mem_note}\n')
+
+                text = re.sub(rf'(\n  {re.escape(key)}: "?)([^\n]*?)("?)\n', noted, text, count=1)
             path.write_text(text)
             load_system(device)  # still valid
             changed.append(device)

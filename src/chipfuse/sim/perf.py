@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..hw.spec import HOST, System
+from ..hw.spec import HOST, Precision, System
 from ..ir.graph import Graph, OpCosts, Workload, block_sums, op_costs
 from ..quant.formats import DEFAULT_FORMAT, FALLBACK, PRECISION_BYTES, Format, Recipe, get_format
 from ..units import TERA
@@ -33,7 +33,7 @@ class DieRates:
         return PRECISION_BYTES[self.act_precision]
 
 
-def supported(system: System, die: str, precision: str) -> str:
+def supported(system: System, die: str, precision: str) -> Precision:
     """The precision the die runs for a requested one: itself, or the nearest it has."""
     tops = system.die_type(die).tops
     if precision in tops:
