@@ -16,7 +16,7 @@ from ..frontends.config import ModelConfig
 from ..hw.spec import HOST, System
 from ..ir.graph import Graph, Workload, block_weight_bytes, kv_cache_bytes, op_costs, tied_shared_bytes, workspace_bytes
 from ..ir.llm import build_llm_graph
-from ..plan.plan import ModelEntry, Plan, Stage, WorkloadSpec
+from ..plan.plan import ModelEntry, Plan, SplitDecision, SplitOption, Stage, WorkloadSpec
 from ..quant.formats import FORMATS, PRECISION_BYTES, Format, Recipe, get_format
 from ..quant.formats import kv_precision as kv_supported
 from ..sim.perf import (
@@ -31,6 +31,8 @@ from ..sim.perf import (
 from ..units import GiB, fmt_bytes
 from .order import die_order
 from .pipeline import min_dies, min_max_memory, split_pipeline
+from .split import OBJECTIVES, SPLITS, explain_choice, group_stages, search
+from .tensor import mode_of
 
 MODEL_ID = "m0"  # the id of a single-model plan's one model
 
@@ -177,10 +179,17 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
                  head_precision: str | None = None, context: int = 4096,
                  batch: int = 1, prompt_tokens: int = 512, kv_precision: str = "fp16",
                  max_dies: int | None = None, strict: bool = False, model_source: str = "",
-                 graph: Graph | None = None, quantized_weights: str | None = None) -> Plan:
-    """Split `model` over `system`'s dies as an optimal pipeline and predict its speed.
+                 graph: Graph | None = None, quantized_weights: str | None = None,
+                 split: str = "pipeline", objective: str = "throughput") -> Plan:
+    """Split `model` over `system`'s dies and predict its speed.
 
-    `precision` None means int4, or with `quantized_weights` the recipe its codes were made for."""
+    `split` pipeline (layer ranges), tensor (every layer sharded over a group of dies), hybrid (tensor groups
+    in a pipeline) or auto (the best of all, by `objective`: throughput or latency). `precision` None means
+    int4, or with `quantized_weights` the recipe its codes were made for."""
+    if split not in SPLITS:
+        raise SpecError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    if objective not in OBJECTIVES:
+        raise SpecError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     from ..sim.predict import predict
 
     if quantized_weights:
@@ -210,47 +219,43 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     coded = {recipe.default, *(get_format(n) for _, n in recipe.blocks)} if quantized_weights else set()
     for d in dies:
         for want in sorted(recipe.formats(), key=lambda f: f.name):
-            f = die_format(system, d, want)
-            if f.name != want.name and quantized_weights and want in coded:
+            got = die_format(system, d, want)
+            if got.name != want.name and quantized_weights and want in coded:
                 raise SpecError(f"{d} has no {want.precision} support, so it cannot run the codes in {quantized_weights}")
-            if f.name != want.name:
+            if got.name != want.name:
                 msg = (f"{d} has no {want.precision} support (it supports {', '.join(system.die_type(d).tops)}); "
-                       f"using {f.name} there for {want.name}")
+                       f"using {got.name} there for {want.name}")
                 if strict:
                     raise SpecError(msg.replace("; using", "; --strict forbids falling back to"))
                 warnings.append(msg)
     h_bytes = graph.hidden_features[1] * 2.0
     order = die_order(system, dies, h_bytes)
+    usable = order[:max_dies or len(order)]  # a tensor group may have more dies than the model has blocks
     k = min(len(order), max_dies or len(order), graph.n_blocks)
     order = order[:k]
     prob = _Problem(graph, system, order, recipe, wl)
-    split = split_pipeline(prob.time, prob.extra(), prob.mem, prob.cap)
-    if split is None:
-        raise _fit_error(prob, model, system, wl, len(dies))
-    stages = []
-    prev = HOST
-    for j, (s, e) in enumerate(split.bounds):
-        die = order[j]
-        f = prob.formats[j]
-        blocks = range(s, e)
-        wb = float(block_weight_bytes(graph, f)[s:e].sum()) - tied_shared_bytes(graph, f, blocks)
-        ab = die_rates(system, die, fmt).act_element_bytes
-        layers = [graph.blocks[b].layer for b in blocks if graph.blocks[b].layer is not None]
-        route_in = system.route_nodes(prev, die, h_bytes)
-        stages.append(Stage(
-            index=j, die=die, model=MODEL_ID, kind="layers", blocks=(s, e),
-            layers=(min(layers), max(layers)) if layers else None,
-            has_embedding=s == 0, has_lm_head=e == graph.n_blocks, format=f.default.name,
-            block_formats=_stage_overrides(f, s, e, graph.n_blocks),
-            head_format=f.head.name if (s == 0 or e == graph.n_blocks) else None,
-            weight_bytes=int(wb), kv_bytes=int(prob.kv[s:e].sum()),
-            workspace_bytes=int(workspace_bytes(graph, blocks, prompt_tokens, batch, ab)),
-            memory_bytes=int(system.die_memory_bytes(die)), route_in=route_in))
-        prev = die
+    decision = None
+    if split == "pipeline" and objective == "throughput":
+        stages = _pipeline_stages(graph, system, prob, model, order, wl, fmt)
+    else:
+        kvb = _kv_element_bytes(wl.kv_precision)
+        best, bounds, cands = search(graph, system, usable, recipe, wl, kvb, split, objective)
+        if best is None:
+            if split in ("auto", "pipeline"):
+                raise _fit_error(prob, model, system, wl, len(dies))
+            raise FitError(f"{model.name} does not fit {system.name} with a {split} split at {recipe.name}: "
+                           + "; ".join(f"{c.label}: {c.problem}" for c in cands[:4])
+                           + ("" if cands else f" (a {split} split needs at least 2 dies)"))
+        stages = group_stages(graph, system, best, bounds, wl, kvb, MODEL_ID)
+        decision = _decision(split, objective, best, cands)
+        order = [st.die for st in stages]
+        k = len(order)
     if len(dies) > k and max_dies is None:
-        warnings.append(f"{model.name} has only {graph.n_blocks} blocks; {len(dies) - k} die(s) left idle")
+        warnings.append(f"{model.name} has only {graph.n_blocks} blocks; {len(dies) - k} die(s) left idle"
+                        if decision is None else f"{len(dies) - k} die(s) left idle: the {decision.chosen} split is "
+                                                 f"fastest without them")
     tied = [st.die for st in stages if st.has_embedding or st.has_lm_head]
-    if model.tied_embeddings and len(stages) > 1:
+    if model.tied_embeddings and len(stages) > 1 and all(st.kind == "layers" for st in stages):
         warnings.append(f"tied embedding table is held twice: on {tied[0]} (embedding) and {tied[-1]} (LM head)")
     plan = Plan(
         created_by=f"chipfuse {__version__}",
@@ -264,15 +269,58 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         stages=stages,
         fits=True,
         warnings=warnings,
+        split=decision,
     )
     plan.prediction = predict(plan, graph=graph, system=system)
     _check_figures(plan, system)
     return plan
 
 
+def _decision(split: str, objective: str, best, cands: list) -> SplitDecision:
+    """The record of the search: every option with its figures, and the winner in words."""
+    options = [SplitOption(mode=c.mode, groups=[list(g) for g in c.groups], decode_tokens_per_s=c.decode_tokens_per_s,
+                           decode_tokens_per_s_per_request=c.decode_tokens_per_s_per_request, problem=c.problem)
+               for c in cands]
+    mode = mode_of(best.groups)
+    return SplitDecision(requested=split, objective=objective, chosen=mode, reason=explain_choice(best, cands, objective),
+                         options=options)
+
+
+def _pipeline_stages(graph: Graph, system: System, prob: _Problem, model: ModelConfig, order: list[str],
+                     wl: WorkloadSpec, fmt: Format) -> list[Stage]:
+    """The optimal pipeline's stages (the split that minimises the slowest stage, then the sum)."""
+    prompt_tokens, batch = wl.prompt_tokens, wl.batch
+    split = split_pipeline(prob.time, prob.extra(), prob.mem, prob.cap)
+    if split is None:
+        raise _fit_error(prob, model, system, wl, len(system.die_names))
+    h_bytes = graph.hidden_features[1] * 2.0
+    stages = []
+    prev = HOST
+    for j, (s, e) in enumerate(split.bounds):
+        die = order[j]
+        f = prob.formats[j]
+        blocks = range(s, e)
+        wb = float(block_weight_bytes(graph, f)[s:e].sum()) - tied_shared_bytes(graph, f, blocks)
+        ab = die_rates(system, die, fmt).act_element_bytes
+        layers = [blk.layer for blk in (graph.blocks[b] for b in blocks) if blk.layer is not None]
+        route_in = system.route_nodes(prev, die, h_bytes)
+        stages.append(Stage(
+            index=j, die=die, model=MODEL_ID, kind="layers", blocks=(s, e),
+            layers=(min(layers), max(layers)) if layers else None,
+            has_embedding=s == 0, has_lm_head=e == graph.n_blocks, format=f.default.name,
+            block_formats=_stage_overrides(f, s, e, graph.n_blocks),
+            head_format=f.head.name if (s == 0 or e == graph.n_blocks) else None,
+            weight_bytes=int(wb), kv_bytes=int(prob.kv[s:e].sum()),
+            workspace_bytes=int(workspace_bytes(graph, blocks, prompt_tokens, batch, ab)),
+            memory_bytes=int(system.die_memory_bytes(die)), route_in=route_in))
+        prev = die
+    return stages
+
+
 def _check_figures(plan: Plan, system: System) -> None:
     """Backstop: a prediction with a non-finite, negative or zero rate is refused, never printed as if valid."""
     pred = plan.prediction
+    assert pred is not None  # compile_plan sets it just before this check
     figures = {"time to first token": pred.ttft_s, "decode tokens/s": pred.decode_tokens_per_s,
                **{f"{sp.die} decode step": sp.decode_s for sp in pred.stages},
                **{f"{sp.die} link time": sp.link_out_s for sp in pred.stages}}

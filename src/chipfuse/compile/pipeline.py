@@ -48,17 +48,27 @@ def _dp(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
         return None
     bounds, e = [], m
     for j in range(k, 0, -1):
-        s = int(arg[j, e])
-        bounds.append((s, e))
-        e = s
+        start = int(arg[j, e])
+        bounds.append((start, e))
+        e = start
     return float(best[k, m]), bounds[::-1]
 
 
-def split_pipeline(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray) -> Split | None:
-    """The optimal split, or None when no split fits every die's memory."""
+def split_pipeline(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
+                   objective: str = "throughput") -> Split | None:
+    """The optimal split, or None when no split fits every die's memory.
+
+    throughput: the slowest stage first, then the sum; latency: the sum of stage times alone (one token
+    passes every stage in turn, so at batch 1 the sum is the step)."""
     time, extra, mem, cap = (np.asarray(a, dtype=float) for a in (time, extra, mem, cap))
     if time.shape[0] < time.shape[1]:
         return None
+    if objective == "latency":
+        res = _dp(time, extra, mem, cap, "sum")
+        if res is None:
+            return None
+        costs = [float(time[s:e, j].sum() + extra[j]) for j, (s, e) in enumerate(res[1])]
+        return Split(res[1], max(costs), res[0])
     first = _dp(time, extra, mem, cap, "max")
     if first is None:
         return None

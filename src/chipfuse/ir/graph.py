@@ -16,6 +16,10 @@ import numpy as np
 from ..quant.formats import Format, Recipe
 
 OP_KINDS = ("embedding", "matmul", "attention", "norm", "elementwise")
+# what a tensor-parallel shard takes a part of: whole KV-head groups (with their query heads),
+# columns of the MLP's intermediate dimension, rows of the LM head (vocabulary entries)
+SHARD_AXES = ("kv_heads", "mlp_columns", "vocab")
+ROW_PARALLEL = ("o_proj", "down_proj")  # split along their inputs; their partial outputs are summed
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,35 @@ class Op:
     dim: int = 0
     flop_per_element: float = 1.0
     last_token_only: bool = False  # prefill needs this op for the last position only (LM head)
+    # tensor parallelism: the model axis a shard of this op takes a part of (SHARD_AXES; "" = every die
+    # of a group runs it whole), and the phase of its block it runs in (each phase ends with the
+    # group's collective: attention then MLP in a layer)
+    shard_axis: str = ""
+    phase: int = 0
+
+    def shard(self, part: int, whole: int) -> Op:
+        """This op as a die holding `part` of `whole` along its shard axis (the op itself if unsharded).
+
+        The sharded width scales exactly: a projection's rows or columns, the attention's heads, an
+        elementwise op's features, a per-head norm's FLOP."""
+        if not self.shard_axis or part == whole:
+            return self
+        if self.kind == "attention":
+            return self._with(heads=self.heads * part // whole, kv_heads=self.kv_heads * part // whole)
+        if self.kind == "matmul":
+            # row-parallel projections (o_proj, down_proj) take a part of their inputs, the others of their outputs
+            if self.name.endswith(ROW_PARALLEL):
+                return self._with(in_features=self.in_features * part // whole)
+            return self._with(out_features=self.out_features * part // whole)
+        if self.kind == "norm":  # per-head norms: all heads share one weight, the work scales
+            return self._with(flop_per_element=self.flop_per_element * part / whole)
+        return self._with(dim=self.dim * part // whole)
+
+    def _with(self, **changes) -> Op:
+        """A copy with `changes` (dataclasses.replace without re-running __init__: the split search makes many)."""
+        new = object.__new__(Op)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
 
     # ---- storage ----
     def weight_bytes(self, fmt: Format) -> int:
@@ -107,6 +140,8 @@ class Graph:
     blocks: list[Block]
     hidden_features: dict[int, int] = field(default_factory=dict)  # block -> output features
     meta: dict = field(default_factory=dict)
+    # figures derived from the (never mutated) ops, kept for the split search, which asks for them many times
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def block_ops(self, b: int) -> list[Op]:
         return [op for op in self.ops if op.block == b]
@@ -121,6 +156,23 @@ class Graph:
 
     def op(self, name: str) -> Op:
         return next(o for o in self.ops if o.name == name)
+
+    @property
+    def shard_widths(self) -> dict[str, int]:
+        """The whole width of each shard axis (KV heads, MLP columns, vocabulary), as the builder set it."""
+        return dict(self.meta.get("shard_widths", {}))
+
+    def sharded(self, parts: dict[str, int]) -> Graph:
+        """The graph one die of a tensor group runs: every sharded op cut to `parts[axis]` of its axis."""
+        widths = self.shard_widths
+        if all(parts.get(a, w) == w for a, w in widths.items()):
+            return self
+        key = ("sharded", tuple(sorted(parts.items())))
+        if key not in self.memo:
+            ops = [op.shard(parts.get(op.shard_axis, widths[op.shard_axis]), widths[op.shard_axis])
+                   if op.shard_axis else op for op in self.ops]
+            self.memo[key] = Graph(self.name, ops, self.blocks, self.hidden_features, self.meta)
+        return self.memo[key]
 
 
 @dataclass(frozen=True)
@@ -189,17 +241,23 @@ def block_sums(graph: Graph, values: np.ndarray) -> np.ndarray:
 
 def kv_cache_bytes(graph: Graph, kv_element_bytes: float, context: int, seqs: int) -> np.ndarray:
     """Per-block KV-cache bytes for `seqs` sequences of `context` tokens (windows respected)."""
-    out = np.zeros(graph.n_blocks)
-    for op in graph.ops:
-        if op.kind == "attention":
-            out[op.block] += seqs * op.span(context) * op.kv_bytes_per_token(kv_element_bytes)
-    return out
+    key = ("kv_cache_bytes", kv_element_bytes, context, seqs)
+    if key not in graph.memo:
+        out = np.zeros(graph.n_blocks)
+        for op in graph.ops:
+            if op.kind == "attention":
+                out[op.block] += seqs * op.span(context) * op.kv_bytes_per_token(kv_element_bytes)
+        graph.memo[key] = out
+    return graph.memo[key].copy()
 
 
 def block_weight_bytes(graph: Graph, fmt: Format | Recipe) -> np.ndarray:
     """Resident weight bytes per block, each block counted as if alone on its die."""
     r = Recipe.of(fmt)
-    return block_sums(graph, np.array([op.weight_bytes(r.for_op(op)) for op in graph.ops], dtype=float))
+    key = ("block_weight_bytes", r)
+    if key not in graph.memo:
+        graph.memo[key] = block_sums(graph, np.array([op.weight_bytes(r.for_op(op)) for op in graph.ops], dtype=float))
+    return graph.memo[key].copy()
 
 
 def tied_shared_bytes(graph: Graph, fmt: Format | Recipe, blocks: range) -> float:
@@ -218,6 +276,9 @@ def tied_shared_bytes(graph: Graph, fmt: Format | Recipe, blocks: range) -> floa
 def workspace_bytes(graph: Graph, blocks: range, tokens: int, seqs: int, act_element_bytes: float) -> float:
     """Activation buffers a die needs: a few of its widest activations for a prefill chunk of
     `tokens`, plus fp32 logits for `seqs` sequences where it holds the LM head."""
+    key = ("workspace_bytes", blocks.start, blocks.stop, tokens, seqs, act_element_bytes)
+    if key in graph.memo:
+        return graph.memo[key]
     width, logits = 0, 0.0
     for op in graph.ops:
         if op.block not in blocks:
@@ -226,4 +287,5 @@ def workspace_bytes(graph: Graph, blocks: range, tokens: int, seqs: int, act_ele
             logits = 4.0 * seqs * op.out_features
         elif op.kind in ("matmul", "embedding"):
             width = max(width, op.out_features if op.kind == "embedding" else max(op.in_features, op.out_features))
-    return 4 * tokens * width * act_element_bytes + logits
+    graph.memo[key] = 4 * tokens * width * act_element_bytes + logits
+    return graph.memo[key]

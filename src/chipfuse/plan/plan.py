@@ -32,8 +32,8 @@ from ..hw.spec import numeric_annotation
 from ..io import read_text_bounded, write_text_atomic
 from ..quant.formats import KV_PRECISIONS, Recipe, get_format, kv_precision
 
-SCHEMA = "chipfuse.plan"
-SCHEMA_VERSION = 2
+SCHEMA: Literal["chipfuse.plan"] = "chipfuse.plan"
+SCHEMA_VERSION: Literal[2] = 2
 MAX_PLAN_FILE_BYTES = 16 << 20  # 16 MiB: a plan is tens of KiB
 MAX_JSON_DEPTH = 32  # a plan nests about 6 deep
 MAX_BYTES = 1 << 53  # byte counts: 8 PiB, far beyond any die, still exact as a float
@@ -53,7 +53,9 @@ class _M(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _plain_number(cls, v: object, info: ValidationInfo) -> object:
-        if isinstance(v, (bool, str)) and numeric_annotation(cls.model_fields[info.field_name].annotation):
+        name = info.field_name
+        assert name is not None  # a field validator always runs for a named field
+        if isinstance(v, (bool, str)) and numeric_annotation(cls.model_fields[name].annotation):
             raise ValueError(f"expected a number, got {json.dumps(v)}")
         return v
 
@@ -112,22 +114,45 @@ class WorkloadSpec(_M):
         return self
 
 
-Span = tuple[Annotated[StrictInt, Field(ge=0, le=MAX_WIDTH)], Annotated[StrictInt, Field(ge=1, le=MAX_WIDTH)]]
+Span = tuple[Annotated[StrictInt, Field(ge=0, le=MAX_WIDTH)], Annotated[StrictInt, Field(ge=0, le=MAX_WIDTH)]]
 
 
 class Shard(_M):
-    """Which part of every layer of its block range a `kind: "shard"` stage holds (not executable yet).
+    """Which part of every layer of its block range a `kind: "shard"` stage holds (predicted; not run yet).
 
     Spans are [first, count], so uneven splits are written as they are (SmolLM2's 9 query heads in
-    3 KV groups over two dies: kv_heads [0, 2] + [2, 1], heads [0, 6] + [6, 3])."""
+    3 KV groups over two dies: kv_heads [0, 2] + [2, 1], heads [0, 6] + [6, 3]); a count may be 0
+    (3 KV groups over 4 dies leave one die with MLP columns only)."""
 
     group: list[str] = Field(min_length=1, max_length=1024, description="the dies sharing the block range, in shard order")
     index: int = Field(ge=0, le=1024, description="this stage's place in `group`")
     heads: Span = Field(description="[first, count] query heads; whole KV groups, so it matches kv_heads")
     kv_heads: Span = Field(description="[first, count] KV heads (and their cache)")
     mlp_columns: Span = Field(description="[first, count] columns of the MLP's intermediate dimension")
+    vocab: Span | None = Field(None, description="[first, count] rows of the LM head (vocabulary entries), for a "
+                                                 "group holding the head; the embedding is held whole by every die")
     collective: Literal["all-reduce"] = Field(
         "all-reduce", description="summing the partial outputs of attention and MLP over `group`")
+
+
+class SplitOption(_M):
+    """One way of splitting the model the compiler weighed: its grouping of the dies and predicted speed."""
+
+    mode: Literal["pipeline", "tensor", "hybrid"]
+    groups: list[list[str]] = Field(description="pipeline positions in order, each one die or a tensor group")
+    decode_tokens_per_s: float | None = Field(None, ge=0, description="aggregate over the batch; null: does not fit")
+    decode_tokens_per_s_per_request: float | None = Field(None, ge=0)
+    problem: str | None = Field(None, description="why it was ruled out")
+
+
+class SplitDecision(_M):
+    """How the compiler chose the split: what it was asked for, what it weighed, and why the winner won."""
+
+    requested: Literal["auto", "pipeline", "tensor", "hybrid"]
+    objective: Literal["throughput", "latency"]
+    chosen: Literal["pipeline", "tensor", "hybrid"]
+    reason: str
+    options: list[SplitOption] = Field(max_length=100_000)
 
 
 class Stage(_M):
@@ -200,6 +225,8 @@ class Plan(_M):
     stages: list[Stage] = Field(max_length=1024)
     fits: bool
     warnings: list[str] = []
+    split: SplitDecision | None = Field(None, description="the split options the compiler weighed (null: a "
+                                                          "pipeline planned without a search)")
     prediction: Prediction | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
@@ -256,7 +283,7 @@ class Plan(_M):
         return self.stages[stage_index].recipe()
 
     def unsupported(self) -> str | None:
-        """Why this chipfuse cannot predict or run the plan (shard stages, several models), or None."""
+        """Why this chipfuse cannot run the plan (shard stages, several models), or None."""
         return unsupported_problem(self)
 
     def to_json(self) -> str:
@@ -475,15 +502,15 @@ def plan_problems(plan: Plan) -> list[str]:
     return out + structure_problems(plan, configs, system)
 
 
-def unsupported_problem(plan: Plan) -> str | None:
-    """Why this chipfuse cannot predict or run a (valid) plan, in one line, or None if it can."""
+def unsupported_problem(plan: Plan, run: bool = True) -> str | None:
+    """Why this chipfuse cannot run (or, with `run` False, predict) a valid plan, in one line, or None if it can."""
     if len(plan.models) > 1:
         return (f"plans with several models are not supported by this chipfuse yet: models holds {len(plan.models)} "
                 f"({', '.join(m.id for m in plan.models)}); predict and run one model per plan")
     shard = next((i for i, st in enumerate(plan.stages) if st.kind != "layers"), None)
-    if shard is not None:
-        return (f"shard stages are not supported by this chipfuse yet: stages[{shard}] is kind "
-                f"{plan.stages[shard].kind!r}; only \"layers\" stages can be predicted and run")
+    if run and shard is not None:
+        return (f"shard stages (tensor and hybrid splits) can be planned and predicted but not run by this chipfuse "
+                f"yet: stages[{shard}] is kind {plan.stages[shard].kind!r}; plan with --split pipeline to run it")
     return None
 
 
@@ -540,6 +567,11 @@ def _positions(stages: list[tuple[int, Stage]]) -> list[list[tuple[int, Stage]]]
     return out
 
 
+def stage_positions(stages: list[Stage]) -> list[list[tuple[int, Stage]]]:
+    """The plan's stages as pipeline positions (index, stage): a layers stage alone, a tensor group's shards together."""
+    return _positions(list(enumerate(stages)))
+
+
 def _sender(position: list[tuple[int, Stage]]) -> str:
     """The node a position's output leaves from: its die, or its shard group's first die."""
     st = position[0][1]
@@ -551,7 +583,8 @@ def _model_stage_problems(m: ModelEntry, stages: list[tuple[int, Stage]], n_bloc
     """One model's stages: dies used once, positions tiling its blocks in order, each stage sound."""
     if not stages:
         return [f"stages: no stage runs model {m.id}; every model needs stages covering its blocks"]
-    out, start, seen, prev = [], 0, set(), "host"
+    seen: set[str] = set()
+    out, start, prev = [], 0, "host"
     dies = system.die_names
     nodes = {"host", *dies, *system.switches}
     for position in _positions(stages):
@@ -620,8 +653,13 @@ def _shard_group_problems(position: list[tuple[int, Stage]]) -> list[str]:
         return [f"{where}.shard.group: {group} should list the dies of stages {[i for i, _ in position]} in order "
                 f"({[st.die for _, st in position]})"]
     out = []
-    for name in ("kv_heads", "heads", "mlp_columns"):
+    for name in ("kv_heads", "heads", "mlp_columns", "vocab"):
         spans = [getattr(st.shard, name) for _, st in position]
+        if name == "vocab" and all(x is None for x in spans):
+            continue
+        if any(x is None for x in spans):
+            out.append(f"{where}.shard.vocab: every die of a group gives its vocab span, or none does")
+            continue
         if any(a[0] + a[1] != b[0] for a, b in zip(spans, spans[1:])) or spans[0][0] != 0:
             out.append(f"{where}.shard.{name}: the group's spans {[list(x) for x in spans]} should tile from 0 "
                        f"without gaps or overlap, in group order")
@@ -636,12 +674,18 @@ def shard_width_problems(plan: Plan, configs: dict) -> list[str]:
         if st.shard is None or cfg is None:
             continue
         sh = st.shard
-        widths = {"heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "mlp_columns": cfg.intermediate_size}
+        widths = {"heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "mlp_columns": cfg.intermediate_size,
+                  "vocab": cfg.vocab_size}
         for name, width in widths.items():
+            if getattr(sh, name) is None:
+                continue
             first, count = getattr(sh, name)
             if first + count > width:
                 out.append(f"stages[{i}].shard.{name}: [{first}, {count}] ends at {first + count}, beyond the "
                            f"model's {width}")
+            elif sh.index == len(sh.group) - 1 and first + count != width:
+                out.append(f"stages[{i}].shard.{name}: the group's last span [{first}, {count}] ends at "
+                           f"{first + count}; the group's spans must cover all {width}")
         g = cfg.num_heads // cfg.num_kv_heads
         want = [sh.kv_heads[0] * g, sh.kv_heads[1] * g]
         if list(sh.heads) != want:
@@ -696,7 +740,8 @@ def _route_problems(where: str, st: Stage, prev: str, nodes: set[str]) -> list[s
 
 def _memory_problems(plan: Plan, system) -> list[str]:
     """memory_bytes is the die's memory in the plan's system, and the stages on each die fit in it together."""
-    out, used = [], {}
+    used: dict[str, list[int]] = {}
+    out = []
     for i, st in enumerate(plan.stages):
         if st.die not in system.die_names:
             continue
