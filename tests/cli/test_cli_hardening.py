@@ -87,10 +87,12 @@ def test_plan_output_says_which_system_its_prediction_is_for():
 
 
 def test_route_shows_hops_through_the_host_and_switches():
-    r = runner.invoke(app, ["plan", "-m", "llama-2-7b", "-s", "talk-heavy-2die-pcie"])
+    r = runner.invoke(app, ["plan", "-m", "llama-2-7b", "-s", "talk-heavy-2die-pcie", "--split", "pipeline"])
     assert "route: host -> die0 -> host -> die1 -> host" in r.output, r.output
     assert "passes through host" in r.output
-    r = runner.invoke(app, ["plan", "-m", "smollm2", "-s", "talk-4die-pcie"])
+    r = runner.invoke(app, ["plan", "-m", "llama-2-7b", "-s", "talk-heavy-2die-pcie", "--split", "tensor"])
+    assert "route: host -> [die0+die1] -> host" in r.output, r.output
+    r = runner.invoke(app, ["plan", "-m", "smollm2", "-s", "talk-4die-pcie", "--split", "pipeline"])
     assert "-> pcie-switch ->" in r.output and "passes through" in r.output
 
 

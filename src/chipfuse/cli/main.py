@@ -110,12 +110,17 @@ def plan(
     recipe: Optional[Path] = typer.Option(None, help=RECIPE_HELP),
     quantized: Optional[Path] = typer.Option(None, help=QUANTIZED_HELP),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the plan and prediction here"),
+    split: str = typer.Option("auto", help="auto (the fastest of the others), pipeline (layer ranges), tensor "
+                                           "(every layer sharded over the dies) or hybrid (tensor groups in a pipeline)"),
+    objective: str = typer.Option("throughput", help="what auto maximises: throughput (tokens/s over the batch) "
+                                                     "or latency (tokens/s of one request)"),
 ):
     """Split a model over a system's dies and predict its speed."""
     _writable(json_path)
     _note_alias(model)
     p = api.plan(model, system, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
-                 kv_precision=kv_precision, dies=dies, strict=strict, recipe=recipe, quantized=quantized)
+                 kv_precision=kv_precision, dies=dies, strict=strict, recipe=recipe, quantized=quantized,
+                 split=split, objective=objective)
     need = api.required_bandwidth_bytes_per_s(p, target_tokens_per_s) if target_tokens_per_s is not None else None
     render.plan(p)
     if need is not None:

@@ -30,10 +30,14 @@ def say(text: str) -> None:
 def full_route(plan) -> list[str]:
     """Every node a token passes, host to host, hops through the host or a switch included."""
     from ..hw.spec import HOST, System
+    from ..plan.plan import stage_positions
 
     nodes: list[str] = []
-    for st in plan.stages:
-        path = st.route_in or [st.die]
+    for pos in stage_positions(plan.stages):
+        st = pos[0][1]
+        path = list(st.route_in or [st.die])
+        if len(pos) > 1:  # a tensor group: the input reaches all of it; shown as one node
+            path[-1] = "[" + "+".join(s.die for _, s in pos) + "]"
         nodes += path if not nodes else path[1:]
     back = System.model_validate(plan.system).route_nodes(plan.stages[-1].die, HOST, 4.0)
     return nodes + back[1:]
@@ -50,6 +54,9 @@ def plan(p, title: str | None = None) -> None:
     for st, sp in zip(p.stages, pred.stages if pred else [None] * len(p.stages)):
         parts = (["embed"] if st.has_embedding else []) + ([f"L{st.layers[0]}-{st.layers[1]}"] if st.layers else []) \
             + (["head"] if st.has_lm_head else [])
+        if st.shard:
+            parts.append(f"shard {st.shard.index + 1}/{len(st.shard.group)}: {st.shard.kv_heads[1]} KV heads, "
+                         f"{st.shard.mlp_columns[1]} MLP cols")
         t.add_row(str(st.index), st.die, " + ".join(parts), st.format, _gib(st.weight_bytes), _gib(st.kv_bytes),
                   f"{_gib(st.used_bytes)} / {_gib(st.memory_bytes)}",
                   f"{sp.decode_s * 1e3:.2f}" if sp else "-", sp.bound if sp else "-")
@@ -59,7 +66,7 @@ def plan(p, title: str | None = None) -> None:
         say("mixed precision: " + ", ".join(f"{n} layer(s) at {f}" for f, n in counts.most_common())
             + f", the rest at {p.precision}")
     route = full_route(p)
-    via = sorted({n for n in route[1:-1] if n not in {st.die for st in p.stages}})
+    via = sorted({n for n in route[1:-1] if n not in {st.die for st in p.stages} and not n.startswith("[")})
     say(f"route: {' -> '.join(route)}" + (f"  (passes through {', '.join(via)})" if via else ""))
     if pred:
         console.print(f"[bold]predicted on {target}:[/] fits   [bold]time to first token:[/] "
@@ -71,9 +78,24 @@ def plan(p, title: str | None = None) -> None:
             say(f"  - {sp.reason}")
         for n in pred.notes:
             console.print(f"  [dim]{n}[/]")
+    if p.split:
+        split_options(p.split)
     for w in p.warnings:
         console.print("[yellow]warning:[/] ", end="")
         say(w)
+
+
+def split_options(d, top: int = 6) -> None:
+    """The split the compiler chose and the best few options it weighed, fastest first."""
+    key = "decode_tokens_per_s" if d.objective == "throughput" else "decode_tokens_per_s_per_request"
+    fits = sorted((o for o in d.options if getattr(o, key) is not None), key=lambda o: -getattr(o, key))
+    t = _table(f"split: {d.chosen} (asked for {d.requested}, by {d.objective}); {len(d.options)} options weighed",
+               [("mode", "left"), ("dies", "right"), ("groups", "left"), "tokens/s"])
+    for o in fits[:top]:
+        t.add_row(o.mode, str(sum(len(g) for g in o.groups)), " | ".join("+".join(g) for g in o.groups),
+                  f"{getattr(o, key):.1f}")
+    console.print(t)
+    say(f"why: {d.reason}")
 
 
 def presets(systems: list[dict], models: list[dict]) -> None:

@@ -217,11 +217,14 @@ def _group_position(plan: Plan, graph: Graph, system: System, pos, nxt: list[str
         need = read / comp / GB if comp > 0 else None
         share = (f"{parts[i]['kv_heads']}/{widths['kv_heads']} KV heads, {parts[i]['mlp_columns']}/"
                  f"{widths['mlp_columns']} MLP columns")
-        reason = (f"{die}: shard {i + 1} of {len(dies)} ({share}); the group's step takes {t * 1e6:.0f} us, "
+        has = rates.bytes_per_s / GB
+        reads = f"reads {read / 1e9:.3g} GB a step at {has:.1f} GB/s"
+        reason = (f"{die}: {bound}-bound shard {i + 1} of {len(dies)} ({share}), {reads}; the group's step takes "
+                  f"{t * 1e6:.0f} us, "
                   f"{coll * 1e6:.0f} us of it in {2 * layers} all-reduces ({gd.algorithm}, "
                   f"{gd.allreduce_s * 1e6:.1f} us each)")
         sps.append(StagePrediction(
             die=die, decode_s=t, prefill_s=float(gp.block_s[s:e].sum()), link_out_s=link, bound=bound,
             compute_utilisation=comp / t if t else 0.0, bandwidth_needed_gb_per_s=need,
-            bandwidth_has_gb_per_s=rates.bytes_per_s / GB, read_bytes_per_step=read, reason=reason))
+            bandwidth_has_gb_per_s=has, read_bytes_per_step=read, reason=reason))
     return t, link, float(gp.block_s[s:e].sum()) + pre_link, float(g1.die_read_bytes[:, s:e].sum()), sps
