@@ -119,13 +119,6 @@ def test_bad_split_and_objective_are_named():
         compile_plan(cfg, system, split="tensor", context=256, prompt_tokens=16)
 
 
-def test_a_shard_plan_is_predicted_but_refused_by_the_runtime():
-    plan = compile_plan(load_model_config("smollm2-135m"), _two_d2d(), "int8", split="tensor", context=256,
-                        prompt_tokens=16)
-    assert plan.prediction.decode_tokens_per_s > 0
-    assert "plan with --split pipeline" in plan.unsupported()
-
-
 # ---- brute force: the chosen plan's predicted objective is the best over every grouping and layer split ----
 
 @st.composite

@@ -345,12 +345,12 @@ def _sharded(plan_dict: dict) -> dict:
     return plan_dict
 
 
-def test_shard_stages_validate_and_are_predicted_but_not_run(tmp_path, plan_dict):
+def test_shard_stages_validate_and_are_predicted(tmp_path, plan_dict):
     f = tmp_path / "p.json"
     f.write_text(json.dumps(_sharded(plan_dict)))
     plan = Plan.load(f)
     assert plan.stages[2].shard.heads == (6, 3)
-    assert plan.unsupported().startswith("shard stages (tensor and hybrid splits) can be planned and predicted")
+    assert plan.unsupported() is None
     pred = predict(plan)
     group = pred.stages[1:3]
     assert group[0].decode_s == group[1].decode_s > 0 and "all-reduces" in group[0].reason

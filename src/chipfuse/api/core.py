@@ -158,9 +158,11 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
                 context: int = 2048, max_batch: int = 4, recipe: str | Path | None = None,
                 quantized: str | Path | None = None, head_precision: str | None = None, kv_precision: str = "fp16",
                 dies: int | None = None, threads: int | None = None, spawn: bool = True, master: str | None = None,
-                startup_timeout_s: float = 300.0, on_status=None):
+                startup_timeout_s: float = 300.0, on_status=None, split: str = "pipeline",
+                objective: str = "throughput"):
     """Compile a plan for a runnable model (the embedded SmolLM2 by default) on a system and start its dies
-    -> `runtime.Device` (one device whatever the number of dies; use it as a context manager)."""
+    -> `runtime.Device` (one device whatever the number of dies; use it as a context manager). `split` as in
+    `plan`; pipeline unless asked, as `chipfuse run` always planned."""
     import time
 
     from ..compile.compiler import compile_plan
@@ -173,7 +175,8 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
     path, cfg = resolve_model(model)
     p = compile_plan(cfg, sysm, fmt, head_precision=head_precision, context=context, batch=max_batch,
                      prompt_tokens=min(512, context), kv_precision=kv_precision, max_dies=dies,
-                     model_source=str(path), quantized_weights=str(quantized) if quantized else None)
+                     model_source=str(path), quantized_weights=str(quantized) if quantized else None,
+                     split=split, objective=objective)
     return Device(p, path, threads=threads, spawn=spawn, master=master, startup_timeout_s=startup_timeout_s,
                   on_status=on_status, started_at=started_at)
 

@@ -283,7 +283,7 @@ class Plan(_M):
         return self.stages[stage_index].recipe()
 
     def unsupported(self) -> str | None:
-        """Why this chipfuse cannot run the plan (shard stages, several models), or None."""
+        """Why this chipfuse cannot run the plan (several models), or None."""
         return unsupported_problem(self)
 
     def to_json(self) -> str:
@@ -502,15 +502,11 @@ def plan_problems(plan: Plan) -> list[str]:
     return out + structure_problems(plan, configs, system)
 
 
-def unsupported_problem(plan: Plan, run: bool = True) -> str | None:
-    """Why this chipfuse cannot run (or, with `run` False, predict) a valid plan, in one line, or None if it can."""
+def unsupported_problem(plan: Plan) -> str | None:
+    """Why this chipfuse cannot predict or run a valid plan, in one line, or None if it can."""
     if len(plan.models) > 1:
         return (f"plans with several models are not supported by this chipfuse yet: models holds {len(plan.models)} "
                 f"({', '.join(m.id for m in plan.models)}); predict and run one model per plan")
-    shard = next((i for i, st in enumerate(plan.stages) if st.kind != "layers"), None)
-    if run and shard is not None:
-        return (f"shard stages (tensor and hybrid splits) can be planned and predicted but not run by this chipfuse "
-                f"yet: stages[{shard}] is kind {plan.stages[shard].kind!r}; plan with --split pipeline to run it")
     return None
 
 

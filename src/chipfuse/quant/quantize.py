@@ -191,6 +191,16 @@ class Codec:
     def unpack(self, t: dict[str, torch.Tensor]) -> Codes:
         raise NotImplementedError
 
+    def take_rows(self, c, idx: torch.Tensor) -> Codes:
+        """The codes of output rows `idx` (a tensor-parallel shard of a column-parallel weight): exact."""
+        raise NotImplementedError
+
+    def take_cols(self, c, start: int, stop: int) -> tuple[Codes, int]:
+        """The codes of input columns [start, stop) (a shard of a row-parallel weight), widened to whole scale
+        groups where the format has them, and how many columns the widening added in front (their inputs
+        must be zero). The values held are exactly the whole weight's."""
+        raise NotImplementedError
+
 
 class Int4Codec(Codec):
     """Grouped 4-bit codes; checkpoints hold them two per byte (`q4`) with FP32 scales and zero points."""
@@ -217,6 +227,15 @@ class Int4Codec(Codec):
         q = unpack_nibbles(t["q4"]).to(torch.int32)
         return QuantizedInt4(q, t["scale"], t["zero"], q.shape[1] // t["scale"].shape[1])
 
+    def take_rows(self, c, idx):
+        return QuantizedInt4(c.q[idx], c.scale[idx], c.zero[idx], c.group)
+
+    def take_cols(self, c, start, stop):
+        g = c.group
+        first, last = start // g, -(-stop // g)
+        return QuantizedInt4(c.q[:, first * g: last * g], c.scale[:, first:last], c.zero[:, first:last], g), \
+            start - first * g
+
 
 class Int8Codec(Codec):
     """Per-output-channel symmetric INT8 codes (`q8`) with FP32 row scales."""
@@ -237,6 +256,12 @@ class Int8Codec(Codec):
 
     def unpack(self, t):
         return QuantizedInt8(t["q8"], t["scale"])
+
+    def take_rows(self, c, idx):
+        return QuantizedInt8(c.q[idx], c.scale[idx])
+
+    def take_cols(self, c, start, stop):
+        return QuantizedInt8(c.q[:, start:stop], c.scale), 0  # the row's scale, from the whole row
 
 
 class FloatCodec(Codec):
@@ -265,6 +290,12 @@ class FloatCodec(Codec):
 
     def unpack(self, t):
         return QuantizedFloat(t["v"], float(t["scale"]))
+
+    def take_rows(self, c, idx):
+        return QuantizedFloat(c.v[idx], c.scale)
+
+    def take_cols(self, c, start, stop):
+        return QuantizedFloat(c.v[:, start:stop], c.scale), 0
 
 
 # One entry per family of quant.formats.FAMILIES (fp8 shares the float codec: a cast and a scale).

@@ -30,7 +30,7 @@ from ..errors import ChipfuseError
 from ..plan.plan import Plan
 
 if TYPE_CHECKING:
-    from .transport import Channel
+    from .transport import Channel, Fanout
 
 
 class DeviceError(ChipfuseError):
@@ -145,7 +145,7 @@ class Executor:
         self.worker_info: list[dict] = []
         self.death: WorkerDeath | None = None  # set by the watchdog when a worker dies on its own
         self.on_death: list[Callable[[WorkerDeath], None]] = []  # called once, from the watchdog thread
-        self.to_first: Channel | None = None
+        self.to_first: Fanout | None = None
         self.from_last: Channel | None = None
         self._launcher: subprocess.Popen | None = None
         self._stopping = False
@@ -211,7 +211,7 @@ class Executor:
 
     def setup(self) -> list[dict]:
         """Send each die the plan; collect what it loaded and check it fits its memory; open the pipeline's ends."""
-        from .transport import Channel, inline_bytes, recv_json, send_json
+        from .transport import Channel, Fanout, inline_bytes, places, recv_json, send_json, tensor_groups
 
         try:
             plan_json = self.plan.model_dump(mode="json", by_alias=True)
@@ -230,10 +230,11 @@ class Executor:
             err = e if isinstance(e, DeviceError) else self.error() or DeviceError(f"workers failed during setup: {e}")
             self.shutdown(graceful=False)  # also leaves the process group: this process may open another Device
             raise err from None
+        self.groups = tensor_groups(self.plan)  # with the workers: making a group is a collective of all ranks
         self.marks["loaded"] = time.time()
-        last = self.world - 1
-        self.to_first = Channel(1, inline_bytes(self.plan, 0, 1))
-        self.from_last = Channel(last, inline_bytes(self.plan, last, 0))
+        host = places(self.plan)[0]
+        self.to_first = Fanout([Channel(r, inline_bytes(self.plan, 0, r)) for r in host.outbox])
+        self.from_last = Channel(host.inbox, inline_bytes(self.plan, host.inbox, 0))
         return self.worker_info
 
     @staticmethod

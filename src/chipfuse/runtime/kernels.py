@@ -156,10 +156,12 @@ class Int4Linear(Linear):
     """Grouped INT4 codes in PyTorch's packed CPU layout, scales and zero points in bfloat16."""
 
     TENSORS = ("packed", "sz")
-    SCALARS = ("kind", "group", "pad", "n_out")
+    SCALARS = ("kind", "group", "pad", "n_out", "lpad")
 
-    def __init__(self, codes: QuantizedInt4, fmt: Format, in_features: int):
-        self.pad = codes.q.shape[1] - in_features  # zero activations meet the padding columns
+    def __init__(self, codes: QuantizedInt4, fmt: Format, in_features: int, lpad: int = 0):
+        # zero activations meet the columns a tensor shard's whole groups add in front (lpad) and the padding
+        self.lpad = lpad
+        self.pad = codes.q.shape[1] - in_features - lpad
         self.packed = torch._convert_weight_to_int4pack_for_cpu(codes.q, 1)
         # kernel layout: [K / group, N, 2] holding (scale, zero) with w = (q - 8) * scale + zero
         self.sz = torch.stack([codes.scale.t(), codes.zero.t()], -1).contiguous().to(torch.bfloat16)
@@ -171,11 +173,13 @@ class Int4Linear(Linear):
 
     def __call__(self, x):
         xb = x.to(torch.bfloat16)
-        if self.pad:
-            xb = F.pad(xb, (0, self.pad))
+        if self.pad or self.lpad:
+            xb = F.pad(xb, (self.lpad, self.pad))
         return torch._weight_int4pack_mm_for_cpu(xb, self.packed, self.group, self.sz).float()
 
     def cpp_spec(self):
+        if self.lpad:
+            raise ValueError("the compiled decode path takes no leading padding (tensor shards run in Python)")
         return (self.kind, self.packed, self.sz, self.group, self.pad, 1.0)
 
 
@@ -280,10 +284,14 @@ KERNELS = {"float": Kernels(DenseLinear, FloatEmbedding), "fp8": Kernels(Fp8Line
 HELD = {c.__name__: c for k in KERNELS.values() for c in (k.linear, k.embedding)}
 
 
-def make_linear(w: torch.Tensor | None, fmt: Format, codes: Codes | None = None, in_features: int = 0) -> Linear:
-    """The layer holding `w` [N, K] in `fmt`: round-to-nearest codes, or `codes` a calibration method chose."""
+def make_linear(w: torch.Tensor | None, fmt: Format, codes: Codes | None = None, in_features: int = 0,
+                lpad: int = 0) -> Linear:
+    """The layer holding `w` [N, K] in `fmt`: round-to-nearest codes, or `codes` a calibration method chose
+    (a tensor shard's, with `lpad` leading columns that meet zero inputs)."""
     codes = quantize(w, fmt) if codes is None else codes
-    return KERNELS[fmt.family].linear(codes, fmt, w.shape[1] if w is not None else in_features)
+    kernel = KERNELS[fmt.family].linear
+    n_in = w.shape[1] if w is not None else in_features
+    return kernel(codes, fmt, n_in, lpad) if lpad else kernel(codes, fmt, n_in)
 
 
 def make_embedding(w: torch.Tensor, fmt: Format) -> Embedding:

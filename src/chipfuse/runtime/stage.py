@@ -17,7 +17,7 @@ from ..errors import ChipfuseError
 from ..frontends.config import ModelConfig
 from ..quant.formats import Format, get_format
 from ..quant.formats import kv_precision as kv_format_name
-from ..quant.quantize import CODECS, held_dtype
+from ..quant.quantize import CODECS, held_dtype, quantize
 from .kernels import HELD, Linear, make_embedding, make_linear, refine_top
 from .weights import wanted_names
 
@@ -31,36 +31,87 @@ class Segment:
     n: int
 
 
-def _linear(w: dict, names: list[str], fmt: Format, quantized: dict) -> Linear:
-    """One kernel for the rows of `names` stacked: from a checkpoint's codes if all are there, else from FP32."""
+@dataclass(frozen=True)
+class ShardSpec:
+    """The part of every layer a tensor-parallel die holds, as [first, count] spans (plan.Shard): whole KV
+    groups with their query heads, a run of MLP columns and, with the head, a run of vocabulary rows."""
+
+    kv_heads: tuple[int, int]
+    mlp_columns: tuple[int, int]
+    vocab: tuple[int, int] | None = None
+
+
+def _codes(w: dict, names: list[str], fmt: Format, quantized: dict):
+    """The codes of the rows of `names` stacked: a checkpoint's if all are there, else round-to-nearest of FP32."""
     if quantized and all(n in quantized for n in names):
         codec = CODECS[fmt.family]
         ts = [quantized[n] for n in names]
         if not all(codec.fits(x, fmt) for x in ts):
             raise ChipfuseError(f"the quantized checkpoint holds codes for {names[0]} that do not match its format "
                                 f"{fmt.name}")
-        return make_linear(None, fmt, codec.cat(ts), in_features=w[names[0]].shape[1])
-    return make_linear(torch.cat([w[n] for n in names]) if len(names) > 1 else w[names[0]], fmt)
+        return codec.cat(ts)
+    return None
+
+
+def _linear(w: dict, names: list[str], fmt: Format, quantized: dict, rows: torch.Tensor | None = None,
+            cols: tuple[int, int] | None = None) -> Linear | None:
+    """One kernel for the rows of `names` stacked, or for a tensor shard of them: output `rows`, or input
+    columns `cols` = (first, count). A shard holds exactly the whole weight's codes (quantized whole, then cut)."""
+    codes = _codes(w, names, fmt, quantized)
+    k = w[names[0]].shape[1]
+    if rows is None and cols is None:
+        if codes is not None:
+            return make_linear(None, fmt, codes, in_features=k)
+        return make_linear(torch.cat([w[n] for n in names]) if len(names) > 1 else w[names[0]], fmt)
+    if codes is None:
+        codes = quantize(torch.cat([w[n] for n in names]) if len(names) > 1 else w[names[0]], fmt)
+    codec = CODECS[fmt.family]
+    if rows is not None:
+        return make_linear(None, fmt, codec.take_rows(codes, rows), in_features=k) if len(rows) else None
+    assert cols is not None
+    if not cols[1]:
+        return None
+    part, lpad = codec.take_cols(codes, cols[0], cols[0] + cols[1])
+    return make_linear(None, fmt, part, in_features=cols[1], lpad=lpad)
+
+
+def _span(first: int, count: int, unit: int, offset: int = 0) -> torch.Tensor:
+    return torch.arange(offset + first * unit, offset + (first + count) * unit)
 
 
 class _Layer:
-    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], i: int, fmt: Format, quantized: dict | None = None):
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], i: int, fmt: Format, quantized: dict | None = None,
+                 shard: ShardSpec | None = None):
         p = f"layers.{i}."
         quantized = quantized or {}
         self.attn_norm = w[p + "attn_norm"].float()
         self.mlp_norm = w[p + "mlp_norm"].float()
-        # fused projections: one kernel call for q, k, v and one for gate, up
-        self.qkv = _linear(w, [p + "q_proj", p + "k_proj", p + "v_proj"], fmt, quantized)
-        biases = [w.get(p + n) for n in ("q_bias", "k_bias", "v_bias")]
-        self.qkv_bias = torch.cat(biases).float() if all(b is not None for b in biases) else None
         self.q_norm = w.get(p + "q_norm")
         self.k_norm = w.get(p + "k_norm")
-        self.o = _linear(w, [p + "o_proj"], fmt, quantized)
-        self.gate_up = _linear(w, [p + "gate_proj", p + "up_proj"], fmt, quantized)
-        self.down = _linear(w, [p + "down_proj"], fmt, quantized)
+        biases = [w.get(p + n) for n in ("q_bias", "k_bias", "v_bias")]
+        qkv_bias = torch.cat(biases).float() if all(b is not None for b in biases) else None
+        qkv, gate_up = [p + "q_proj", p + "k_proj", p + "v_proj"], [p + "gate_proj", p + "up_proj"]
+        if shard is None:
+            # fused projections: one kernel call for q, k, v and one for gate, up
+            self.qkv = _linear(w, qkv, fmt, quantized)
+            self.qkv_bias = qkv_bias
+            self.o = _linear(w, [p + "o_proj"], fmt, quantized)
+            self.gate_up = _linear(w, gate_up, fmt, quantized)
+            self.down = _linear(w, [p + "down_proj"], fmt, quantized)
+            return
+        hd, per = cfg.head_dim, cfg.num_heads // cfg.num_kv_heads
+        (k0, kn), (c0, cn) = shard.kv_heads, shard.mlp_columns
+        rows = torch.cat([_span(k0 * per, kn * per, hd), _span(k0, kn, hd, cfg.q_dim),
+                          _span(k0, kn, hd, cfg.q_dim + cfg.kv_dim)])
+        self.qkv = _linear(w, qkv, fmt, quantized, rows=rows)
+        self.qkv_bias = qkv_bias[rows] if qkv_bias is not None else None
+        self.o = _linear(w, [p + "o_proj"], fmt, quantized, cols=(k0 * per * hd, kn * per * hd))
+        cols = torch.cat([_span(c0, cn, 1), _span(c0, cn, 1, cfg.intermediate_size)])
+        self.gate_up = _linear(w, gate_up, fmt, quantized, rows=cols)
+        self.down = _linear(w, [p + "down_proj"], fmt, quantized, cols=(c0, cn))
 
     def linears(self) -> list[Linear]:
-        return [self.qkv, self.o, self.gate_up, self.down]
+        return [lin for lin in (self.qkv, self.o, self.gate_up, self.down) if lin is not None]
 
 
 class _TiedEmbedding:
@@ -80,8 +131,11 @@ class StageModel:
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], blocks: tuple[int, int], fmt: Format,
                  context: int, kv_precision: str = "fp16", head_fmt: Format | None = None,
-                 layer_formats: dict[int, Format] | None = None, quantized: dict | None = None):
-        self.cfg, self.blocks, self.fmt, self.context = cfg, blocks, fmt, context
+                 layer_formats: dict[int, Format] | None = None, quantized: dict | None = None,
+                 shard: ShardSpec | None = None):
+        """`shard`: hold only this tensor-parallel part of every layer (and of the head's vocabulary); the
+        partial outputs are summed by `reduce` and the logits joined by `gather_vocab`, which the worker sets."""
+        self.cfg, self.blocks, self.fmt, self.context, self.shard = cfg, blocks, fmt, context, shard
         head_fmt = head_fmt or fmt
         start, end = blocks
         last = cfg.num_layers + 1
@@ -93,13 +147,17 @@ class StageModel:
         if missing:
             raise KeyError(f"weights missing for blocks {blocks}: {sorted(missing)[:5]}")
         layer_formats = layer_formats or {}
-        self.layers = [_Layer(cfg, weights, i, layer_formats.get(i, fmt), quantized) for i in self.layer_ids]
+        self.layers = [_Layer(cfg, weights, i, layer_formats.get(i, fmt), quantized, shard) for i in self.layer_ids]
         if self.has_head:
             self.final_norm = weights["final_norm"].float()
-            self.head = make_linear(weights["embed"] if cfg.tied_embeddings else weights["lm_head"], head_fmt)
+            table = weights["embed"] if cfg.tied_embeddings else weights["lm_head"]
+            if shard is not None and shard.vocab is not None:
+                self.head = _linear({"head": table}, ["head"], head_fmt, {}, rows=_span(*shard.vocab, 1))
+            else:
+                self.head = make_linear(table, head_fmt)
         self.embed = None
         if self.has_embedding:
-            if self.has_head and cfg.tied_embeddings and self.head.rows(torch.tensor([0])) is not None:
+            if self.has_head and cfg.tied_embeddings and shard is None and self.head.rows(torch.tensor([0])) is not None:
                 self.embed = _TiedEmbedding(self.head)  # one copy of the table serves both
             else:
                 self.embed = make_embedding(weights["embed"], head_fmt)
@@ -115,10 +173,14 @@ class StageModel:
         ang = torch.outer(torch.arange(context, dtype=torch.float64), inv)
         self.cos = torch.cat([ang.cos(), ang.cos()], -1).float()
         self.sin = torch.cat([ang.sin(), ang.sin()], -1).float()
-        self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
+        kv_heads = cfg.num_kv_heads if self.shard is None else self.shard.kv_heads[1]
+        self.n_kv, self.n_heads = kv_heads, kv_heads * (cfg.num_heads // cfg.num_kv_heads)
+        self.q_dim, self.kv_dim = self.n_heads * cfg.head_dim, self.n_kv * cfg.head_dim
         self.capture = None  # optional callback(layer, input name, tensor): calibration statistics
+        self.reduce = None  # a tensor shard's sum of partial outputs over its group (set by the worker)
+        self.gather_vocab = None  # a tensor shard's join of the group's logits (set by the worker)
         self._fast = None  # the compiled decode path, built on the first one-token step (fastpath.py)
-        self._fast_tried = False
+        self._fast_tried = self.shard is not None  # shards sum between attention and MLP: the Python path
 
     # ---- prepared weights (the packed tensors, for runtime/prepared.py's cache) ----
     def prepared_state(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -150,7 +212,7 @@ class StageModel:
                       fmt: Format, context: int, kv_precision: str = "fp16", head_fmt: Format | None = None) -> StageModel:
         """The stage exactly as `prepared_state` saw it, from its tensors: no dequantizing, no packing."""
         self = cls.__new__(cls)
-        self.cfg, self.blocks, self.fmt, self.context = cfg, blocks, fmt, context
+        self.cfg, self.blocks, self.fmt, self.context, self.shard = cfg, blocks, fmt, context, None
         start, end = blocks
         last = cfg.num_layers + 1
         self.has_embedding, self.has_head = start == 0, end == last + 1
@@ -195,7 +257,7 @@ class StageModel:
 
     def _slot(self, slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if slot not in self.cache:
-            shape = (self.cfg.num_kv_heads, self.context, self.cfg.head_dim)
+            shape = (self.n_kv, self.context, self.cfg.head_dim)
             self.cache[slot] = [(torch.zeros(shape, dtype=self.kv_dtype), torch.zeros(shape, dtype=self.kv_dtype))
                                 for _ in self.layers]
             if self._fast is not None:
@@ -261,23 +323,42 @@ class StageModel:
         """The hidden state out, or the head's logits (each sequence's last token, or every position)."""
         if not self.has_head:
             return x
+        join = self.gather_vocab or (lambda logits: logits)
         if all_logits:
             h = self._norm(x, self.final_norm)
-            return self.head(h)
+            return join(self.head(h))
         ends = torch.tensor([sum(s.n for s in segs[: i + 1]) - 1 for i in range(len(segs))])
         h = self._norm(x[ends], self.final_norm)
-        return refine_top(self.head, h, self.head(h))
+        # a vocabulary shard re-scores its own near-best logits: the group's best is among some shard's
+        return join(refine_top(self.head, h, self.head(h)))
 
     def _layer(self, layer: _Layer, li: int, x: torch.Tensor, rope, segs: list[Segment], caches) -> torch.Tensor:
-        cfg = self.cfg
-        t = x.shape[0]
+        """One transformer layer; a tensor shard sums its partial attention and MLP outputs over its group."""
+        total = self.reduce or (lambda part: part)
         h = self._norm(x, layer.attn_norm)
         if self.capture is not None:
             self.capture(li, "attn_in", h)
+        x = x + total(self._attention(layer, li, h, rope, segs, caches) if layer.qkv is not None else torch.zeros_like(x))
+        h = self._norm(x, layer.mlp_norm)
+        if self.capture is not None:
+            self.capture(li, "mlp_in", h)
+        if layer.gate_up is None:
+            return x + total(torch.zeros_like(x))
+        gu = layer.gate_up(h)
+        inter = gu.shape[1] // 2
+        act = F.silu(gu[:, :inter]) * gu[:, inter:]
+        if self.capture is not None:
+            self.capture(li, "down_in", act)
+        return x + total(layer.down(act))
+
+    def _attention(self, layer: _Layer, li: int, h: torch.Tensor, rope, segs: list[Segment], caches) -> torch.Tensor:
+        """The attention block's output projection (this die's heads only, for a shard) for normed input `h`."""
+        cfg = self.cfg
+        t = h.shape[0]
         qkv = layer.qkv(h)
         if layer.qkv_bias is not None:
             qkv = qkv + layer.qkv_bias
-        nh, nkv = cfg.num_heads, cfg.num_kv_heads
+        nh, nkv = self.n_heads, self.n_kv
         qk = qkv[:, : self.q_dim + self.kv_dim].view(t, nh + nkv, cfg.head_dim)
         v = qkv[:, self.q_dim + self.kv_dim:].view(t, nkv, cfg.head_dim)
         if layer.q_norm is not None:
@@ -301,13 +382,6 @@ class StageModel:
             outs.append(o.transpose(0, 1).reshape(s.n, self.q_dim))
             row += s.n
         attn = outs[0] if len(outs) == 1 else torch.cat(outs)
-        x = x + layer.o(attn)
-        h = self._norm(x, layer.mlp_norm)
-        gu = layer.gate_up(h)
-        inter = gu.shape[1] // 2
-        act = F.silu(gu[:, :inter]) * gu[:, inter:]
         if self.capture is not None:
             self.capture(li, "o_in", attn)
-            self.capture(li, "mlp_in", h)
-            self.capture(li, "down_in", act)
-        return x + layer.down(act)
+        return layer.o(attn)

@@ -138,6 +138,50 @@ class Channel:
         return h, out
 
 
+class Fanout:
+    """The same message to every die of the next pipeline position (a tensor group takes its input whole)."""
+
+    def __init__(self, channels: list[Channel]):
+        self.channels = channels
+
+    def send(self, h: Header, payload: torch.Tensor | None = None) -> None:
+        for ch in self.channels:
+            ch.send(h, payload)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a rank sits in the plan's pipeline: whom it hears from, whom it feeds, and its tensor group."""
+
+    inbox: int  # the rank whose output this rank takes (0: the host)
+    outbox: tuple[int, ...]  # the ranks it sends its output to (empty for a group member that is not the leader)
+    group: tuple[int, ...]  # its tensor group's ranks (just itself for a layers stage)
+
+
+def places(plan) -> dict[int, Place]:
+    """Every rank's place (rank k runs stage k-1; rank 0 is the host, which feeds the first position and hears
+    from the last one's leader): a position's first die (its leader) passes the output on."""
+    from ..plan.plan import stage_positions
+
+    positions = [[i + 1 for i, _ in pos] for pos in stage_positions(plan.stages)]
+    out = {0: Place(positions[-1][0], tuple(positions[0]), (0,))}
+    for j, ranks in enumerate(positions):
+        sender = positions[j - 1][0] if j else 0
+        nxt = tuple(positions[j + 1]) if j + 1 < len(positions) else (0,)
+        for r in ranks:
+            out[r] = Place(sender, nxt if r == ranks[0] else (), tuple(ranks))
+    return out
+
+
+def tensor_groups(plan) -> dict[tuple[int, ...], object]:
+    """A torch.distributed process group per tensor group of the plan. Every rank, the host included, must
+    call this at the same point: making a group is itself a collective of the whole world."""
+    groups = {}
+    for place in sorted({p.group for p in places(plan).values() if len(p.group) > 1}):
+        groups[place] = dist.new_group(list(place))
+    return groups
+
+
 def inline_bytes(plan, src: int, dst: int) -> int:
     """Inline payload room for the hop src -> dst (ranks: 0 host, k stage k-1), from the plan."""
     cfg = plan.model.config

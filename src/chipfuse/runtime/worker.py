@@ -27,7 +27,7 @@ from ..frontends.config import ModelConfig
 from ..plan.plan import Plan
 from ..quant.formats import get_format
 from . import prepared
-from .stage import StageModel
+from .stage import ShardSpec, StageModel
 from .transport import (
     FORWARD,
     FREE,
@@ -36,10 +36,13 @@ from .transport import (
     SHUTDOWN,
     TOKENS,
     Channel,
+    Fanout,
     Header,
     inline_bytes,
+    places,
     recv_json,
     send_json,
+    tensor_groups,
 )
 from .weights import open_weights, wanted_names
 
@@ -156,7 +159,7 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
     head_fmt = get_format(stage.head_format) if stage.head_format else None
     blocks = tuple(stage.blocks)
 
-    def build() -> StageModel:
+    def build(shard: ShardSpec | None = None) -> StageModel:
         """Dequantize this stage's blocks from the model file and pack them (the slow, cold path)."""
         weights = open_weights(setup["weights"], cfg).load(wanted_names(cfg, range(*blocks)))
         quantized = None
@@ -165,28 +168,36 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
 
             quantized = load_quantized(plan.quantized_weights, set(wanted_names(cfg, range(*blocks))))
         return StageModel(cfg, weights, blocks, fmt, plan.workload.context, plan.workload.kv_precision, head_fmt,
-                          layer_formats=layers, quantized=quantized)
+                          layer_formats=layers, quantized=quantized, shard=shard)
 
-    model, cache = prepared.stage(setup["weights"], cfg, blocks, fmt, head_fmt, layers, plan.quantized_weights,
-                                  plan.workload.context, plan.workload.kv_precision, build)
+    shard = ShardSpec(stage.shard.kv_heads, stage.shard.mlp_columns, stage.shard.vocab) if stage.shard else None
+    if shard is None:
+        model, cache = prepared.stage(setup["weights"], cfg, blocks, fmt, head_fmt, layers, plan.quantized_weights,
+                                      plan.workload.context, plan.workload.kv_precision, build)
+    else:  # the prepared cache keys whole stages; a shard is cut from the whole weights each start
+        model, cache = build(shard), "off"
+    place = places(plan)[rank]
+    groups = tensor_groups(plan)
+    if shard is not None:
+        _join_group(model, groups[place.group])
     marks["weights"] = time.time()
     model._compiled()  # load the compiled decode path now, not inside the first generated token
     marks["fastpath"] = time.time()
     send_json({"rank": rank, "die": stage.die, "resident_weight_bytes": model.resident_weight_bytes(),
                "load_s": time.perf_counter() - t0, "cache": cache, "marks": marks, "pid": os.getpid()}, 0)
-    prev, nxt = rank - 1, (rank + 1) % world
-    inbox = Channel(prev, inline_bytes(plan, prev, rank))
-    outbox = Channel(nxt, inline_bytes(plan, rank, nxt))
+    inbox = Channel(place.inbox, inline_bytes(plan, place.inbox, rank))
+    outbox = Fanout([Channel(r, inline_bytes(plan, rank, r)) for r in place.outbox])  # empty unless it leads
+    to_host = place.outbox == (0,)
     while True:
         h, payload = inbox.recv()
         if h.cmd == SHUTDOWN:
-            if nxt != 0:
+            if not to_host:
                 outbox.send(h)
             break
         if h.cmd == FREE:
             for s in h.segs:
                 model.free(s.slot)
-            if nxt != 0:
+            if not to_host:
                 outbox.send(h)
             continue
         if h.route:  # a backward pass or a collective: the header can say so, this worker cannot do it yet
@@ -198,6 +209,29 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
                 out, kind = out.argmax(-1), TOKENS
             outbox.send(Header(FORWARD, h.mb, h.segs, kind, out.shape[-1], greedy=h.greedy), out)
     dist.destroy_process_group()
+
+
+def _join_group(model: StageModel, group) -> None:
+    """Give a tensor shard its collectives: partial outputs summed over the group, logits joined in vocabulary
+    order (the shards' row counts differ, so each pads to the largest and the padding is cut)."""
+    size = dist.get_world_size(group)
+
+    def reduce(part: torch.Tensor) -> torch.Tensor:
+        part = part.contiguous()
+        dist.all_reduce(part, group=group)
+        return part
+
+    def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
+        n = torch.tensor([logits.shape[-1]], dtype=torch.int64)
+        counts = [torch.zeros_like(n) for _ in range(size)]
+        dist.all_gather(counts, n, group=group)
+        widest = max(int(c) for c in counts)
+        padded = torch.nn.functional.pad(logits.contiguous(), (0, widest - logits.shape[-1]))
+        parts = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(parts, padded, group=group)
+        return torch.cat([p[..., : int(c)] for p, c in zip(parts, counts)], -1)
+
+    model.reduce, model.gather_vocab = reduce, gather_vocab
 
 
 def main(argv: list[str] | None = None) -> None:

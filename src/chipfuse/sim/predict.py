@@ -67,7 +67,7 @@ def _check_plan(plan: Plan, system: System):
         bad = structure_problems(plan, configs, system, same_system=False)
     if bad:
         raise ChipfuseError("cannot predict an invalid plan:\n" + "\n".join("  " + b for b in bad))
-    why = unsupported_problem(plan, run=False)
+    why = unsupported_problem(plan)
     if why:
         raise ChipfuseError(f"cannot predict this plan: {why}")
     return configs[plan.model.id]

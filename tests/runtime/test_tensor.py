@@ -1,0 +1,132 @@
+"""Tensor and hybrid plans on the dies: the reference's greedy tokens, exact FP32 logits, clear failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from chipfuse.api import open_device
+from chipfuse.compile.compiler import compile_plan
+from chipfuse.frontends import load_model_config
+from chipfuse.hw.load import load_system
+from chipfuse.runtime.device import DeviceError
+from chipfuse.runtime.reference import greedy, reference_for_plan
+from chipfuse.runtime.stage import Segment, ShardSpec, StageModel
+from chipfuse.runtime.weights import open_weights, wanted_names
+from tests.conftest import make_system
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_gguf):
+    plan = compile_plan(load_model_config(smollm2_gguf), load_system("talk-medium-d2d"), "int4", context=256,
+                        batch=2, prompt_tokens=32)
+    model = reference_for_plan(smollm2_gguf, plan)
+    from chipfuse.runtime.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_gguf)
+    ids = [tok.encode(p, add_special_tokens=False) for p in PROMPTS]
+    return ids, [greedy(model, i, 12) for i in ids]
+
+
+@pytest.mark.parametrize("dies,split", [(2, "tensor"), (3, "tensor"), (4, "tensor"), (4, "hybrid")])
+def test_tensor_and_hybrid_plans_give_the_reference_tokens(smollm2_gguf, reference, dies, split):
+    """SmolLM2's 3 KV heads over 2 and 4 dies are uneven shards; 3 dies get one KV group each."""
+    ids, want = reference
+    system = make_system(dies, topology="star")
+    with open_device(system, smollm2_gguf, "int4", context=256, max_batch=2, split=split) as dev:
+        kinds = [st.kind for st in dev.plan.stages]
+        assert "shard" in kinds and (split == "tensor") == (len(set(tuple(st.shard.group) for st in dev.plan.stages
+                                                                         if st.shard)) == 1 and "layers" not in kinds)
+        got = []
+        for prompt in ids:
+            g = dev.submit(prompt, 12, stop_ids=set())
+            list(g)
+            got.append(g.tokens)
+        for r in dev.memory_report():  # a die holds its shard only, as much as the plan says
+            assert r["resident_weight_bytes"] == pytest.approx(r["plan_weight_bytes"], rel=0.01)
+    assert got == want
+
+
+def _shards(path, cfg, spans, fmt):
+    """In-process shards of the whole model, summing through a barrier: the collectives without processes."""
+    from chipfuse.quant.formats import get_format
+
+    w = open_weights(path, cfg).load(wanted_names(cfg, range(cfg.num_layers + 2)))
+    models = [StageModel(cfg, w, (0, cfg.num_layers + 2), get_format(fmt), 64, "fp32", get_format(fmt),
+                         shard=ShardSpec(kv, cols, voc)) for kv, cols, voc in spans]
+    n = len(models)
+    barrier, parts, out = threading.Barrier(n), [None] * n, [None]
+
+    def hooks(i):
+        def reduce(part):
+            parts[i] = part
+            if barrier.wait() == 0:
+                out[0] = sum(parts[1:], parts[0].clone())
+            barrier.wait()
+            return out[0].clone()
+
+        def gather(logits):
+            parts[i] = logits
+            barrier.wait()
+            joined = torch.cat(list(parts), -1)
+            barrier.wait()
+            return joined
+        return reduce, gather
+
+    for i, m in enumerate(models):
+        m.reduce, m.gather_vocab = hooks(i)
+    return models
+
+
+def test_fp32_shards_give_the_whole_models_logits(smollm2_gguf):
+    from chipfuse.quant.formats import get_format
+    from chipfuse.runtime.device import resolve_model
+
+    path, cfg = resolve_model(smollm2_gguf)
+    cfg = cfg.model_copy(update={"num_layers": 4})
+    w = open_weights(path, cfg).load(wanted_names(cfg, range(cfg.num_layers + 2)))
+    whole = StageModel(cfg, w, (0, cfg.num_layers + 2), get_format("fp32"), 64, "fp32", get_format("fp32"))
+    spans = [((0, 2), (0, 1024), (0, 20000)), ((2, 1), (1024, 512), (20000, 29152))]  # uneven: 2 + 1 KV groups
+    shards = _shards(path, cfg, spans, "fp32")
+    ids = torch.tensor([1, 504, 3458, 2476, 281, 253, 1744])
+    want = whole.forward(ids, [Segment(0, 0, len(ids))], all_logits=True)
+    got = [None, None]
+
+    def run(i):
+        got[i] = shards[i].forward(ids, [Segment(0, 0, len(ids))], all_logits=True)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for g in got:
+        assert ((g - want).abs().max() / want.abs().max()).item() < 1e-4
+
+
+def test_killed_worker_in_a_tensor_group_is_a_clear_error(smollm2_gguf):
+    dev = open_device(make_system(3, topology="star"), smollm2_gguf, "int4", context=512, max_batch=1,
+                      split="tensor")
+    procs = list(dev._procs)
+    it = iter(dev.submit("Tell me a very long story about the sea.", 400, stop_ids=set()))
+    for _ in range(3):
+        next(it)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError) as e:
+        for _ in it:
+            pass
+    assert time.monotonic() - t0 < 30  # a bound against hanging, not a speed goal
+    assert "die1" in str(e.value) and "signal 9" in str(e.value)
+    dev.close()
+    for p in procs:
+        assert p.wait(timeout=10) is not None
