@@ -233,16 +233,15 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     usable = order[:max_dies or len(order)]  # a tensor group may have more dies than the model has blocks
     k = min(len(order), max_dies or len(order), graph.n_blocks)
     order = order[:k]
-    prob = _Problem(graph, system, order, recipe, wl)
     decision = None
     if split == "pipeline" and objective == "throughput":
-        stages = _pipeline_stages(graph, system, prob, model, order, wl, fmt)
+        stages = _pipeline_stages(graph, system, _Problem(graph, system, order, recipe, wl), model, order, wl, fmt)
     else:
         kvb = _kv_element_bytes(wl.kv_precision)
         best, bounds, cands = search(graph, system, usable, recipe, wl, kvb, split, objective)
         if best is None:
-            if split in ("auto", "pipeline"):
-                raise _fit_error(prob, model, system, wl, len(dies))
+            if split in ("auto", "pipeline"):  # what the smallest fitting change would be, as for a pipeline
+                raise _fit_error(_Problem(graph, system, order, recipe, wl), model, system, wl, len(dies))
             raise FitError(f"{model.name} does not fit {system.name} with a {split} split at {recipe.name}: "
                            + "; ".join(f"{c.label}: {c.problem}" for c in cands[:4])
                            + ("" if cands else f" (a {split} split needs at least 2 dies)"))
