@@ -18,7 +18,7 @@ from chipfuse.errors import ChipfuseError, FitError, SpecError
 from chipfuse.frontends import load_model_config
 from chipfuse.hw.load import load_system, parse_system
 from chipfuse.ir.llm import build_llm_graph
-from chipfuse.plan.plan import Plan
+from chipfuse.plan.plan import Plan, stage_positions
 from chipfuse.quant.formats import Recipe
 from chipfuse.sim.predict import predict
 from tests.conftest import BASE
@@ -148,7 +148,8 @@ def instances(draw):
     d["host"]["ports"] = [{"kind": "pcie", "gen": 3, "lanes": 4, "count": 4}]
     layers = draw(st.integers(1, 3))
     objective = draw(st.sampled_from(["latency", "throughput"]))
-    return parse_system(d, "random"), layers, objective, draw(st.sampled_from(["int4", "int8"]))
+    return parse_system(d, "random"), layers, objective, draw(st.sampled_from(["int4", "int8"])), \
+        draw(st.sampled_from([1, 1, 2, 3]))
 
 
 def _objective(plan: Plan, objective: str) -> float:
@@ -193,9 +194,9 @@ def _brute_force(cfg, system, precision: str, objective: str, kw: dict) -> float
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_auto_split_is_the_best_of_every_grouping_and_layer_split(inst):
-    system, layers, objective, precision = inst
+    system, layers, objective, precision, batch = inst
     cfg = load_model_config("smollm2-135m").model_copy(update={"num_layers": layers})
-    kw = {"context": 64, "batch": 1, "prompt_tokens": 8}
+    kw = {"context": 64, "batch": batch, "prompt_tokens": 8}
     want = _brute_force(cfg, system, precision, objective, kw)
     try:
         plan = compile_plan(cfg, system, precision, split="auto", objective=objective, **kw)
@@ -203,4 +204,8 @@ def test_auto_split_is_the_best_of_every_grouping_and_layer_split(inst):
         assert want is None
         return
     assert want is not None
+    # the search's own figure for its choice is the predictor's
+    groups = [[st.die for _, st in pos] for pos in stage_positions(plan.stages)]
+    option = next(o for o in plan.split.options if o.groups == groups)
+    assert option.decode_tokens_per_s == pytest.approx(plan.prediction.decode_tokens_per_s, rel=1e-9)
     assert _objective(plan, objective) == pytest.approx(want, rel=1e-9)

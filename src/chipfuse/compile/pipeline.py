@@ -24,7 +24,10 @@ class Split:
 
 
 def _dp(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
-        combine: str, limit: float = INF) -> tuple[float, list[tuple[int, int]]] | None:
+        combine: str, limit: float = INF, overlap: bool = False) -> tuple[float, list[tuple[int, int]]] | None:
+    """The best split by `combine` (max or sum of stage costs, work plus link) among those whose every stage
+    costs at most `limit`; with `overlap` the limit applies to max(work, link) (a link sending one micro-batch
+    while the stage works on the next)."""
     m, k = time.shape
     tc = np.vstack([np.zeros(k), np.cumsum(time, axis=0)])  # (m+1, k)
     mem = mem if mem.ndim == 2 else np.repeat(mem[:, None], k, axis=1)
@@ -36,8 +39,10 @@ def _dp(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
         for e in range(j + 1, m - (k - 1 - j) + 1):
             s = np.arange(j, e)
             prev = best[j, s]
-            cost = tc[e, j] - tc[s, j] + extra[j]
-            ok = (mc[e, j] - mc[s, j] <= cap[j] * (1 + 1e-12) + 1e-9) & (cost <= limit) & np.isfinite(prev)
+            work = tc[e, j] - tc[s, j]
+            cost = work + extra[j]
+            load = np.maximum(work, extra[j]) if overlap else cost
+            ok = (mc[e, j] - mc[s, j] <= cap[j] * (1 + 1e-12) + 1e-9) & (load <= limit) & np.isfinite(prev)
             if not ok.any():
                 continue
             cand = np.maximum(prev, cost) if combine == "max" else prev + cost
@@ -78,6 +83,54 @@ def split_pipeline(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np
     if total is None:
         total = sum(float(time[s:e, j].sum() + extra[j]) for j, (s, e) in enumerate(bounds))
     return Split(bounds, bottleneck, total)
+
+
+EXACT_CELLS = 64  # blocks x positions up to which `split_cycle` searches every bottleneck exactly
+
+
+def split_cycle(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray, micro: int,
+                fixed_s: float) -> tuple[float, list[tuple[int, int]]] | None:
+    """The split that minimises the predictor's step with `micro` micro-batches in flight:
+    max(fixed_s + sum of work and links, micro x the slowest max(work, link)). Exact on small problems
+    (every candidate bottleneck, by bisection: the sum only falls as the bottleneck allowed grows);
+    on large ones the better of the two-pass split and the least-sum split."""
+    time, extra, mem, cap = (np.asarray(a, dtype=float) for a in (time, extra, mem, cap))
+    m, k = time.shape
+    if m < k:
+        return None
+
+    def cycle(bounds: list[tuple[int, int]]) -> float:
+        work = [float(time[s:e, j].sum()) for j, (s, e) in enumerate(bounds)]
+        return max(fixed_s + sum(work) + float(extra.sum()), micro * max(max(w, x) for w, x in zip(work, extra)))
+
+    if k == 1:  # one position holds everything
+        res = _dp(time, extra, mem, cap, "sum")
+        return None if res is None else (cycle(res[1]), res[1])
+    if m * k > EXACT_CELLS:
+        found = [split_pipeline(time, extra, mem, cap, o) for o in ("throughput", "latency")]
+        fits = [f.bounds for f in found if f is not None]
+        return min(((cycle(b), b) for b in fits), default=None)
+    tc = np.vstack([np.zeros(k), np.cumsum(time, axis=0)])
+    limits = sorted({max(float(tc[e, j] - tc[s, j]), float(extra[j]))
+                     for j in range(k) for s in range(m) for e in range(s + 1, m + 1)})
+    best: tuple[float, list[tuple[int, int]]] | None = None
+    lo, hi = 0, len(limits) - 1
+    while lo <= hi:  # the least limit at which micro x limit reaches the least sum allowed by it
+        mid = (lo + hi) // 2
+        res = _dp(time, extra, mem, cap, "sum", limits[mid] * (1 + 1e-12) + 1e-15, overlap=True)
+        if res is not None:
+            c = cycle(res[1])
+            best = (c, res[1]) if best is None or c < best[0] else best
+        if res is None or fixed_s + res[0] > micro * limits[mid]:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    for i in (lo - 1, lo):  # the crossing's neighbours
+        if 0 <= i < len(limits):
+            res = _dp(time, extra, mem, cap, "sum", limits[i] * (1 + 1e-12) + 1e-15, overlap=True)
+            if res is not None and (best is None or cycle(res[1]) < best[0]):
+                best = (cycle(res[1]), res[1])
+    return best
 
 
 def min_max_memory(mem: np.ndarray, k: int) -> tuple[float, list[tuple[int, int]]]:

@@ -21,7 +21,7 @@ from ..quant.formats import Recipe
 from ..sim.collectives import gather_to_host_s, hand_over_s, scatter_from_host_s
 from ..sim.perf import die_rates, die_recipe, host_in_bytes
 from ..sim.tensor import group_kv_bytes, group_step, group_weight_bytes
-from .pipeline import split_pipeline
+from .pipeline import split_cycle
 from .tensor import group_parts, groupings, mode_of, normalised_memory, spans
 
 SPLITS = ("auto", "pipeline", "tensor", "hybrid")
@@ -56,7 +56,7 @@ class _Grouping:
 
     def __init__(self, graph: Graph, system: System, groups: list[list[str]], recipe: Recipe, wl: WorkloadSpec,
                  kv_element_bytes: float, cache: dict):
-        self.graph, self.system, self.groups = graph, system, groups
+        self.graph, self.system, self.groups, self.batch = graph, system, groups, wl.batch
         n = len(groups)
         self.micro = min(wl.batch, n)
         self.seqs = math.ceil(wl.batch / self.micro)
@@ -93,17 +93,19 @@ class _Grouping:
             else:
                 self.extra[j] = gather_to_host_s(system, [(d, 4.0 * self.seqs * p["vocab"])
                                                          for d, p in zip(pos.dies, pos.parts)])
-        self.extra[0] += scatter_from_host_s(system, groups[0], host_in_bytes(self.seqs))
+        self.scatter_s = scatter_from_host_s(system, groups[0], host_in_bytes(self.seqs))
 
     def best(self, objective: str, host_s: float) -> tuple[float, float, list[tuple[int, int]]] | None:
-        """(aggregate tokens/s, per-request tokens/s, block ranges) of the best split, or None if none fits."""
-        # with one micro-batch the step is the sum of the positions, whatever the objective
-        split = split_pipeline(self.time, self.extra, self.mem, np.ones(len(self.groups)),
-                               "latency" if self.micro == 1 else objective)
-        if split is None:
+        """(aggregate tokens/s, per-request tokens/s, block ranges) of the best split, or None if none fits.
+
+        The figures are the predictor's for those ranges: one round trip (token ids in, every position and
+        its link, the host's per-token work), or the slowest position's work or link once per micro-batch."""
+        found = split_cycle(self.time, self.extra, self.mem, np.ones(len(self.groups)), self.micro,
+                            self.scatter_s + host_s * self.seqs)
+        if found is None:
             return None
-        cycle = max(split.total_s + host_s * self.seqs, self.micro * split.bottleneck_s)
-        return self.seqs * self.micro / cycle, 1 / cycle, split.bounds
+        cycle, bounds = found
+        return self.batch / cycle, 1 / cycle, bounds
 
 
 def search(graph: Graph, system: System, order: list[str], recipe: Recipe, wl: WorkloadSpec, kv_element_bytes: float,
