@@ -1,6 +1,7 @@
 """System files: presets load and cite their numbers; wrong files get a clear error."""
 
 import copy
+from typing import Literal, get_origin
 
 import pytest
 import yaml
@@ -36,7 +37,7 @@ def test_every_number_in_a_preset_cites_a_source_or_says_assumed():
         data = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
         sources = data.get("sources", {})
         for path in _numeric_paths(data):
-            if path.startswith(("links", "schema_version", "packages")) or ".ports" in path:
+            if path.startswith(("links", "schema_version", "packages", "boards")) or ".ports" in path:
                 continue
             clean = path.split("[")[0]
             assert any(clean == k or clean.startswith(k + ".") for k in sources), f"{name}: {path} has no source"
@@ -288,15 +289,16 @@ def test_every_number_field_has_a_finite_range():
     """A new number field must get a unit suffix with a range (UNIT_RANGES) or an explicit upper bound."""
     from annotated_types import Le, Lt
 
-    from chipfuse.hw import spec
+    from chipfuse.hw import compact, spec
 
-    for model in vars(spec).values():
+    for model in [*vars(spec).values(), *vars(compact).values()]:
         if not (isinstance(model, type) and issubclass(model, spec.Strict) and model is not spec.Strict):
             continue
         for name, f in model.model_fields.items():
             if not numeric_annotation(f.annotation) or name == "schema_version":
                 continue
-            bounded = unit_range(name) is not None or any(isinstance(m, (Le, Lt)) for m in f.metadata)
+            bounded = (unit_range(name) is not None or any(isinstance(m, (Le, Lt)) for m in f.metadata)
+                       or get_origin(f.annotation) is Literal)
             assert bounded, f"{model.__name__}.{name} has no upper bound; add a unit suffix or le="
     assert all(lo > 0 and hi < 1e10 for _, lo, hi, _ in UNIT_RANGES)
 

@@ -35,7 +35,7 @@ def _spec_fields() -> list[str]:
     """Every field name of the system models: candidates for 'did you mean'."""
     from . import spec
 
-    names: set[str] = set()
+    names: set[str] = {"boards"}  # the compact form's key (hw/compact.py suggests within it)
     for model in (spec.System, spec.HostSoC, spec.DieType, spec.DRAM, spec.Link, spec.Die, spec.CPU,
                   spec.HostTraffic, spec.Port, spec.Package, spec.DieMemory, spec.SharedMemory, spec.NVM, spec.DiePower):
         names.update(model.model_fields)

@@ -1,7 +1,9 @@
 """The hardware description: host SoC, NPU dies, links, packages and topology.
 
 A system file is YAML validated by these pydantic models (see docs/hardware.md). Numbers a
-user writes carry their unit in the field name; the properties convert to SI.
+user writes carry their unit in the field name; the properties convert to SI. The compact forms
+(`boards`, and packages of N identical dies) are expanded into the ordinary fields before
+validation (hw/compact.py), so a loaded System always holds the long form.
 """
 
 from __future__ import annotations
@@ -21,13 +23,24 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from .dram import DRAM_RATE_MTPS, die_read_bytes_per_s, peak_bandwidth_bytes_per_s
-from .links import PCIE_LANES, USB_BYTES_PER_S, link_defaults
+from .links import (
+    ETHERNET_BITS_PER_S,
+    ETHERNET_PORT_SPEED,
+    PCIE_LANES,
+    USB_BYTES_PER_S,
+    WIFI_PORT_GEN,
+    LinkKind,
+    link_defaults,
+    port_kind,
+)
+from .routing import relay_graph, relayed_path, usb_hub_uplinks
 
 GiB = 1024**3
 GB = 1e9
@@ -228,17 +241,26 @@ class CPU(Strict):
 
 
 class Port(Strict):
-    """A port the host offers for attaching dies."""
+    """A port the host offers for attaching dies (or boards, through a network switch)."""
 
-    kind: Literal["pcie", "usb", "d2d"]
+    kind: Literal["pcie", "usb", "d2d", "ethernet", "wifi"]
     gen: int | None = Field(None, ge=1, le=5, description="PCIe generation")
     lanes: int | None = Field(None, ge=1, le=16, description="PCIe lanes: 1, 2, 4, 8 or 16")
     usb: Literal["usb3.2-gen1", "usb3.2-gen2", "usb3.2-gen2x2", "usb4"] | None = None
+    ethernet: Literal["1g", "2.5g", "10g"] | None = Field(
+        None, description="fastest Ethernet speed the port takes; links at the host may not exceed it")
+    wifi: Literal["wifi-5", "wifi-6"] | None = Field(
+        None, description="newest Wi-Fi generation the radio speaks; links at the host may not exceed it")
     count: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Port:
         _check_kind_fields(self.kind, self.gen, self.lanes, self.usb)
+        if self.kind != "ethernet" and self.ethernet is not None:
+            raise ValueError(f"'ethernet' names an Ethernet speed; remove it from this {self.kind} entry "
+                             f"(or set kind: ethernet)")
+        if self.kind != "wifi" and self.wifi is not None:
+            raise ValueError(f"'wifi' names a Wi-Fi generation; remove it from this {self.kind} entry (or set kind: wifi)")
         return self
 
 
@@ -331,6 +353,27 @@ def _check_kind_fields(kind: str, gen: int | None, lanes: int | None, usb: str |
         raise ValueError(f"'usb' names a USB generation; remove it from this {kind} entry (or set kind: usb)")
 
 
+def _check_network_speed(kind: str, used: list[Link], ports: list[Port]) -> None:
+    """An Ethernet or Wi-Fi link at the host may not be faster than the fastest port of its kind
+    (checked only when every such port states its speed)."""
+    stated: list[str | None]
+    if kind == "ethernet":
+        stated = [p.ethernet for p in ports]
+        rank = {"1g": 1.0, "2.5g": 2.5, "10g": 10.0}
+        link_speed = ETHERNET_PORT_SPEED
+    else:
+        stated = [p.wifi for p in ports]
+        rank = {"wifi-5": 5.0, "wifi-6": 6.0}
+        link_speed = {k: k for k in WIFI_PORT_GEN}
+    if not stated or any(x is None for x in stated):
+        return
+    best = max((x for x in stated if x is not None), key=rank.__getitem__)
+    for lk in used:
+        if rank[link_speed[lk.kind]] > rank[best]:
+            raise ValueError(f"link {lk.kind} at the host is faster than its fastest {kind} port ({best}); "
+                             f"use a slower link kind or add a faster port to host.ports")
+
+
 class Die(Strict):
     name: str
     type: str = Field(description="a key of die_types")
@@ -340,8 +383,9 @@ class Link(Strict):
     """A physical link between two nodes (host, a die or a switch); full duplex."""
 
     between: tuple[str, str]
-    kind: Literal["d2d-package", "d2d-pcb", "pcie", "usb", "on-chip"] = Field(
-        description="on-chip: the compute engine is part of the host SoC itself (a real monolithic device)")
+    kind: LinkKind = Field(
+        description="on-chip: the compute engine is part of the host SoC itself (a real monolithic device); "
+                    "ethernet-1g/-2.5g/-10g: TCP over IEEE 802.3; wifi-5/-6: TCP over a 2x2 802.11ac/ax link")
     gen: int | None = Field(None, ge=1, le=5, description="PCIe generation 1-5")
     lanes: int | None = Field(None, ge=1, le=16, description="PCIe lanes: 1, 2, 4, 8 or 16")
     usb: Literal["usb3.2-gen1", "usb3.2-gen2", "usb3.2-gen2x2", "usb4"] | None = None
@@ -384,6 +428,10 @@ class Link(Strict):
             return f"PCIe{self.gen}x{self.lanes}"
         if self.kind == "usb":
             return self.usb or "usb"
+        if self.kind in ETHERNET_BITS_PER_S:
+            return f"{ETHERNET_BITS_PER_S[self.kind] / 1e9:g}GbE"
+        if self.kind in WIFI_PORT_GEN:
+            return f"Wi-Fi {WIFI_PORT_GEN[self.kind]}"
         return self.kind.upper()
 
     def transfer_s(self, nbytes: float) -> float:
@@ -396,6 +444,25 @@ class Package(Strict):
     dies: list[str]
     substrate: Literal["organic-2d", "interposer-2.5d"] = "organic-2d"
     cost_usd: float | None = Field(None, ge=0)
+
+
+MAX_CACHED_ROUTES = 1 << 16  # a split search asks for a few thousand (a, b, bytes) routes
+
+
+class RouteCache(dict[tuple[str, str, float], tuple[str, ...]]):
+    """Routes already found, by (from, to, bytes). It is a memo of the graph, not part of the system:
+    two systems are equal whatever their caches hold, and a deep copy starts empty."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RouteCache)
+
+    def __ne__(self, other: object) -> bool:
+        return not isinstance(other, RouteCache)
+
+    __hash__ = None  # type: ignore[assignment]  # a dict: unhashable
+
+    def __deepcopy__(self, memo: dict) -> RouteCache:
+        return RouteCache()
 
 
 class System(Strict):
@@ -411,6 +478,15 @@ class System(Strict):
     links: list[Link] = Field([], max_length=4096)
     packages: list[Package] = Field([], max_length=256)
     sources: dict[str, str] = Field(default_factory=dict, description="field path -> citation or 'assumed'")
+    _routes: RouteCache = PrivateAttr(default_factory=RouteCache)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_compact(cls, data: Any) -> Any:
+        """`boards` and packages of `count` identical dies become ordinary dies, links, switches and packages."""
+        from .compact import expand_compact, uses_compact_forms
+
+        return expand_compact(data) if uses_compact_forms(data) else data
 
     @model_validator(mode="after")
     def _check_graph(self) -> System:
@@ -450,6 +526,7 @@ class System(Strict):
         unreachable = [n for n in names if n not in reached]
         if unreachable:
             raise ValueError(f"dies not connected to the host: {', '.join(unreachable)}; add links")
+        self._usb_uplinks  # noqa: B018 - finds the USB hubs' upstream ports; refuses an ambiguous one
         self._check_ports()
         self._check_shared_bandwidth()
         over = self.shared_capacity_overflow_bytes()
@@ -470,8 +547,8 @@ class System(Strict):
     def _check_ports(self) -> None:
         """Host links must fit the ports the host SoC offers."""
         host_links = [lk for lk in self.links if HOST in lk.between]
-        for kind in ("pcie", "usb"):
-            used = [lk for lk in host_links if lk.kind == kind]
+        for kind in ("pcie", "usb", "ethernet", "wifi"):
+            used = [lk for lk in host_links if port_kind(lk.kind) == kind]
             ports = [p for p in self.host.ports if p.kind == kind]
             if used and not ports:
                 raise ValueError(f"the host has no {kind} port but links use one; add it to host.ports or change the link")
@@ -482,6 +559,8 @@ class System(Strict):
                     best = max(ports, key=lambda p: ((p.gen or 0), (p.lanes or 0)))
                     raise ValueError(f"link PCIe gen{lk.gen} x{lk.lanes} exceeds the host's ports "
                                      f"(best: gen{best.gen} x{best.lanes}); lower gen or lanes")
+            if used and kind in ("ethernet", "wifi"):
+                _check_network_speed(kind, used, ports)
         if any(lk.kind == "d2d-package" or lk.kind == "d2d-pcb" for lk in host_links) and not any(p.kind == "d2d" for p in self.host.ports):
             raise ValueError("a D2D link reaches the host, but the host offers no d2d port (existing SoCs have none: use pcie or usb)")
 
@@ -503,6 +582,16 @@ class System(Strict):
         return g
 
     @cached_property
+    def _usb_uplinks(self) -> dict[str, str]:
+        """Each USB hub (a switch whose links are all USB) -> the neighbour on its upstream port."""
+        return usb_hub_uplinks(self.graph, HOST)
+
+    @cached_property
+    def _relay_graph(self) -> nx.DiGraph:
+        """The directed routing graph in which USB hubs forward only up to the host or down from it."""
+        return relay_graph(self.graph, self._usb_uplinks)
+
+    @cached_property
     def _type_of(self) -> dict[str, str]:
         return {d.name: d.type for d in self.dies}
 
@@ -519,10 +608,29 @@ class System(Strict):
         return [d.name for d in self.dies]
 
     def route_nodes(self, a: str, b: str, nbytes: float) -> list[str]:
-        """Nodes a transfer of `nbytes` passes from a to b on the quickest path, both ends included."""
+        """Nodes a transfer of `nbytes` passes from a to b on the quickest path, both ends included.
+
+        A USB hub forwards only between its upstream port and its downstream ports, so a transfer
+        between two USB devices goes up to the host and back down (the hub appears twice). Routes are
+        remembered per (a, b, nbytes) on this system; each call returns a new list."""
         if a == b:
             return [a]
-        return nx.shortest_path(self.graph, a, b, weight=lambda u, v, e: e["latency_s"] + nbytes * e["inv_bw"])
+        key = (a, b, nbytes)
+        found = self._routes.get(key)
+        if found is None:
+            def weight(u: Any, v: Any, e: dict) -> float:
+                return e["latency_s"] + nbytes * e["inv_bw"]
+
+            uplinks = self._usb_uplinks
+            if uplinks:
+                path = relayed_path(self._relay_graph, uplinks, a, b, weight)
+            else:
+                path = nx.shortest_path(self.graph, a, b, weight=weight)
+            found = tuple(path)
+            if len(self._routes) >= MAX_CACHED_ROUTES:
+                self._routes.clear()
+            self._routes[key] = found
+        return list(found)
 
     def route(self, a: str, b: str, nbytes: float) -> list[Link]:
         """The links a transfer of `nbytes` takes from a to b: the quickest path."""
