@@ -22,6 +22,7 @@ from .core import (
                    run,
                    this_host_prediction,
 )
+from .explain import plot_scaling, scaling, trace
 from .progress import Progress, Silent
 from .quantize import mixed_precision, quantize_report
 from .results import (
@@ -33,9 +34,13 @@ from .results import (
                    ProbeReport,
                    QuantizeReport,
                    RunResult,
+                   ScalingReport,
+                   ScalingRow,
+                   TraceResult,
 )
 
 __all__ = ["alias_of", "calibrate", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
            "required_bandwidth_bytes_per_s", "run", "this_host_prediction", "mixed_precision", "quantize_report",
+           "trace", "scaling", "plot_scaling",
            "Progress", "Silent", "CalibrationReport", "FormatAccuracy", "LayerSensitivity", "MixedReport",
-           "PresetList", "ProbeReport", "QuantizeReport", "RunResult"]
+           "PresetList", "ProbeReport", "QuantizeReport", "RunResult", "ScalingReport", "ScalingRow", "TraceResult"]

@@ -185,16 +185,16 @@ def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SA
         max_tokens: int = 64, precision: str | None = None, context: int = 2048, temperature: float = 0.0,
         top_k: int = 0, top_p: float = 1.0, seed: int | None = None, raw: bool = False, host=None,
         recipe: str | Path | None = None, quantized: str | Path | None = None, on_status=lambda m: None,
-        on_device=lambda device: None, on_text=lambda piece: None) -> RunResult:
+        on_device=lambda device: None, on_text=lambda piece: None, split: str = "pipeline") -> RunResult:
     """Answer one prompt on the dies: plan (batch 1), start the workers, stream the answer (`on_text` gets each
     piece), stop them, and set the measured speed beside the model's prediction for this host (`host`: a
-    probe's system, else measured). `on_device(device)` is called once the dies are up."""
+    probe's system, else measured). `on_device(device)` is called once the dies are up; `split` as in `plan`."""
     if not (isinstance(max_tokens, int) and 1 <= max_tokens < context):
         raise ChipfuseError(f"--max-tokens {max_tokens!r}: give 1..{context - 1} (at least one token of the "
                             f"--context {context} is the prompt)")
     sysm = system if not isinstance(system, (str, Path)) else load_system(system)
     dev = open_device(sysm, model, precision, context=context, max_batch=1, recipe=recipe, quantized=quantized,
-                      on_status=on_status)
+                      on_status=on_status, split=split)
     if host is not None:
         try:
             _check_probe(host, len(dev.plan.stages))  # before the answer, not after it

@@ -148,3 +148,83 @@ class PresetList:
 
     def to_json(self) -> dict:
         return {"systems": list(self.systems), "models": list(self.models)}
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """`trace`: a plan's prefill and decode step laid out in time (Chrome / Perfetto JSON), and their lengths."""
+
+    path: Path | None  # where the trace-event JSON was written (None: not written)
+    title: str
+    ttft_s: float  # the prefill's length: the prediction's time to first token
+    decode_step_s: float  # the decode step's length: the prediction's decode_step_s
+    round_trip_s: float  # one micro-batch around the pipeline (the step itself when one is in flight)
+    micro_batches: int
+    events: int  # trace events in the JSON
+    bottleneck: str  # what the decode step is spent on most, in words
+    shares: tuple[tuple[str, float], ...]  # seconds of the decode step per category
+    notes: tuple[str, ...]
+    trace: object  # sim.trace.Trace
+
+    def gantt(self, width: int = 60) -> list:
+        """The decode step as text bars (sim.trace.GanttRow): one per die, then the links and the host."""
+        from ..sim.trace import gantt
+
+        return gantt(self.trace.decode, width)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ScalingRow:
+    """One point of `scaling`: the first `dies` dies of the system, split as `mode` (None figures: does not fit)."""
+
+    dies: int  # dies offered: the first k of the compiler's route order
+    mode: str  # pipeline, tensor or hybrid
+    groups: tuple[tuple[str, ...], ...]  # the plan's pipeline positions (a die, or a tensor group), () if none
+    decode_tokens_per_s: float | None  # aggregate over the batch
+    decode_tokens_per_s_per_request: float | None
+    ttft_s: float | None
+    decode_step_s: float | None
+    efficiency: float | None  # tokens/s / (dies x tokens/s of the baseline per die)
+    bottleneck: str | None  # weights bandwidth, compute, link latency, link bandwidth or host
+    bottleneck_share: float | None  # of the decode step
+    bottleneck_words: str | None
+    reason: str | None  # the predictor's words for the slowest position's first die
+    shares: tuple[tuple[str, float], ...] = ()  # seconds of the decode step per bottleneck category
+    prefill_bottleneck: str | None = None  # what the time to first token is spent on most, in words
+    problem: str | None = None  # why it does not fit
+
+    @property
+    def used_dies(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+
+@dataclass(frozen=True)
+class ScalingReport:
+    """`scaling`: predicted speed for 1..N dies of a system and each split mode, with the bottleneck in words."""
+
+    model: str
+    system: str
+    precision: str
+    objective: str
+    context: int
+    batch: int
+    prompt_tokens: int
+    baseline_dies: int | None  # efficiency is relative to this many dies (1 if one die holds the model)
+    baseline_tokens_per_s: float | None  # the fastest fitting plan on baseline_dies
+    rows: tuple[ScalingRow, ...]
+    notes: tuple[str, ...] = ()  # the predictor's notes on these plans, each once
+
+    def row(self, dies: int, mode: str) -> ScalingRow | None:
+        return next((r for r in self.rows if r.dies == dies and r.mode == mode), None)
+
+    def best(self) -> ScalingRow | None:
+        """The fastest fitting point (aggregate tokens/s; on a tie the fewest dies)."""
+        fits = [r for r in self.rows if r.decode_tokens_per_s is not None]
+        return max(fits, key=lambda r: (r.decode_tokens_per_s, -r.dies), default=None)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "system": self.system, "precision": self.precision,
+                "objective": self.objective, "context": self.context, "batch": self.batch,
+                "prompt_tokens": self.prompt_tokens, "baseline_dies": self.baseline_dies,
+                "baseline_tokens_per_s": self.baseline_tokens_per_s, "notes": list(self.notes),
+                "rows": [{**asdict(r), "groups": [list(g) for g in r.groups]} for r in self.rows]}

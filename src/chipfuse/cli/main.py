@@ -114,9 +114,11 @@ def plan(
                                            "(every layer sharded over the dies) or hybrid (tensor groups in a pipeline)"),
     objective: str = typer.Option("throughput", help="what auto maximises: throughput (tokens/s over the batch) "
                                                      "or latency (tokens/s of one request)"),
+    trace: Optional[Path] = typer.Option(None, help="write the prefill and one decode step as a Chrome/Perfetto "
+                                                    "trace (JSON) here, and show the step as text bars per die"),
 ):
     """Split a model over a system's dies and predict its speed."""
-    _writable(json_path)
+    _writable(json_path, trace)
     _note_alias(model)
     p = api.plan(model, system, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
                  kv_precision=kv_precision, dies=dies, strict=strict, recipe=recipe, quantized=quantized,
@@ -126,9 +128,40 @@ def plan(
     if need is not None:
         render.say(f"{target_tokens_per_s:g} tokens/s reads {need / 1e9:.1f} GB/s at batch 1 "
                    f"({p.prediction.bytes_read_per_token / 1e9:.2f} GB per token x {target_tokens_per_s:g})")
+    if trace:
+        render.gantt(api.trace(p, trace))
     if json_path:
         p.save(json_path)
         render.say(f"plan written to {json_path}")
+
+
+@app.command()
+@friendly
+def scale(
+    model: str = typer.Option(..., "--model", "-m", help="catalogue name, config.json path or .gguf path"),
+    system: str = typer.Option(..., "--system", "-s", help=SYSTEM_HELP),
+    precision: Optional[str] = typer.Option(None, help="weight format (default int4)"),
+    context: int = typer.Option(4096, help="tokens per sequence the KV cache must hold"),
+    batch: int = typer.Option(1, help="concurrent sequences (at least 1)"),
+    prompt_tokens: int = typer.Option(512, help="prompt length in tokens for time to first token"),
+    kv_precision: str = typer.Option("fp16", help="KV-cache element format: fp32, fp16 or bf16"),
+    objective: str = typer.Option("throughput", help="what each mode's plan maximises: throughput or latency"),
+    modes: str = typer.Option("pipeline,tensor,hybrid", help="split modes to compare, comma-separated"),
+    dies: Optional[int] = typer.Option(None, help="go up to this many dies (default: all of the system's)"),
+    plot: Optional[Path] = typer.Option(None, help="write a PNG of tokens/s against dies here"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the table as JSON here"),
+):
+    """Will another die help? Predicted speed on 1..N dies for each split mode, with efficiency and bottleneck."""
+    _writable(plot, json_path)
+    _note_alias(model)
+    with Steps() as prog:
+        rep = api.scaling(model, system, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
+                          kv_precision=kv_precision, objective=objective, modes=modes, dies=dies, progress=prog)
+    render.scaling(rep)
+    if plot:
+        render.say(f"plot written to {api.plot_scaling(rep, plot)}")
+    if json_path:
+        _write_json(json_path, rep.to_json())
 
 
 @app.command()
@@ -236,6 +269,7 @@ def run(
     recipe: Optional[Path] = typer.Option(None, help=RECIPE_HELP),
     quantized: Optional[Path] = typer.Option(None, help=QUANTIZED_HELP),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write plan, text and measured/predicted speed here"),
+    split: str = typer.Option("pipeline", help="pipeline, tensor, hybrid or auto: how the dies share the model"),
 ):
     """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed."""
     import signal
@@ -254,7 +288,7 @@ def run(
     with status("compiling the plan and starting the dies...") as st:
         res = api.run(system, model, prompt, max_tokens=max_tokens, precision=precision, context=context,
                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, raw=raw, host=host, recipe=recipe,
-                      quantized=quantized, on_status=st.update, on_device=started,
+                      quantized=quantized, on_status=st.update, on_device=started, split=split,
                       on_text=lambda piece: console.print(piece, end="", markup=False, highlight=False))
     console.print()
     render.run_speed(res)

@@ -179,3 +179,66 @@ def probe(rep) -> None:
     say(f"streaming {rep.bandwidth_gb_per_s:.1f} GB/s, int4 kernel {rep.int4_kernel_gb_per_s:.1f} GB/s; "
         f"TOPS {rep.tops}; per-layer cost {rep.layer_overhead_s * 1e6:.0f} us; "
         f"hop {rep.hop_latency_s * 1e6:.0f} us, {rep.hop_gb_per_s:.2f} GB/s")
+
+
+GANTT_WORDS = {"compute": "compute", "collective": "all-reduce", "transfer": "transfer", "host": "host", "wait": "waiting"}
+
+
+def gantt(res, width: int = 60) -> None:
+    """`trace`: one decode step as a text bar per die (then the links and the host), with each one's totals."""
+    from ..sim.trace import GANTT_CHARS
+
+    say(f"one decode step ({fmt_duration(res.decode_step_s)}), one character = "
+        f"{fmt_duration(res.decode_step_s / width)}: "
+        + "  ".join(f"{GANTT_CHARS[k]} {GANTT_WORDS[k]}" for k in GANTT_CHARS))
+    rows = res.gantt(width)
+    pad = max(len(r.label) for r in rows)
+    for r in rows:
+        totals = ", ".join(f"{GANTT_WORDS[k]} {fmt_duration(s)}" for k, s in r.seconds) or "idle"
+        say(f"  {r.label:>{pad}} |{r.bar}| {totals}")
+    say(f"bottleneck: {res.bottleneck}")
+    for n in res.notes:
+        console.print(f"  [dim]{n}[/]", highlight=False)
+    if res.path:
+        say(f"trace of the prefill ({fmt_duration(res.ttft_s)}) and this step written to {res.path} "
+            f"({res.events} events): open it in https://ui.perfetto.dev or chrome://tracing")
+
+
+def _shares(shares) -> str:
+    """The categories taking a tenth of the step or more, largest first: "weights bandwidth 70%, link latency 16%"."""
+    total = sum(s for _, s in shares) or 1.0
+    big = sorted(((k, s) for k, s in shares if s >= 0.1 * total), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {100 * s / total:.0f}%" for k, s in big)
+
+
+def scaling(rep) -> None:
+    """`scaling`: one row per die count and split mode, with efficiency and bottleneck, then the best point."""
+    base = (f"efficiency: tokens/s over k x the {rep.baseline_dies}-die figure" if rep.baseline_dies == 1 else
+            f"one die does not hold the model: efficiency relative to {rep.baseline_dies} dies "
+            f"(tokens/s x {rep.baseline_dies} / (k x theirs))" if rep.baseline_dies else "nothing fits")
+    t = _table(f"will another die help? {rep.model} on {rep.system} at {rep.precision}",
+               ["dies", ("mode", "left"), ("uses", "left"), "decode tokens/s", "efficiency",
+                ("decode step goes to", "left"), ("TTFT: prefill goes to", "left")],
+               caption=f"context {rep.context} x batch {rep.batch}, prompt {rep.prompt_tokens} tokens; {base}")
+    last = None
+    for r in rep.rows:
+        if last is not None and r.dies != last:
+            t.add_section()
+        last = r.dies
+        if r.decode_tokens_per_s is None:
+            t.add_row(str(r.dies), r.mode, "-", "does not fit", "-", "-", "-")
+            continue
+        rate = f"{r.decode_tokens_per_s:.1f}" + (f" ({r.decode_tokens_per_s_per_request:.1f}/req)"
+                                                 if rep.batch > 1 else "")
+        t.add_row(str(r.dies), r.mode, " | ".join("+".join(g) for g in r.groups), rate,
+                  f"{100 * r.efficiency:.0f}%" if r.efficiency is not None else "-", _shares(r.shares),
+                  f"{fmt_duration(r.ttft_s)}: {r.prefill_bottleneck.split(':')[0]}")
+    console.print(t)
+    best = rep.best()
+    if best is not None:
+        say(f"fastest: {best.mode} on {best.used_dies} die(s) at {best.decode_tokens_per_s:.1f} tokens/s; "
+            f"{best.bottleneck_words}")
+    for n in rep.notes:
+        console.print(f"  [dim]{n}[/]", highlight=False)
+    if any(r.problem for r in rep.rows):
+        say("'does not fit': `chipfuse plan --split MODE --dies K` says which die overflows and what would fit")

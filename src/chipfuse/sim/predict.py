@@ -96,7 +96,7 @@ def _first_problem(err: Exception) -> str:
     return str(err)
 
 
-def _parts(graph: Graph, stage) -> dict[str, int]:
+def shard_parts(graph: Graph, stage) -> dict[str, int]:
     """A stage's part of each shard axis (everything for a layers stage)."""
     widths = graph.shard_widths
     sh = stage.shard
@@ -191,7 +191,7 @@ def _group_position(plan: Plan, graph: Graph, system: System, pos, nxt: list[str
     wl = plan.workload
     dies = [st.die for _, st in pos]
     recipes = [plan.stage_recipe(i) for i, _ in pos]
-    parts = [_parts(graph, st) for _, st in pos]
+    parts = [shard_parts(graph, st) for _, st in pos]
     s, e = pos[0][1].blocks
     gd = group_step(graph, system, dies, parts, recipes, dec, kv_element_bytes)
     gp = group_step(graph, system, dies, parts, recipes, pre, kv_element_bytes)

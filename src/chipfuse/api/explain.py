@@ -1,0 +1,168 @@
+"""Why a plan is as fast as it is: its timeline (a Chrome / Perfetto trace) and how it scales with more dies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ChipfuseError
+from .progress import Progress, Silent
+from .results import ScalingReport, ScalingRow, TraceResult
+
+MODES = ("pipeline", "tensor", "hybrid")
+MIN_DIES = {"pipeline": 1, "tensor": 2, "hybrid": 3}  # fewer dies and the mode is one of the others (or none)
+
+
+def trace(plan, path: str | Path | None = None, system=None) -> TraceResult:
+    """Lay a plan's prefill and decode step out in time, as the performance model sees them, and write it to
+    `path` as Chrome trace-event JSON (open it in ui.perfetto.dev or chrome://tracing) -> `TraceResult`.
+
+    The timeline adds up the predictor's own figures, so the decode step is `plan.prediction.decode_step_s`
+    long and the prefill `ttft_s`. `system`: predict on another system than the plan's (a name, path or System)."""
+    from ..hw.spec import System
+    from ..io import write_text_atomic
+    from ..sim.trace import bottleneck, build_trace, to_chrome
+
+    sysm = None if system is None else (system if isinstance(system, System) else _load_system(system))
+    tr = build_trace(plan, system=sysm)
+    doc = to_chrome(tr)
+    if path is not None:
+        write_text_atomic(path, json.dumps(doc) + "\n")
+    return TraceResult(Path(path) if path is not None else None, tr.title, tr.prefill.length_s, tr.decode.length_s,
+                       tr.round_trip_s, tr.micro_batches, len(doc["traceEvents"]),
+                       bottleneck(dict(tr.decode.shares)).words, tr.decode.shares, tr.notes, tr)
+
+
+def _load_system(name_or_path):
+    from .core import load_system
+
+    return load_system(name_or_path)
+
+
+def scaling(model, system, precision: str | None = None, *, context: int = 4096, batch: int = 1,
+            prompt_tokens: int = 512, kv_precision: str = "fp16", objective: str = "throughput",
+            modes=MODES, dies: int | None = None, progress: Progress | None = None) -> ScalingReport:
+    """Will another die help? For k = 1..N dies (the first k the compiler routes through; N = `dies` or all) and
+    each split mode, plan with at most k dies in that mode and predict -> `ScalingReport`: decode tokens/s,
+    time to first token, scaling efficiency (tokens/s / (k x one die's)) and the bottleneck in words.
+
+    A mode appears where it differs from the others: tensor from 2 dies, hybrid from 3. A point that does not
+    fit is a row with `problem` set. Where one die cannot hold the model, efficiency is relative to the
+    smallest die count that can (`baseline_dies`)."""
+    from ..compile.compiler import compile_plan
+    from ..errors import FitError
+    from ..frontends.config import ModelConfig
+    from ..hw.spec import System
+
+    modes = _modes(modes)
+    sysm = system if isinstance(system, System) else _load_system(system)
+    cfg = model if isinstance(model, ModelConfig) else _load_model(model)
+    n = len(sysm.die_names)
+    if dies is not None and (isinstance(dies, bool) or not isinstance(dies, int) or not 1 <= dies <= n):
+        raise ChipfuseError(f"--dies {dies!r}: give 1..{n} ({sysm.name} has {n} dies)")
+    points = [(k, m) for k in range(1, (dies or n) + 1) for m in modes if k >= MIN_DIES[m]]
+    progress = progress or Silent()
+    progress.start(len(points), f"planning {cfg.name} on 1..{dies or n} dies of {sysm.name}")
+    plans: dict[tuple[int, str], object] = {}
+    problems: dict[tuple[int, str], str] = {}
+    fmt = None
+    for k, mode in points:
+        progress.describe(f"{k} die(s), {mode}")
+        try:
+            p = compile_plan(cfg, sysm, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
+                             kv_precision=kv_precision, max_dies=k, split=mode, objective=objective,
+                             model_source=str(model) if not isinstance(model, ModelConfig) else cfg.name)
+            plans[k, mode] = p
+            fmt = fmt or p.precision
+        except FitError as err:
+            problems[k, mode] = str(err).splitlines()[0]
+        progress.advance()
+    base_k, base = _baseline(plans)
+    rows = tuple(_row(k, m, plans.get((k, m)), problems.get((k, m)), base_k, base) for k, m in points)
+    notes = _notes([n for p in plans.values() for n in p.prediction.notes])
+    return ScalingReport(cfg.name, sysm.name, fmt or (precision or "int4"), objective, context, batch, prompt_tokens,
+                         base_k, base, rows, notes)
+
+
+def _notes(notes: list[str]) -> tuple[str, ...]:
+    """The predictor's notes on the plans, each once: notes differing only in their counts become one, counts
+    left out ("2 micro-batches in flight" and "4 micro-batches in flight": "micro-batches in flight")."""
+    import re
+
+    seen: dict[str, set[str]] = {}
+    for n in notes:
+        seen.setdefault(re.sub(r"\d+", "#", n), set()).add(n)
+    return tuple(next(iter(v)) if len(v) == 1 else re.sub(r"\d+ ", "", next(iter(v)), count=1) for v in seen.values())
+
+
+def _load_model(spec):
+    from .core import load_model
+
+    return load_model(spec)
+
+
+def _modes(modes) -> tuple[str, ...]:
+    """The split modes asked for (a list, or a comma-separated string), each known, in the usual order."""
+    asked = [m.strip() for m in (modes.split(",") if isinstance(modes, str) else modes) if m.strip()]
+    bad = [m for m in asked if m not in MODES]
+    if bad or not asked:
+        raise ChipfuseError(f"--modes {','.join(asked) or repr(modes)}: choose among {', '.join(MODES)}")
+    return tuple(m for m in MODES if m in asked)
+
+
+def _baseline(plans: dict) -> tuple[int | None, float | None]:
+    """The fewest dies any fitting plan uses (1 where one die holds the model) and the fastest plan there."""
+    if not plans:
+        return None, None
+    k = min(k for k, _ in plans)
+    return k, max(p.prediction.decode_tokens_per_s for (kk, _), p in plans.items() if kk == k)
+
+
+def _row(k: int, mode: str, plan, problem: str | None, base_k: int | None, base: float | None) -> ScalingRow:
+    """A point of the scaling table: the plan's figures, efficiency and bottleneck (or why it does not fit)."""
+    from ..plan.plan import stage_positions
+    from ..sim.trace import bottleneck, build_trace
+
+    if plan is None:
+        return ScalingRow(k, mode, (), None, None, None, None, None, None, None, None, None, problem=problem)
+    pred = plan.prediction
+    tr = build_trace(plan)
+    neck = bottleneck(dict(tr.decode.shares))
+    groups = tuple(tuple(st.die for _, st in pos) for pos in stage_positions(plan.stages))
+    eff = pred.decode_tokens_per_s * base_k / (k * base) if base else None
+    slowest = max(pred.stages, key=lambda sp: sp.decode_s + sp.link_out_s)
+    return ScalingRow(k, mode, groups, pred.decode_tokens_per_s, pred.decode_tokens_per_s_per_request, pred.ttft_s,
+                      pred.decode_step_s, eff, neck.kind, neck.share, neck.words, slowest.reason, tr.decode.shares,
+                      bottleneck(dict(tr.prefill.shares)).words)
+
+
+def plot_scaling(report: ScalingReport, path: str | Path) -> Path:
+    """A PNG of `report`: decode tokens/s against dies, one line per split mode, and ideal scaling from the
+    baseline (dashed). Written atomically; returns the path."""
+    from matplotlib.figure import Figure
+
+    from ..io import write_atomic
+
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    ax = fig.add_subplot()
+    top = max((r.dies for r in report.rows), default=1)
+    styles = {"pipeline": ("o", "tab:blue"), "tensor": ("s", "tab:orange"), "hybrid": ("^", "tab:green")}
+    for mode in MODES:
+        pts = [(r.dies, r.decode_tokens_per_s) for r in report.rows if r.mode == mode and r.decode_tokens_per_s]
+        if pts:
+            marker, colour = styles[mode]
+            ax.plot(*zip(*pts), marker=marker, color=colour, label=mode)
+    if report.baseline_tokens_per_s and report.baseline_dies:
+        ks = list(range(report.baseline_dies, top + 1))
+        ax.plot(ks, [report.baseline_tokens_per_s * k / report.baseline_dies for k in ks], "--", color="grey",
+                label=f"ideal ({report.baseline_dies} die{'s' if report.baseline_dies > 1 else ''} x k)")
+    ax.set_xticks(range(1, top + 1))
+    ax.set_xlabel("dies (the first k of the system)")
+    ax.set_ylabel("decode tokens/s" + (f" (batch {report.batch}, aggregate)" if report.batch > 1 else ""))
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{report.model} on {report.system} at {report.precision}", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return Path(path)
