@@ -130,3 +130,12 @@ def test_killed_worker_in_a_tensor_group_is_a_clear_error(smollm2_gguf):
     dev.close()
     for p in procs:
         assert p.wait(timeout=10) is not None
+
+
+def test_run_with_a_tensor_split_answers_and_says_why_it_predicts_nothing_here():
+    from chipfuse import api
+
+    res = api.run(make_system(2, topology="star"), max_tokens=12, split="tensor")
+    assert "Paris" in res.text and all(st.kind == "shard" for st in res.plan.stages)
+    assert res.predicted_decode_tokens_per_s is None and "take turns" in res.note
+    assert res.to_json()["predicted"]["decode_tokens_per_s"] is None

@@ -210,9 +210,18 @@ def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SA
             on_text(piece)
         memory = tuple(dev.memory_report())
     n_prompt = len(gen.req.prompt)
+    if any(st.shard for st in dev.plan.stages):
+        return RunResult(dev.plan, prompt, n_prompt, gen.text, tuple(gen.tokens), gen.finish_reason, gen.ttft_s,
+                         gen.decode_tokens_per_s, None, None, memory, TENSOR_HERE)
     pred = this_host_prediction(dev.plan, n_prompt, host, on_status)
     return RunResult(dev.plan, prompt, n_prompt, gen.text, tuple(gen.tokens), gen.finish_reason, gen.ttft_s,
                      gen.decode_tokens_per_s, pred.ttft_s, pred.decode_tokens_per_s, memory)
+
+
+# why `run` predicts no speed for a tensor split on this machine
+TENSOR_HERE = ("no prediction for this host: `chipfuse probe` describes emulated dies that take turns on this "
+               "machine's cores, while a tensor group's dies run at once on them (and in Python, without the "
+               "compiled decode path), so the model's figure would not describe this run")
 
 
 def presets() -> PresetList:

@@ -127,9 +127,10 @@ class RunResult:
     finish_reason: str
     ttft_s: float | None
     decode_tokens_per_s: float | None
-    predicted_ttft_s: float
-    predicted_decode_tokens_per_s: float
+    predicted_ttft_s: float | None  # None where the model does not describe this host's run (see `note`)
+    predicted_decode_tokens_per_s: float | None
     memory: tuple[dict, ...]
+    note: str = ""
 
     def to_json(self) -> dict:
         return {"plan": self.plan.model_dump(mode="json", by_alias=True), "prompt": self.prompt, "text": self.text,

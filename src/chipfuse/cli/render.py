@@ -170,8 +170,10 @@ def run_speed(res) -> None:
                "(same plan)", ["", "measured here", "predicted here", "measured / predicted"])
     for name, m, p in (("time to first token (s)", res.ttft_s, res.predicted_ttft_s),
                        ("decode tokens/s", res.decode_tokens_per_s, res.predicted_decode_tokens_per_s)):
-        t.add_row(name, f"{m:.3f}" if m else "-", f"{p:.3f}", f"{m / p:.2f}" if m else "-")
+        t.add_row(name, f"{m:.3f}" if m else "-", f"{p:.3f}" if p else "-", f"{m / p:.2f}" if m and p else "-")
     console.print(t)
+    if res.note:
+        say(res.note)
     console.print(f"[dim]{len(res.tokens)} tokens generated ({res.finish_reason}), prompt {res.prompt_tokens} tokens[/]")
 
 
