@@ -14,27 +14,14 @@ from chipfuse.api import open_device
 from chipfuse.errors import FitError
 from chipfuse.hw.load import load_system, parse_system
 from chipfuse.runtime.device import DeviceError
-from chipfuse.runtime.reference import greedy, reference_for_plan
+from tests.runtime.conftest import reference_tokens
 
 pytestmark = pytest.mark.slow
-
-PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
-
 
 @pytest.fixture(scope="module")
 def reference(smollm2_gguf):
     """Single-process greedy tokens at the runtime's default precision (int4 layers, int8 head)."""
-    from chipfuse.compile.compiler import compile_plan
-    from chipfuse.frontends import load_model_config
-
-    plan = compile_plan(load_model_config(smollm2_gguf), load_system("talk-medium-d2d"), "int4", context=512,
-                        batch=4, prompt_tokens=64)
-    model = reference_for_plan(smollm2_gguf, plan)
-    from chipfuse.runtime.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(smollm2_gguf)
-    ids = [tok.encode(p, add_special_tokens=False) for p in PROMPTS]
-    return ids, [greedy(model, i, 20) for i in ids]
+    return reference_tokens(smollm2_gguf, 20, context=512, batch=4)
 
 
 @pytest.mark.parametrize("system,dies", [("talk-medium-d2d", None), ("talk-heavy-2die-d2d", None),

@@ -11,30 +11,17 @@ import pytest
 import torch
 
 from chipfuse.api import open_device
-from chipfuse.compile.compiler import compile_plan
-from chipfuse.frontends import load_model_config
-from chipfuse.hw.load import load_system
 from chipfuse.runtime.device import DeviceError
-from chipfuse.runtime.reference import greedy, reference_for_plan
 from chipfuse.runtime.stage import Segment, ShardSpec, StageModel
 from chipfuse.runtime.weights import open_weights, wanted_names
 from tests.conftest import make_system
+from tests.runtime.conftest import reference_tokens
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
-
-
 @pytest.fixture(scope="module")
 def reference(smollm2_gguf):
-    plan = compile_plan(load_model_config(smollm2_gguf), load_system("talk-medium-d2d"), "int4", context=256,
-                        batch=2, prompt_tokens=32)
-    model = reference_for_plan(smollm2_gguf, plan)
-    from chipfuse.runtime.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(smollm2_gguf)
-    ids = [tok.encode(p, add_special_tokens=False) for p in PROMPTS]
-    return ids, [greedy(model, i, 12) for i in ids]
+    return reference_tokens(smollm2_gguf, 12, context=256, batch=2)
 
 
 @pytest.mark.parametrize("dies,split", [(2, "tensor"), (3, "tensor"), (4, "tensor"), (4, "hybrid")])
