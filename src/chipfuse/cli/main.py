@@ -113,7 +113,8 @@ def plan(
     split: str = typer.Option("auto", help="auto (the fastest of the others), pipeline (layer ranges), tensor "
                                            "(every layer sharded over the dies) or hybrid (tensor groups in a pipeline)"),
     objective: str = typer.Option("throughput", help="what auto maximises: throughput (tokens/s over the batch) "
-                                                     "or latency (tokens/s of one request)"),
+                                                     "or latency (tokens/s of one request); today's model ranks "
+                                                     "splits alike by both (each sequence gains a token a step)"),
     trace: Optional[Path] = typer.Option(None, help="write the prefill and one decode step as a Chrome/Perfetto "
                                                     "trace (JSON) here, and show the step as text bars per die"),
 ):

@@ -95,8 +95,9 @@ class _Grouping:
                                                          for d, p in zip(pos.dies, pos.parts)])
         self.scatter_s = scatter_from_host_s(system, groups[0], host_in_bytes(self.seqs))
 
-    def best(self, objective: str, host_s: float) -> tuple[float, float, list[tuple[int, int]]] | None:
-        """(aggregate tokens/s, per-request tokens/s, block ranges) of the best split, or None if none fits.
+    def best(self, host_s: float) -> tuple[float, float, list[tuple[int, int]]] | None:
+        """(aggregate tokens/s, per-request tokens/s, block ranges) of the split with the shortest step (the best
+        by either objective: aggregate is batch / step, per request 1 / step), or None if none fits.
 
         The figures are the predictor's for those ranges: one round trip (token ids in, every position and
         its link, the host's per-token work), or the slowest position's work or link once per micro-batch."""
@@ -122,7 +123,7 @@ def search(graph: Graph, system: System, order: list[str], recipe: Recipe, wl: W
         if len(groups) > graph.n_blocks:
             continue
         g = _Grouping(graph, system, groups, recipe, wl, kv_element_bytes, cache)
-        res = g.best(objective, system.host.overhead_per_token_s)
+        res = g.best(system.host.overhead_per_token_s)
         key = tuple(tuple(x) for x in groups)
         if res is None:
             cands.append(Candidate(mode, key, None, None, "does not fit the dies' memory"))
