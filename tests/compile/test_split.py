@@ -115,8 +115,10 @@ def test_bad_split_and_objective_are_named():
         compile_plan(cfg, system, split="diagonal")
     with pytest.raises(SpecError, match="--objective 'joy'"):
         compile_plan(cfg, system, objective="joy")
-    with pytest.raises(FitError, match="needs at least 2 dies"):
+    with pytest.raises(SpecError, match="--split tensor needs at least 2 dies .*talk-medium-d2d offers 1"):
         compile_plan(cfg, system, split="tensor", context=256, prompt_tokens=16)
+    with pytest.raises(SpecError, match="--split hybrid needs at least 3 dies .* offers 2 with --dies 2"):
+        compile_plan(cfg, load_system("talk-4die-d2d"), split="hybrid", context=256, prompt_tokens=16, max_dies=2)
 
 
 # ---- brute force: the chosen plan's predicted objective is the best over every grouping and layer split ----

@@ -35,6 +35,8 @@ from .split import OBJECTIVES, SPLITS, explain_choice, group_stages, search
 from .tensor import mode_of
 
 MODEL_ID = "m0"  # the id of a single-model plan's one model
+SPLIT_SHAPES = {"tensor": "shards every layer over a group of dies",
+                "hybrid": "puts a tensor group and at least one more position in a pipeline"}
 
 
 def _kv_element_bytes(kv_precision: str) -> float:
@@ -231,6 +233,11 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     h_bytes = graph.hidden_features[1] * 2.0
     order = die_order(system, dies, h_bytes)
     usable = order[:max_dies or len(order)]  # a tensor group may have more dies than the model has blocks
+    need = {"tensor": 2, "hybrid": 3}.get(split, 1)
+    if len(usable) < need:
+        raise SpecError(f"--split {split} needs at least {need} dies (a {split} split {SPLIT_SHAPES[split]}); "
+                        f"{system.name} offers {len(usable)}" + (f" with --dies {max_dies}" if max_dies else "")
+                        + "; use --split pipeline or auto")
     k = min(len(order), max_dies or len(order), graph.n_blocks)
     order = order[:k]
     decision = None
@@ -243,8 +250,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
             if split in ("auto", "pipeline"):  # what the smallest fitting change would be, as for a pipeline
                 raise _fit_error(_Problem(graph, system, order, recipe, wl), model, system, wl, len(dies))
             raise FitError(f"{model.name} does not fit {system.name} with a {split} split at {recipe.name}: "
-                           + "; ".join(f"{c.label}: {c.problem}" for c in cands[:4])
-                           + ("" if cands else f" (a {split} split needs at least 2 dies)"))
+                           + "; ".join(f"{c.label}: {c.problem}" for c in cands[:4]))
         stages = group_stages(graph, system, best, bounds, wl, kvb, MODEL_ID)
         decision = _decision(split, objective, best, cands)
         order = [st.die for st in stages]
