@@ -5,8 +5,8 @@ Run: python benchmarks/before_after.py [--base REV] [--only NAME ...]   (needs t
 For each benchmark the script runs the base commit's own copy (a `git worktree` of REV, its `src`
 first on PYTHONPATH, writing the worktree's BENCHMARKS.md) and then this tree's (writing this
 BENCHMARKS.md, so the sections are re-run too), one after the other on the same machine. It then
-sets every ratio column of the two results side by side (rows matched by their first cell) and
-writes the table as the "before-after" section. Ratios are to a peer measured in the same
+sets every ratio column of the two results side by side (rows matched by their leading cells) and
+writes one "before-after-NAME" section per benchmark, so `--only` re-runs one and leaves the others. Ratios are to a peer measured in the same
 benchmark run, so machine drift between the two runs cancels; perplexities must match exactly.
 """
 
@@ -99,7 +99,7 @@ def main() -> None:
                           text=True).stdout.strip()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True, capture_output=True,
                           text=True).stdout.strip()
-    lines = []
+    tables_by_bench: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         wt = Path(tmp) / "base"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(wt), base], cwd=ROOT, check=True)
@@ -111,17 +111,20 @@ def main() -> None:
                 print(f"{name}: this tree ...", flush=True)
                 ta = run(ROOT / "benchmarks" / script, ROOT / "src", extra)
                 print(f"{name}: {tb:.0f} s / {ta:.0f} s", flush=True)
-                lines += compare(section(wt / "BENCHMARKS.md", key), section(ROOT / "BENCHMARKS.md", key))
+                tables_by_bench[name] = compare(section(wt / "BENCHMARKS.md", key), section(ROOT / "BENCHMARKS.md", key))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT, check=False)
-    only = "" if a.only == list(BENCHES) else " --only " + " ".join(a.only)
-    body = "\n".join([
-        "## Before and after: each benchmark on the base commit and on this tree, same run",
+    for name, lines in tables_by_bench.items():
+        write_section(f"before-after-{name}", _body(name, base, head, lines))
+
+
+def _body(name: str, base: str, head: str, lines: list[str]) -> str:
+    return "\n".join([
+        f"## Before and after ({name}): {BENCHES[name][0]} on the base commit and on this tree, same run",
         "",
-        f"Command: `python benchmarks/before_after.py --base {base}{only}` (optional extra `.[bench]`), run at "
-        f"{head}. Each benchmark ran on {base} (before Foundation v2 and the hardening) and then on this "
-        "tree, back to back, on a machine shared with other work (load average 2 to 4 on 2 cores), so each "
-        "speed ratio carries that noise. Ratios are to the peer measured inside the same benchmark run; perplexities are on the "
+        f"Command: `python benchmarks/before_after.py --base {base} --only {name}` (optional extra `.[bench]`), run at "
+        f"{head}. The benchmark ran on {base} (before Foundation v2 and the hardening) and then on this "
+        f"tree, back to back; load average (1 min) at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores. Ratios are to the peer measured inside the same benchmark run; perplexities are on the "
         "same tokens (SmolLM2's weights sit on the INT4 g32 asymmetric grid, so the g32 row is near lossless by "
         "construction and g64/g128 are the fair comparison). \"same\" means the identical printed figure.",
         "",
@@ -129,8 +132,6 @@ def main() -> None:
         "|---|---|---|---|---|",
         *lines,
     ]) + "\n"
-    write_section("before-after", body)
-    print(body)
 
 
 if __name__ == "__main__":
