@@ -20,3 +20,30 @@ def reference_tokens(gguf, n_tokens: int, context: int, batch: int) -> tuple[lis
     tok = load_tokenizer(gguf)
     ids = [tok.encode(p, add_special_tokens=False) for p in PROMPTS]
     return ids, [greedy(model, i, n_tokens) for i in ids]
+
+
+def kill_die_mid_answer(dev, rank_index: int, max_tokens: int) -> str:
+    """SIGKILL one die after three tokens of a long answer; the Device must fail with a DeviceError within 30 s
+    (a bound against hanging, not a speed goal), close, and leave no worker process. Returns the error text."""
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    from chipfuse.runtime.device import DeviceError
+
+    procs = list(dev._procs)
+    it = iter(dev.submit("Tell me a very long story about the sea.", max_tokens, stop_ids=set()))
+    for _ in range(3):
+        next(it)
+    os.kill(procs[rank_index].pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError) as e:
+        for _ in it:
+            pass
+    assert time.monotonic() - t0 < 30
+    dev.close()
+    for p in procs:
+        assert p.wait(timeout=10) is not None
+    return str(e.value)
