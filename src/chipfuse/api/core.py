@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ChipfuseError
-from .results import CalibrationReport, PresetList, ProbeReport, RunResult
+from .results import CalibrationReport, PresetList, ProbeReport, RunResult, TraceResult
 
 SAMPLE_QUESTION = "What is the capital of France?"
 DEFAULT_SYSTEM = "talk-4die-d2d"
@@ -159,10 +159,11 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
                 quantized: str | Path | None = None, head_precision: str | None = None, kv_precision: str = "fp16",
                 dies: int | None = None, threads: int | None = None, spawn: bool = True, master: str | None = None,
                 startup_timeout_s: float = 300.0, on_status=None, split: str = "pipeline",
-                objective: str = "throughput"):
+                objective: str = "throughput", trace: bool = False):
     """Compile a plan for a runnable model (the embedded SmolLM2 by default) on a system and start its dies
     -> `runtime.Device` (one device whatever the number of dies; use it as a context manager). `split` as in
-    `plan`; pipeline unless asked, as `chipfuse run` always planned."""
+    `plan`; pipeline unless asked, as `chipfuse run` always planned. `trace`: record the run for
+    `device.recording()` (see `run(trace=...)`)."""
     import time
 
     from ..compile.compiler import compile_plan
@@ -178,23 +179,26 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
                      model_source=str(path), quantized_weights=str(quantized) if quantized else None,
                      split=split, objective=objective)
     return Device(p, path, threads=threads, spawn=spawn, master=master, startup_timeout_s=startup_timeout_s,
-                  on_status=on_status, started_at=started_at)
+                  on_status=on_status, started_at=started_at, trace=trace)
 
 
 def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SAMPLE_QUESTION, *,
         max_tokens: int = 64, precision: str | None = None, context: int = 2048, temperature: float = 0.0,
         top_k: int = 0, top_p: float = 1.0, seed: int | None = None, raw: bool = False, host=None,
         recipe: str | Path | None = None, quantized: str | Path | None = None, on_status=lambda m: None,
-        on_device=lambda device: None, on_text=lambda piece: None, split: str = "pipeline") -> RunResult:
+        on_device=lambda device: None, on_text=lambda piece: None, split: str = "pipeline",
+        trace: str | Path | None = None) -> RunResult:
     """Answer one prompt on the dies: plan (batch 1), start the workers, stream the answer (`on_text` gets each
     piece), stop them, and set the measured speed beside the model's prediction for this host (`host`: a
-    probe's system, else measured). `on_device(device)` is called once the dies are up; `split` as in `plan`."""
+    probe's system, else measured). `on_device(device)` is called once the dies are up; `split` as in `plan`.
+    `trace`: write what the host and the dies did, when, to this file (Chrome / Perfetto JSON, the tracks of
+    `chipfuse plan --trace`); the result's `trace` holds it."""
     if not (isinstance(max_tokens, int) and 1 <= max_tokens < context):
         raise ChipfuseError(f"--max-tokens {max_tokens!r}: give 1..{context - 1} (at least one token of the "
                             f"--context {context} is the prompt)")
     sysm = system if not isinstance(system, (str, Path)) else load_system(system)
     dev = open_device(sysm, model, precision, context=context, max_batch=1, recipe=recipe, quantized=quantized,
-                      on_status=on_status, split=split)
+                      on_status=on_status, split=split, trace=trace is not None)
     if host is not None:
         try:
             _check_probe(host, len(dev.plan.stages))  # before the answer, not after it
@@ -209,13 +213,31 @@ def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SA
         for piece in gen:
             on_text(piece)
         memory = tuple(dev.memory_report())
+        recording = dev.recording() if trace is not None else None
     n_prompt = len(gen.req.prompt)
+    measured = _write_measured(dev.plan, recording, trace) if recording is not None else None
     if any(st.shard for st in dev.plan.stages):
         return RunResult(dev.plan, prompt, n_prompt, gen.text, tuple(gen.tokens), gen.finish_reason, gen.ttft_s,
-                         gen.decode_tokens_per_s, None, None, memory, TENSOR_HERE)
+                         gen.decode_tokens_per_s, None, None, memory, TENSOR_HERE, measured)
     pred = this_host_prediction(dev.plan, n_prompt, host, on_status)
     return RunResult(dev.plan, prompt, n_prompt, gen.text, tuple(gen.tokens), gen.finish_reason, gen.ttft_s,
-                     gen.decode_tokens_per_s, pred.ttft_s, pred.decode_tokens_per_s, memory)
+                     gen.decode_tokens_per_s, pred.ttft_s, pred.decode_tokens_per_s, memory, trace=measured)
+
+
+def _write_measured(plan, recording, path) -> TraceResult:
+    """A run's recording as the measured trace, written to `path` (Chrome / Perfetto JSON)."""
+    import json
+
+    from ..io import write_text_atomic
+    from ..sim.trace import bottleneck, to_chrome
+    from .measured import measured_trace
+
+    tr = measured_trace(plan, recording, plan.prediction)
+    doc = to_chrome(tr)
+    write_text_atomic(path, json.dumps(doc) + "\n")
+    words = bottleneck(dict(tr.decode.shares)).words if tr.decode.length_s > 0 else "no decode step was recorded"
+    return TraceResult(Path(path), tr.title, tr.prefill.length_s, tr.decode.length_s, tr.round_trip_s,
+                       tr.micro_batches, len(doc["traceEvents"]), words, tr.decode.shares, tr.notes, tr)
 
 
 # why `run` predicts no speed for a tensor split on this machine

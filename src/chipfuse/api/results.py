@@ -131,13 +131,13 @@ class RunResult:
     predicted_decode_tokens_per_s: float | None
     memory: tuple[dict, ...]
     note: str = ""
-
+    trace: TraceResult | None = None  # the measured timeline, when the run was traced
     def to_json(self) -> dict:
         return {"plan": self.plan.model_dump(mode="json", by_alias=True), "prompt": self.prompt, "text": self.text,
                 "tokens": list(self.tokens), "finish_reason": self.finish_reason,
                 "measured": {"ttft_s": self.ttft_s, "decode_tokens_per_s": self.decode_tokens_per_s},
                 "predicted": {"ttft_s": self.predicted_ttft_s, "decode_tokens_per_s": self.predicted_decode_tokens_per_s},
-                "memory": list(self.memory)}
+                "memory": list(self.memory), "trace": str(self.trace.path) if self.trace else None}
 
 
 @dataclass(frozen=True)

@@ -271,11 +271,14 @@ def run(
     quantized: Optional[Path] = typer.Option(None, help=QUANTIZED_HELP),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write plan, text and measured/predicted speed here"),
     split: str = typer.Option("pipeline", help="pipeline, tensor, hybrid or auto: how the dies share the model"),
+    trace: Optional[Path] = typer.Option(None, help="record the run and write its prefill, median decode step and "
+                                                    "whole run as a Chrome/Perfetto trace (JSON) here, with the tracks "
+                                                    "of `chipfuse plan --trace`; show the step as text bars per die"),
 ):
     """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed."""
     import signal
 
-    _writable(json_path)
+    _writable(json_path, trace)
     host = api.load_system(probe_file) if probe_file else None  # checked now, not after the answer
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
 
@@ -289,10 +292,12 @@ def run(
     with status("compiling the plan and starting the dies...") as st:
         res = api.run(system, model, prompt, max_tokens=max_tokens, precision=precision, context=context,
                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, raw=raw, host=host, recipe=recipe,
-                      quantized=quantized, on_status=st.update, on_device=started, split=split,
+                      quantized=quantized, on_status=st.update, on_device=started, split=split, trace=trace,
                       on_text=lambda piece: console.print(piece, end="", markup=False, highlight=False))
     console.print()
     render.run_speed(res)
+    if res.trace is not None:
+        render.gantt(res.trace)
     if json_path:
         _write_json(json_path, res.to_json())
 

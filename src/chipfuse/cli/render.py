@@ -190,7 +190,11 @@ def gantt(res, width: int = 60) -> None:
     """`trace`: one decode step as a text bar per die (then the links and the host), with each one's totals."""
     from ..sim.trace import GANTT_CHARS
 
-    say(f"one decode step ({fmt_duration(res.decode_step_s)}), one character = "
+    if res.decode_step_s <= 0:
+        say(f"no decode step was recorded; the trace of the prefill ({fmt_duration(res.ttft_s)}) is in {res.path}")
+        return
+    source = getattr(res.trace, "source", "predicted")
+    say(f"one decode step, {source} ({fmt_duration(res.decode_step_s)}), one character = "
         f"{fmt_duration(res.decode_step_s / width)}: "
         + "  ".join(f"{GANTT_CHARS[k]} {GANTT_WORDS[k]}" for k in GANTT_CHARS))
     rows = res.gantt(width)

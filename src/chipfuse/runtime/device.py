@@ -35,6 +35,7 @@ from .executor import (  # noqa: F401 (re-exported)
 )
 from .model_config import gguf_config
 from .model_files import default_gguf
+from .recorder import HOST, SEND, WAIT_IN, Batch, Interval, Recorder, Recording
 from .scheduler import Request, Scheduler
 from .tokenizer import StreamDecoder, load_tokenizer
 
@@ -125,6 +126,28 @@ class _Background:
         return self._value
 
 
+class _Job:
+    """fn() to run on the scheduling loop's thread (which owns the pipeline's ends); result() waits for it."""
+
+    def __init__(self, fn):
+        self.fn, self._done = fn, threading.Event()
+        self._value, self._error = None, None
+
+    def run(self) -> None:
+        try:
+            self._value = self.fn()
+        except BaseException as e:  # re-raised in result()
+            self._error = e
+        self._done.set()
+
+    def result(self, timeout_s: float):
+        if not self._done.wait(timeout_s):
+            raise DeviceError(f"the device did not get to the request within {timeout_s:.0f} s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class Device:
     """Every die of a system as one device: load a compiled plan onto the dies, generate, close.
 
@@ -133,10 +156,11 @@ class Device:
 
     def __init__(self, plan: Plan, model: str | Path | None = None, *, threads: int | None = None, spawn: bool = True,
                  master: str | None = None, startup_timeout_s: float = 300.0, on_status=None,
-                 started_at: float | None = None):
+                 started_at: float | None = None, trace: bool = False):
         """Start the dies of a compiled `plan` with the model file it was made for (`model`: the same file or
         folder, None for the embedded SmolLM2). Compile plans with `chipfuse.api.open_device` or `api.plan`:
-        the runtime obeys a plan, it never makes one."""
+        the runtime obeys a plan, it never makes one. `trace`: the host and every die record what they do
+        and when, for `recording()` (a few clock reads per message)."""
         if not isinstance(plan, Plan):
             raise DeviceError(f"Device takes a compiled Plan (got {type(plan).__name__}); start one with "
                               "chipfuse.api.open_device(system, model, precision, ...)")
@@ -158,7 +182,11 @@ class Device:
         self._pending: queue.Queue[Request] = queue.Queue()  # submit() (any thread) -> the scheduling loop
         self._ids = itertools.count()
         self._wake = threading.Event()
-        self.executor = Executor(plan, self.model_path, self.threads, on_status=self._status, marks=self.marks)
+        self._control: queue.Queue[_Job] = queue.Queue()  # work for the scheduling loop once it is idle
+        self.recorder = Recorder(trace)
+        self._batches: list[Batch] = []
+        self.executor = Executor(plan, self.model_path, self.threads, on_status=self._status, marks=self.marks,
+                                 trace=trace)
         self.scheduler = Scheduler(self.max_batch, self.n_stages)
         self._start(spawn, master, startup_timeout_s)
         try:
@@ -234,6 +262,7 @@ class Device:
         from .transport import FORWARD, IDS, TOKENS, Header
 
         sched, pending, to_first, from_last = self.scheduler, self._pending, self.executor.to_first, self.executor.from_last
+        rec = self.recorder
         try:
             while not self._closed:
                 while not pending.empty():
@@ -243,14 +272,22 @@ class Device:
                     self._finish(r, to_first)
                 for mb in batches:
                     segs = tuple(Segment(*s) for s in mb.segs)
+                    t0 = rec.now()
                     to_first.send(Header(FORWARD, mb.id, segs, IDS, greedy=int(mb.greedy)),
                                   torch.tensor(mb.token_ids, dtype=torch.int64))
+                    if rec.enabled:
+                        rec.add(SEND, mb.id, t0, None, 8 * len(mb.token_ids))
+                        self._batches.append(Batch(mb.id, mb.prefill, tuple(r.id for r in mb.requests), len(mb.token_ids)))
                 mb = sched.oldest
                 if mb is None:
+                    while sched.idle and not self._control.empty():
+                        self._control.get().run()
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
+                t_wait = rec.now()
                 h, out = from_last.recv()
+                t_got = rec.now()
                 now = time.perf_counter()
                 if h.kind == TOKENS:
                     tokens = out.tolist()
@@ -264,6 +301,9 @@ class Device:
                     r.out.put(tok)
                 for r in finished:
                     self._finish(r, to_first)
+                if rec.enabled:
+                    rec.add(WAIT_IN, mb.id, t_wait, t_got, out.numel() * out.element_size())
+                    rec.add(HOST, mb.id, t_got)
         except BaseException as err:  # a dead die: fail every request, stop every process
             if self._closed:
                 return
@@ -275,6 +315,22 @@ class Device:
             while not pending.empty():
                 pending.get().out.put(self.error)
             self.executor.kill()
+
+    def recording(self, timeout_s: float = 60.0) -> Recording:
+        """What the host and every die did so far, on the host's clock (a device opened with trace=True). Waits
+        until no micro-batch is in flight, then asks the dies for their records through the pipeline."""
+        if not self.recorder.enabled:
+            raise DeviceError("this device records nothing: open it with trace=True (chipfuse run --trace)")
+        if self._closed or self.error:
+            raise DeviceError(f"the device is closed{': ' + str(self.error) if self.error else ''}")
+        job = _Job(self.executor.collect_trace)
+        self._control.put(job)
+        self._wake.set()
+        dies = job.result(timeout_s)
+        conv = [tuple(Interval.from_list(r) for r in rows) for rows, _ in dies]
+        return Recording(tuple(self.recorder.rows), tuple(conv), tuple(self._batches),
+                         tuple(u for _, u in self.executor.clocks),
+                         self.recorder.dropped + sum(d for _, d in dies))
 
     @staticmethod
     def _finish(r: Request, to_first) -> None:

@@ -133,8 +133,10 @@ class Executor:
     """The worker processes of a plan's stages (rank k runs stage k-1; the host is rank 0)."""
 
     def __init__(self, plan: Plan, model_path: Path, threads: int, *, on_status: Callable[[str], None] = lambda m: None,
-                 marks: dict[str, float] | None = None):
-        self.plan, self.model_path, self.threads = plan, model_path, threads
+                 marks: dict[str, float] | None = None, trace: bool = False):
+        self.plan, self.model_path, self.threads, self.trace = plan, model_path, threads, trace
+        self.clocks: list[tuple[float, float]] = []  # per die: (offset_s, uncertainty_s) against ours, when tracing
+        # (0, 0) for a die on this machine (same boot id: the same wall clock), else measured by round trips
         self.n_stages = len(plan.stages)
         self.world = self.n_stages + 1
         self.marks = marks if marks is not None else {}
@@ -211,12 +213,14 @@ class Executor:
 
     def setup(self) -> list[dict]:
         """Send each die the plan; collect what it loaded and check it fits its memory; open the pipeline's ends."""
+        from .recorder import boot_id
         from .transport import Channel, Fanout, inline_bytes, places, recv_json, send_json, tensor_groups
 
         try:
             plan_json = self.plan.model_dump(mode="json", by_alias=True)
             for rank in range(1, self.world):
-                send_json({"plan": plan_json, "weights": str(self.model_path), "threads": self.threads}, rank)
+                send_json({"plan": plan_json, "weights": str(self.model_path), "threads": self.threads,
+                           "trace": self.trace, "boot_id": boot_id()}, rank)
             self._status("dies loading their layers")
             for rank in range(1, self.world):
                 info = recv_json(rank)
@@ -225,6 +229,9 @@ class Executor:
                 info["die_memory_bytes"] = stage.memory_bytes
                 self._check_resident(stage, info)
                 self.worker_info.append(info)
+            if self.trace:
+                self.clocks = [(0.0, 0.0) if info.get("same_clock") else self._measure_clock(rank)
+                               for rank, info in enumerate(self.worker_info, start=1)]
         except BaseException as e:
             self.kill()
             err = e if isinstance(e, DeviceError) else self.error() or DeviceError(f"workers failed during setup: {e}")
@@ -236,6 +243,36 @@ class Executor:
         self.to_first = Fanout([Channel(r, inline_bytes(self.plan, 0, r)) for r in host.outbox])
         self.from_last = Channel(host.inbox, inline_bytes(self.plan, host.inbox, 0))
         return self.worker_info
+
+    @staticmethod
+    def _measure_clock(rank: int) -> tuple[float, float]:
+        """A die's clock against ours, from a few JSON round trips (the die answers each with its time)."""
+        from .recorder import PINGS, clock_offset
+        from .transport import recv_json, send_json
+
+        samples = []
+        for _ in range(PINGS):
+            t0 = time.time()
+            send_json({}, rank)
+            peer = float(recv_json(rank)["t"])
+            samples.append((t0, peer, time.time()))
+        return clock_offset(samples)
+
+    def collect_trace(self) -> list[tuple[list, int]]:
+        """Every die's recorded intervals (rank order) on our clock, and how many each dropped. Call between
+        requests, from the thread that owns the pipeline's ends: a TRACE message follows the pipeline."""
+        from .transport import TRACE, Header, recv_json
+
+        if not self.trace or self.to_first is None:
+            raise DeviceError("this device records nothing: open it with trace=True")
+        self.to_first.send(Header(TRACE))
+        out = []
+        for rank in range(1, self.world):
+            got = recv_json(rank)
+            offset = self.clocks[rank - 1][0]
+            rows = [[k, mb, t0 - offset, t1 - offset, n] for k, mb, t0, t1, n in got["rows"]]
+            out.append((rows, int(got["dropped"])))
+        return out
 
     @staticmethod
     def _check_resident(stage, info: dict) -> None:

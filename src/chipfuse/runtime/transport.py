@@ -29,7 +29,8 @@ MAX_SEGS = 64
 HEADER_LEN = 8 + 3 * MAX_SEGS
 HEADER_BYTES = 8 * HEADER_LEN
 
-FORWARD, FREE, SHUTDOWN = 1, 2, 3  # commands (FORWARD: run the micro-batch through this die's blocks)
+FORWARD, FREE, SHUTDOWN, TRACE = 1, 2, 3, 4  # commands (FORWARD: run the micro-batch through this die's blocks;
+# TRACE: pass it on, then send the host what this die recorded)
 IDS, HIDDEN, LOGITS, TOKENS = 1, 2, 3, 4  # TOKENS: the last die's greedy choice, one id a sequence
 
 
@@ -210,4 +211,4 @@ def send_json(obj: dict, dst: int) -> None:
 
 def recv_json(src: int) -> dict:
     n = int(recv(torch.empty(1, dtype=torch.int64), src)[0])
-    return json.loads(bytes(recv(torch.empty(n, dtype=torch.uint8), src).tolist()).decode())
+    return json.loads(recv(torch.empty(n, dtype=torch.uint8), src).numpy().tobytes().decode())

@@ -27,6 +27,7 @@ from ..frontends.config import ModelConfig
 from ..plan.plan import Plan
 from ..quant.formats import get_format
 from . import prepared
+from .recorder import ALL_REDUCE, COMPUTE, GATHER, PINGS, SEND, WAIT_IN, Recorder, boot_id
 from .stage import ShardSpec, StageModel
 from .transport import (
     FORWARD,
@@ -35,6 +36,7 @@ from .transport import (
     LOGITS,
     SHUTDOWN,
     TOKENS,
+    TRACE,
     Channel,
     Fanout,
     Header,
@@ -178,18 +180,28 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
         model, cache = build(shard), "off"
     place = places(plan)[rank]
     groups = tensor_groups(plan)
+    rec = Recorder(bool(setup.get("trace")))
+    mb = [0]  # the micro-batch being computed, for the collectives' records
     if shard is not None:
-        _join_group(model, groups[place.group])
+        _join_group(model, groups[place.group], rec, mb)
     marks["weights"] = time.time()
     model._compiled()  # load the compiled decode path now, not inside the first generated token
     marks["fastpath"] = time.time()
+    same_clock = bool(setup.get("boot_id")) and setup.get("boot_id") == boot_id()  # one machine, one wall clock
     send_json({"rank": rank, "die": stage.die, "resident_weight_bytes": model.resident_weight_bytes(),
-               "load_s": time.perf_counter() - t0, "cache": cache, "marks": marks, "pid": os.getpid()}, 0)
+               "load_s": time.perf_counter() - t0, "cache": cache, "marks": marks, "pid": os.getpid(),
+               "same_clock": same_clock}, 0)
+    if rec.enabled and not same_clock:  # the host measures this die's clock against its own
+        for _ in range(PINGS):
+            recv_json(0)
+            send_json({"t": rec.now()}, 0)
     inbox = Channel(place.inbox, inline_bytes(plan, place.inbox, rank))
     outbox = Fanout([Channel(r, inline_bytes(plan, rank, r)) for r in place.outbox])  # empty unless it leads
     to_host = place.outbox == (0,)
     while True:
+        t_wait = rec.now()
         h, payload = inbox.recv()
+        t_got = rec.now()
         if h.cmd == SHUTDOWN:
             if not to_host:
                 outbox.send(h)
@@ -200,28 +212,48 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
             if not to_host:
                 outbox.send(h)
             continue
+        if h.cmd == TRACE:  # pass it on, then report (the host reads the dies in rank order)
+            if not to_host:
+                outbox.send(h)
+            send_json(rec.to_json(), 0)
+            continue
         if h.route:  # a backward pass or a collective: the header can say so, this worker cannot do it yet
             raise RuntimeError(f"unsupported message: direction {h.direction}, collective {h.collective}")
         if h.cmd == FORWARD:
+            rec.add(WAIT_IN, h.mb, t_wait, t_got, payload.numel() * payload.element_size())
+            mb[0] = h.mb
             out = model.forward(payload, list(h.segs))
             kind = LOGITS if model.has_head else HIDDEN
             if model.has_head and h.greedy:  # choose here: one id a sequence crosses back, not the logits
                 out, kind = out.argmax(-1), TOKENS
+            t_done = rec.now()
+            rec.add(COMPUTE, h.mb, t_got, t_done)
             outbox.send(Header(FORWARD, h.mb, h.segs, kind, out.shape[-1], greedy=h.greedy), out)
+            if outbox.channels:
+                rec.add(SEND, h.mb, t_done, None, out.numel() * out.element_size())
     dist.destroy_process_group()
 
 
-def _join_group(model: StageModel, group) -> None:
+def _join_group(model: StageModel, group, rec: Recorder, mb: list[int]) -> None:
     """Give a tensor shard its collectives: partial outputs summed over the group, logits joined in vocabulary
-    order (the shards' row counts differ, so each pads to the largest and the padding is cut)."""
+    order (the shards' row counts differ, so each pads to the largest and the padding is cut). Each is
+    recorded against micro-batch `mb[0]` when `rec` is on."""
     size = dist.get_world_size(group)
 
     def reduce(part: torch.Tensor) -> torch.Tensor:
         part = part.contiguous()
+        t0 = rec.now()
         dist.all_reduce(part, group=group)
+        rec.add(ALL_REDUCE, mb[0], t0, None, part.numel() * part.element_size())
         return part
 
     def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
+        t0 = rec.now()
+        out = _gather(logits)
+        rec.add(GATHER, mb[0], t0, None, out.numel() * out.element_size())
+        return out
+
+    def _gather(logits: torch.Tensor) -> torch.Tensor:
         n = torch.tensor([logits.shape[-1]], dtype=torch.int64)
         counts = [torch.zeros_like(n) for _ in range(size)]
         dist.all_gather(counts, n, group=group)

@@ -82,15 +82,18 @@ class Timeline:
 
 @dataclass(frozen=True)
 class Trace:
-    """A plan's prefill then its first decode step, as the performance model sees them."""
+    """A plan's prefill then a decode step: as the performance model sees them (`source` "predicted"), or as
+    a run recorded them ("measured", with the whole run as an `extra` timeline)."""
 
     title: str
     prefill: Timeline
     decode: Timeline
-    prediction: Prediction
+    prediction: Prediction | None
     micro_batches: int
     round_trip_s: float  # one micro-batch from the host around the pipeline and back
     notes: tuple[str, ...] = ()
+    source: str = "predicted"
+    extra: tuple[Timeline, ...] = ()
 
 
 @dataclass
@@ -151,7 +154,7 @@ class _Builder:
         n_in = host_in_bytes(in_tokens)
         t_in = scatter_from_host_s(self.system, first, n_in)
         lat = _latency_s(self.system, [(HOST, d, n_in) for d in first])
-        self._transfer(run, f"{HOST} -> {_group_name(first)}", "token ids in", t_in, lat, n_in)
+        self._transfer(run, link_track([HOST], first), "token ids in", t_in, lat, n_in)
         run.pieces += _link_pieces(t_in, lat)
         for p, pos in enumerate(self.positions):
             nxt = [st.die for _, st in self.positions[p + 1]] if p + 1 < len(self.positions) else [HOST]
@@ -212,7 +215,7 @@ class _Builder:
         phase = np.stack([fg[0] for fg in figures])  # (dies, blocks, 2)
         act = max(r.act_element_bytes for r in rates)
         ar_bytes = g.hidden_features[1] * w.tokens * act
-        ar_track = f"all-reduce {_group_name(dies)}"
+        ar_track = allreduce_track(dies)
         ar_lat = self._allreduce_latency(dies, ar_bytes, gs.algorithm)
         t = run.t
         n_ar = 0
@@ -267,7 +270,7 @@ class _Builder:
              work: list[tuple[str, float]]) -> None:
         """The position's output on to the next position (or the logits to the host); records the pacing."""
         name = "logits out" if nxt == [HOST] else "hidden state"
-        self._transfer(run, f"{_group_name(dies)} -> {_group_name(nxt)}", name, link, latency_s, nbytes)
+        self._transfer(run, link_track(dies, nxt), name, link, latency_s, nbytes)
         link_pieces = _link_pieces(link, latency_s)
         run.pieces += work + link_pieces
         run.elements += [(sum(x for _, x in work), work), (link, link_pieces)]
@@ -309,10 +312,10 @@ def build_trace(plan: Plan, system: System | None = None, graph: Graph | None = 
         notes.append(f"the slowest position sets the pace: {micro} x {slowest * 1e6:.1f} us exceeds one round trip "
                      f"({dec.t * 1e6:.1f} us)")
     spans = _steady_state(dec.spans, micro, slowest, cycle)
-    decode_tracks, spans = _lanes(tracks, spans)
+    decode_tracks, spans = lanes(tracks, spans)
     decode = Timeline(f"decode step (batch {wl.batch}, context {wl.context})", cycle, decode_tracks,
                       tuple(_fill_waits(decode_tracks, spans, cycle)), _shares(pieces))
-    pre_tracks, pre_spans = _lanes(tracks, pre.spans)
+    pre_tracks, pre_spans = lanes(tracks, pre.spans)
     prefill = Timeline(f"prefill ({wl.prompt_tokens}-token prompt)", pre.t, pre_tracks,
                        tuple(_fill_waits(pre_tracks, pre_spans, pre.t)), _shares(pre.pieces))
     title = f"{plan.model.name} on {system.name}: " + " | ".join(
@@ -320,19 +323,28 @@ def build_trace(plan: Plan, system: System | None = None, graph: Graph | None = 
     return Trace(title, prefill, decode, pred, micro, dec.t, tuple(notes))
 
 
-def _tracks(b: _Builder) -> list[Track]:
-    """Every track in route order: host, token ids in, each position's dies, its all-reduce and its output link."""
-    out = [Track(HOST, "host")]
-    first = [st.die for _, st in b.positions[0]]
-    out.append(Track(f"{HOST} -> {_group_name(first)}", "link"))
-    for p, pos in enumerate(b.positions):
-        dies = [st.die for _, st in pos]
+def route_tracks(positions: list[list[str]]) -> list[Track]:
+    """Every track in route order for pipeline positions given as their dies: host, token ids in, each
+    position's dies, its all-reduce and its output link (the names the measured trace uses too)."""
+    out = [Track(HOST, "host"), Track(link_track([HOST], positions[0]), "link")]
+    for p, dies in enumerate(positions):
         out += [Track(d, "die") for d in dies]
         if len(dies) > 1:
-            out.append(Track(f"all-reduce {_group_name(dies)}", "collective"))
-        nxt = [st.die for _, st in b.positions[p + 1]] if p + 1 < len(b.positions) else [HOST]
-        out.append(Track(f"{_group_name(dies)} -> {_group_name(nxt)}", "link"))
+            out.append(Track(allreduce_track(dies), "collective"))
+        out.append(Track(link_track(dies, positions[p + 1] if p + 1 < len(positions) else [HOST]), "link"))
     return out
+
+
+def link_track(senders: list[str], receivers: list[str]) -> str:
+    return f"{_group_name(senders)} -> {_group_name(receivers)}"
+
+
+def allreduce_track(dies: list[str]) -> str:
+    return f"all-reduce {_group_name(dies)}"
+
+
+def _tracks(b: _Builder) -> list[Track]:
+    return route_tracks([[st.die for _, st in pos] for pos in b.positions])
 
 
 def _steady_state(spans: list[Span], micro: int, slowest: float, cycle: float) -> list[Span]:
@@ -354,7 +366,7 @@ def _steady_state(spans: list[Span], micro: int, slowest: float, cycle: float) -
     return out
 
 
-def _lanes(tracks: list[Track], spans: list[Span]) -> tuple[tuple[Track, ...], list[Span]]:
+def lanes(tracks: list[Track], spans: list[Span]) -> tuple[tuple[Track, ...], list[Span]]:
     """Spans that would overlap on one track (only host work or links of different micro-batches can) go to
     extra lanes of that track, so every track is a sequence of spans."""
     out_tracks: list[Track] = []
@@ -405,7 +417,14 @@ class Bottleneck:
     words: str
 
 
+# what a measured step's time goes to (a run cannot tell a die's DRAM time from its arithmetic, nor a link's
+# latency from its bandwidth)
+DIE_WORK, COLLECTIVES, LINKS = "die work", "collectives", "links"
+MEASURED = (DIE_WORK, COLLECTIVES, LINKS, HOST_BOUND)
 WHAT = {WEIGHTS_BW: "the dies reading DRAM (weights, KV cache, activations; memory-bound)",
+        DIE_WORK: "the dies running their layers",
+        COLLECTIVES: "all-reduces and gathers inside tensor groups (the wait for the group's slowest die included)",
+        LINKS: "hand-overs between positions, from the send to the arrival",
         COMPUTE_BOUND: "the dies computing (compute-bound)",
         LINK_LATENCY: "per-transfer latency of hand-overs and all-reduces",
         LINK_BW: "bytes crossing the links",
@@ -430,8 +449,8 @@ def to_chrome(trace: Trace) -> dict:
     starting where the prefill ends), a thread per track, complete ("X") events in microseconds."""
     events: list[dict] = []
     meta: list[dict] = []
-    t0 = 0.0
-    for pid, tl in ((1, trace.prefill), (2, trace.decode)):
+    for pid, tl in enumerate((trace.prefill, trace.decode, *trace.extra), start=1):
+        t0 = trace.prefill.length_s if pid == 2 else 0.0  # the step follows the prefill; an extra starts at 0
         meta += [{"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": tl.label}},
                  {"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0, "args": {"sort_index": pid}}]
         tids = {STEP: 1} | {tr.name: k + 2 for k, tr in enumerate(tl.tracks)}
@@ -443,15 +462,15 @@ def to_chrome(trace: Trace) -> dict:
         for sp in tl.spans:
             events.append({"name": sp.name, "cat": sp.kind, "ph": "X", "pid": pid, "tid": tids[sp.track],
                            "ts": (t0 + sp.start_s) * 1e6, "dur": sp.dur_s * 1e6, "args": dict(sp.args)})
-        t0 += tl.length_s
     events.sort(key=lambda ev: (ev["pid"], ev["tid"], ev["ts"]))
     pred = trace.prediction
-    return {"traceEvents": meta + events, "displayTimeUnit": "ms",
-            "otherData": {"title": trace.title, "ttft_us": trace.prefill.length_s * 1e6,
-                          "decode_step_us": trace.decode.length_s * 1e6,
-                          "predicted_ttft_us": pred.ttft_s * 1e6, "predicted_decode_step_us": pred.decode_step_s * 1e6,
-                          "micro_batches": trace.micro_batches, "round_trip_us": trace.round_trip_s * 1e6,
-                          "notes": list(trace.notes)}}
+    other = {"title": trace.title, "source": trace.source, "ttft_us": trace.prefill.length_s * 1e6,
+             "decode_step_us": trace.decode.length_s * 1e6}
+    if pred is not None:
+        other |= {"predicted_ttft_us": pred.ttft_s * 1e6, "predicted_decode_step_us": pred.decode_step_s * 1e6}
+    other |= {"micro_batches": trace.micro_batches, "round_trip_us": trace.round_trip_s * 1e6,
+              "notes": list(trace.notes)}
+    return {"traceEvents": meta + events, "displayTimeUnit": "ms", "otherData": other}
 
 
 @dataclass(frozen=True)
@@ -498,4 +517,5 @@ def gantt(timeline: Timeline, width: int = 60) -> list[GanttRow]:
 
 
 __all__ = ["Span", "Track", "Timeline", "Trace", "Bottleneck", "GanttRow", "build_trace", "to_chrome", "gantt",
+           "route_tracks", "link_track", "allreduce_track", "lanes", "MEASURED", "DIE_WORK", "COLLECTIVES", "LINKS",
            "step_shares", "bottleneck", "CATEGORIES", "GANTT_CHARS"]
