@@ -110,3 +110,52 @@ def test_run_with_a_tensor_split_answers_and_says_why_it_predicts_nothing_here()
     assert "Paris" in res.text and all(st.kind == "shard" for st in res.plan.stages)
     assert res.predicted_decode_tokens_per_s is None and "take turns" in res.note
     assert res.to_json()["predicted"]["decode_tokens_per_s"] is None
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_int4_shards_decode_the_whole_models_hidden_state_exactly(smollm2_gguf, compiled):
+    """Three shards (one KV group each) of two int4 layers: each computes its part of the output projections in
+    fp32 and the group's sum is rounded as the whole kernel rounds, so a decode step's hidden state equals the
+    whole stage's in every element, on the compiled path and on the Python path (prefill: within 1e-4)."""
+    from chipfuse.quant.formats import get_format
+    from chipfuse.runtime.device import resolve_model
+
+    path, cfg = resolve_model(smollm2_gguf)
+    cfg = cfg.model_copy(update={"num_layers": 2})
+    w = open_weights(path, cfg).load(wanted_names(cfg, range(cfg.num_layers + 2)))
+    blocks, fmt = (0, 3), get_format("int4")
+    whole = StageModel(cfg, w, blocks, fmt, 64, "fp32")
+    shards = [StageModel(cfg, w, blocks, fmt, 64, "fp32", shard=ShardSpec((k, 1), (512 * k, 512), None))
+              for k in range(3)]
+    barrier, parts, total = threading.Barrier(3), [None] * 3, [None]
+
+    def hook(i):
+        def reduce(part):
+            parts[i] = part.clone()
+            if barrier.wait() == 0:
+                total[0] = sum(parts[1:], parts[0].clone())
+            barrier.wait()
+            return total[0].clone()
+        return reduce
+
+    for i, m in enumerate(shards):
+        m.reduce = hook(i)
+        m._fast_tried = not compiled  # True: never build the compiled path
+    ids = torch.tensor([1, 504, 3458, 2476, 281, 253, 1744])
+    want_pre = whole.forward(ids, [Segment(0, 0, len(ids))])
+    want = whole.forward(torch.tensor([42]), [Segment(0, len(ids), 1)])
+    got, pre = [None] * 3, [None] * 3
+
+    def run(i):
+        pre[i] = shards[i].forward(ids, [Segment(0, 0, len(ids))])
+        got[i] = shards[i].forward(torch.tensor([42]), [Segment(0, len(ids), 1)])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all((s._fast is not None) == compiled for s in shards)
+    for g, p in zip(got, pre):
+        assert torch.equal(g, want)
+        assert ((p - want_pre).abs().max() / want_pre.abs().max()).item() < 1e-4

@@ -242,8 +242,8 @@ def _write_measured(plan, recording, path) -> TraceResult:
 
 # why `run` predicts no speed for a tensor split on this machine
 TENSOR_HERE = ("no prediction for this host: `chipfuse probe` describes emulated dies that take turns on this "
-               "machine's cores, while a tensor group's dies run at once on them (and in Python, without the "
-               "compiled decode path), so the model's figure would not describe this run")
+               "machine's cores, while a tensor group's dies run at once on them, so the model's figure would not "
+               "describe this run")
 
 
 def presets() -> PresetList:

@@ -4,7 +4,9 @@ INT4 uses `_weight_int4pack_mm_for_cpu` and INT8 `_weight_int8pack_mm`, both fed
 activations (they are fast only then). Decode-sized inputs of INT8, FP8, BF16 and FP16 run the
 compiled path's GEMV instead (FP32 activations, weights streamed near DRAM bandwidth); for
 prefill, BF16/FP16 use a half-precision GEMM and FP8 is widened to bf16 per call. FP32 is the
-dense reference. Every layer reports the bytes it holds, which the runtime compares with the plan.
+dense reference. A tensor shard's INT4 input-column cut (`Int4Partial`) sums in fp32 by a GEMV of ours
+so the group's sum can be rounded as the whole layer's would be. Every layer reports the bytes it
+holds, which the runtime compares with the plan.
 `KERNELS` gives each format family (quant.formats.FAMILIES) its linear layer and its embedding
 table, both built from the family's codes (quant.quantize.CODECS).
 """
@@ -88,6 +90,12 @@ class Linear(Held):
     def rows(self, idx: torch.Tensor) -> torch.Tensor | None:
         """FP32 values of the weight rows `idx` as held (for exact re-scoring), if the layout allows."""
         return None
+
+    @staticmethod
+    def round_sum(y: torch.Tensor) -> torch.Tensor:
+        """A tensor group's sum of this kernel's partial outputs, rounded as the whole layer's output would be
+        (identity for kernels that return fp32)."""
+        return y
 
 
 def refine_top(lin: Linear, x: torch.Tensor, logits: torch.Tensor, k: int = 64) -> torch.Tensor:
@@ -177,10 +185,53 @@ class Int4Linear(Linear):
             xb = F.pad(xb, (self.lpad, self.pad))
         return torch._weight_int4pack_mm_for_cpu(xb, self.packed, self.group, self.sz).float()
 
+    @staticmethod
+    def round_sum(y: torch.Tensor) -> torch.Tensor:
+        """A tensor group's sum of `Int4Partial` outputs rounded as this kernel rounds its output (bfloat16)."""
+        return y.to(torch.bfloat16).float()
+
     def cpp_spec(self):
         if self.lpad:
-            raise ValueError("the compiled decode path takes no leading padding (tensor shards run in Python)")
+            raise ValueError("the packed int4 kernel takes no leading padding (a shard's column cut is Int4Partial)")
         return (self.kind, self.packed, self.sz, self.group, self.pad, 1.0)
+
+
+KIND_INT4_PARTIAL = 100  # csrc/decode.cpp's kernel for Int4Partial (a kernel of ours, not a format)
+
+
+class Int4Partial(Linear):
+    """A tensor shard's input-column cut of an INT4 layer (its part of the o or down projection). The packed
+    kernel would round this part to bfloat16, and the group's sum of rounded parts differs from the whole
+    layer's output; so this part is summed in fp32 unrounded and the group's sum is rounded once
+    (`round_sum`), which gives the whole layer's values. Same bytes as Int4Linear: codes two per byte,
+    (scale, zero) in bfloat16 per group, laid out by output row for the compiled GEMV."""
+
+    TENSORS = ("codes", "sz")
+    SCALARS = ("kind", "group", "pad", "lpad")
+    partial = True
+    round_sum = staticmethod(Int4Linear.round_sum)
+
+    def __init__(self, codes: QuantizedInt4, fmt: Format, in_features: int, lpad: int = 0):
+        self.lpad, self.pad = lpad, codes.q.shape[1] - in_features - lpad
+        self.codes = pack_nibbles(codes.q)
+        self.sz = torch.stack([codes.scale, codes.zero], -1).contiguous().to(torch.bfloat16)
+        self.group, self.kind = codes.group, KIND_INT4_PARTIAL
+
+    def __call__(self, x):
+        from . import fastpath
+
+        mod = fastpath.load()
+        if mod is not None:
+            return mod.int4_partial(x, self.codes, self.sz, self.group, self.lpad, self.pad)
+        q = unpack_nibbles(self.codes).float()  # no compiled path: the same sums, slowly
+        n, k = q.shape
+        w = ((q.view(n, k // self.group, self.group) - 8) * self.sz[..., 0].float()[..., None]
+             + self.sz[..., 1].float()[..., None]).reshape(n, k)
+        xb = F.pad(x.to(torch.bfloat16).float(), (self.lpad, self.pad))
+        return xb @ w.t()
+
+    def cpp_spec(self):
+        return (self.kind, self.codes, self.sz, self.group, self.pad, 1.0, True, self.lpad)
 
 
 class Fp8Linear(Linear):

@@ -18,7 +18,7 @@ from ..frontends.config import ModelConfig
 from ..quant.formats import Format, get_format
 from ..quant.formats import kv_precision as kv_format_name
 from ..quant.quantize import CODECS, held_dtype, quantize
-from .kernels import HELD, Linear, make_embedding, make_linear, refine_top
+from .kernels import HELD, KERNELS, Int4Partial, Linear, make_embedding, make_linear, refine_top
 from .weights import wanted_names
 
 
@@ -72,6 +72,8 @@ def _linear(w: dict, names: list[str], fmt: Format, quantized: dict, rows: torch
     if not cols[1]:
         return None
     part, lpad = codec.take_cols(codes, cols[0], cols[0] + cols[1])
+    if fmt.family == "int4":  # its output is one part of a sum over the group: summed unrounded
+        return Int4Partial(part, fmt, cols[1], lpad)
     return make_linear(None, fmt, part, in_features=cols[1], lpad=lpad)
 
 
@@ -80,6 +82,8 @@ def _span(first: int, count: int, unit: int, offset: int = 0) -> torch.Tensor:
 
 
 class _Layer:
+    round_sum = staticmethod(Linear.round_sum)  # whole layers: nothing to round (a shard's kernel's, below)
+
     def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], i: int, fmt: Format, quantized: dict | None = None,
                  shard: ShardSpec | None = None):
         p = f"layers.{i}."
@@ -109,6 +113,8 @@ class _Layer:
         cols = torch.cat([_span(c0, cn, 1), _span(c0, cn, 1, cfg.intermediate_size)])
         self.gate_up = _linear(w, gate_up, fmt, quantized, rows=cols)
         self.down = _linear(w, [p + "down_proj"], fmt, quantized, cols=(c0, cn))
+        # every die of the group rounds the sums alike, even one holding no heads or columns of this layer
+        self.round_sum = KERNELS[fmt.family].linear.round_sum
 
     def linears(self) -> list[Linear]:
         return [lin for lin in (self.qkv, self.o, self.gate_up, self.down) if lin is not None]
@@ -180,7 +186,7 @@ class StageModel:
         self.reduce = None  # a tensor shard's sum of partial outputs over its group (set by the worker)
         self.gather_vocab = None  # a tensor shard's join of the group's logits (set by the worker)
         self._fast = None  # the compiled decode path, built on the first one-token step (fastpath.py)
-        self._fast_tried = self.shard is not None  # shards sum between attention and MLP: the Python path
+        self._fast_tried = False
 
     # ---- prepared weights (the packed tensors, for runtime/prepared.py's cache) ----
     def prepared_state(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -270,23 +276,34 @@ class StageModel:
             self._fast.free_slot(slot)
 
     def _compiled(self):
-        """The compiled decode path for these layers (None if unavailable or disabled)."""
+        """The compiled decode path for these layers (None if unavailable or disabled). A tensor shard takes it
+        once its group's `reduce` is set (the C++ loop calls it between each layer's halves), when every layer
+        holds all four projections without leading padding; else the Python path."""
         if not self._fast_tried:
+            if self.shard is not None and (self.reduce is None or not self._shard_compilable()):
+                return None
             self._fast_tried = True
             from . import fastpath
 
             mod = fastpath.load()
             if mod is not None and self.layers:
                 cfg = self.cfg
-                st = mod.Stage(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                               cfg.intermediate_size, cfg.rms_norm_eps, self.cos, self.sin)
+                inter = cfg.intermediate_size if self.shard is None else self.shard.mlp_columns[1]
+                st = mod.Stage(cfg.hidden_size, self.n_heads, self.n_kv, cfg.head_dim, inter, cfg.rms_norm_eps,
+                               self.cos, self.sin)
                 for ly in self.layers:
                     st.add_layer(ly.attn_norm, ly.mlp_norm, ly.qkv_bias, ly.q_norm, ly.k_norm,
                                  *(lin.cpp_spec() for lin in ly.linears()))
+                if self.shard is not None:
+                    st.set_reduce(self.reduce)
                 for slot, kv in self.cache.items():
                     st.set_slot(slot, [t for pair in kv for t in pair])
                 self._fast = st
         return self._fast
+
+    def _shard_compilable(self) -> bool:
+        return all(len(ly.linears()) == 4 and not getattr(ly.qkv, "lpad", 0) and not getattr(ly.gate_up, "lpad", 0)
+                   for ly in self.layers)
 
     # ---- compute ----
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -338,18 +355,20 @@ class StageModel:
         h = self._norm(x, layer.attn_norm)
         if self.capture is not None:
             self.capture(li, "attn_in", h)
-        x = x + total(self._attention(layer, li, h, rope, segs, caches) if layer.qkv is not None else torch.zeros_like(x))
+        rnd = layer.round_sum
+        x = x + rnd(total(self._attention(layer, li, h, rope, segs, caches) if layer.qkv is not None
+                          else torch.zeros_like(x)))
         h = self._norm(x, layer.mlp_norm)
         if self.capture is not None:
             self.capture(li, "mlp_in", h)
         if layer.gate_up is None:
-            return x + total(torch.zeros_like(x))
+            return x + rnd(total(torch.zeros_like(x)))
         gu = layer.gate_up(h)
         inter = gu.shape[1] // 2
         act = F.silu(gu[:, :inter]) * gu[:, inter:]
         if self.capture is not None:
             self.capture(li, "down_in", act)
-        return x + total(layer.down(act))
+        return x + rnd(total(layer.down(act)))
 
     def _attention(self, layer: _Layer, li: int, h: torch.Tensor, rope, segs: list[Segment], caches) -> torch.Tensor:
         """The attention block's output projection (this die's heads only, for a shard) for normed input `h`."""

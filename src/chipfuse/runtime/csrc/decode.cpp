@@ -4,7 +4,9 @@
 // token. Here the matmuls are PyTorch's own CPU kernels (_weight_int4pack_mm_for_cpu or a dense
 // GEMM), except INT8, FP8, BF16 and FP16, whose one-token rows run a GEMV of ours (mm_bytes); norms, rotary embedding, the KV-cache write, attention
 // and the gated MLP's activation are plain loops over float32, with the same math as
-// StageModel._layer. Prefill, calibration capture and scoring stay on the Python path.
+// StageModel._layer. Prefill, calibration capture and scoring stay on the Python path. A tensor shard
+// runs here too: its group's all-reduce is a Python callback between each layer's halves (set_reduce),
+// and its o / down parts are int4_partial's unrounded fp32 sums.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -25,13 +27,15 @@
 namespace {
 
 // the codes quant/formats.py gives each format (Format.kind, KIND_*): keep the two in step
-enum Kind { DENSE_F32 = 0, DENSE_HALF = 1, INT8 = 2, INT4 = 3, FP8 = 4 };
+enum Kind { DENSE_F32 = 0, DENSE_HALF = 1, INT8 = 2, INT4 = 3, FP8 = 4, INT4_PARTIAL = 100 };
 
 struct Lin {
   int64_t kind = 0;
   at::Tensor w, s;        // weight (dense, int8 codes, int4 packed, fp8) and scales (int8 / int4)
   int64_t group = 0;      // int4 group size
   int64_t pad = 0;        // int4: zero columns appended to the activations
+  int64_t lpad = 0;       // int4 partial: zero columns in front of the activations
+  bool partial = false;   // a tensor shard's part of a sum: the group's sum is rounded as the whole kernel's would be
   double scale = 1.0;     // fp8 tensor scale
 };
 
@@ -248,6 +252,60 @@ at::Tensor mm_bytes(at::Tensor x, at::Tensor w, at::Tensor s, double scale) {
   return y;
 }
 
+// A tensor shard's INT4 input-column cut: y[T, N] = bf16(x)[T, K] @ W^T summed in fp32 and NOT rounded (the
+// packed kernel rounds its output to bf16; the group's sum of these is rounded once, as the whole layer's is).
+// codes [N, KP / 2] two per byte, low nibble first; sz [N, KP / group, 2] bf16 (scale, zero): w = (q - 8) s + z;
+// the input meets `lpad` zero columns in front and `pad` behind (KP = lpad + K + pad).
+void int4_partial_into(const float* x, int64_t t, int64_t k, const uint8_t* codes, const at::BFloat16* sz, int64_t n,
+                       int64_t group, int64_t lpad, int64_t pad, float* out) {
+  // sum_i x_i ((q_i - 8) s + z) over a group = s (sum_i q_i x_i - 8 sx) + z sx, sx = sum_i x_i; the activations
+  // are split into even and odd columns so each code byte meets its two inputs in one vectorizable loop
+  const int64_t kp = lpad + k + pad, ng = kp / group, half = kp / 2;
+  std::vector<float> xe(t * half, 0.f), xo(t * half, 0.f), sx(t * ng, 0.f);
+  for (int64_t r = 0; r < t; ++r)
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t c = lpad + i;
+      const float v = float(at::BFloat16(x[r * k + i]));
+      (c % 2 ? xo : xe)[r * half + c / 2] = v;
+      sx[r * ng + c / group] += v;
+    }
+  at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> lo(half), hi(half), prod(half);
+    for (int64_t j = n0; j < n1; ++j) {
+      const uint8_t* c = codes + j * half;
+      const at::BFloat16* g = sz + j * ng * 2;
+      for (int64_t b = 0; b < half; ++b) {  // one long loop the compiler vectorizes: the codes as floats
+        lo[b] = float(c[b] & 0xF);
+        hi[b] = float(c[b] >> 4);
+      }
+      for (int64_t r = 0; r < t; ++r) {
+        const float* e = xe.data() + r * half;
+        const float* o = xo.data() + r * half;
+        for (int64_t b = 0; b < half; ++b) prod[b] = lo[b] * e[b] + hi[b] * o[b];
+        float acc = 0.f;
+        const int64_t per = group / 2;
+        for (int64_t gi = 0; gi < ng; ++gi) {
+          float dq = 0.f;
+          for (int64_t b = gi * per; b < (gi + 1) * per; ++b) dq += prod[b];
+          const float s = float(g[2 * gi]), z = float(g[2 * gi + 1]), gx = sx[r * ng + gi];
+          acc += s * (dq - 8.f * gx) + z * gx;
+        }
+        out[r * n + j] = acc;
+      }
+    }
+  });
+}
+
+at::Tensor int4_partial(at::Tensor x, at::Tensor codes, at::Tensor sz, int64_t group, int64_t lpad, int64_t pad) {
+  at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t t = xf.size(0), k = xf.size(1), n = codes.size(0);
+  if (lpad + k + pad != 2 * codes.size(1)) throw std::runtime_error("int4 partial: input width does not match codes");
+  at::Tensor out = at::empty({t, n}, at::kFloat);
+  int4_partial_into(xf.data_ptr<float>(), t, k, codes.data_ptr<uint8_t>(), sz.data_ptr<at::BFloat16>(), n, group, lpad,
+                    pad, out.data_ptr<float>());
+  return out;
+}
+
 // y[T, N] = x[T, K] @ W^T in the layer's format, written as float into `out`
 void linear(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
   at::Tensor y;
@@ -263,6 +321,10 @@ void linear(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
     case INT4:
       y = at::_weight_int4pack_mm_for_cpu(to_input(x, t, k, L.pad, at::kBFloat16), L.w, L.group, L.s);
       break;
+    case INT4_PARTIAL:
+      int4_partial_into(x, t, k, L.w.data_ptr<uint8_t>(), L.s.data_ptr<at::BFloat16>(), L.w.size(0), L.group,
+                        L.lpad, L.pad, out);
+      return;
 
     default:
       throw std::runtime_error("unknown linear kind");
@@ -313,6 +375,10 @@ class Stage {
   }
   void free_slot(int64_t slot) { slots_.erase(slot); }
 
+  // a tensor shard's partial attention and MLP outputs are summed over its group by fn(tensor [T, H]),
+  // called with the GIL held between the layer's halves (torch.distributed's all-reduce, in place)
+  void set_reduce(py::object fn) { reduce_ = std::move(fn); }
+
   // x [T, H] float32, row r is slot slots[r] at position pos[r]; returns the hidden state after the layers
   at::Tensor forward(at::Tensor x_in, std::vector<int64_t> slots, std::vector<int64_t> pos) {
     at::Tensor x = x_in.to(at::kFloat).contiguous().clone();
@@ -361,6 +427,7 @@ class Stage {
         attend(r, li, row, pos[r], *caches[r], attn.data() + r * qd, scale, group);
       }
       linear(L.o, attn.data(), t, qd, o.data());
+      sum(o.data(), t, L.o.partial);
       for (int64_t i = 0; i < t * h_; ++i) xp[i] += o[i];
       for (int64_t r = 0; r < t; ++r)
         rms_norm(xp + r * h_, L.mlp_norm.data_ptr<float>(), h_, eps_, h.data() + r * h_);
@@ -371,12 +438,25 @@ class Stage {
         for (int64_t i = 0; i < inter_; ++i) a[i] = g[i] / (1.0f + std::exp(-g[i])) * g[i + inter_];
       }
       linear(L.down, act.data(), t, inter_, o.data());
+      sum(o.data(), t, L.down.partial);
       for (int64_t i = 0; i < t * h_; ++i) xp[i] += o[i];
     }
     return x;
   }
 
  private:
+  void sum(float* buf, int64_t t, bool round_bf16) {
+    if (!reduce_) return;
+    {
+      py::gil_scoped_acquire gil;
+      at::Tensor part = torch::from_blob(buf, {t, h_}, at::kFloat);
+      at::Tensor got = reduce_(part).cast<at::Tensor>();
+      if (got.data_ptr<float>() != buf) std::memcpy(buf, got.contiguous().data_ptr<float>(), sizeof(float) * t * h_);
+    }
+    if (round_bf16)
+      for (int64_t i = 0; i < t * h_; ++i) buf[i] = float(at::BFloat16(buf[i]));
+  }
+
   static Lin lin(py::tuple spec) {
     Lin l;
     l.kind = spec[0].cast<int64_t>();
@@ -385,6 +465,8 @@ class Stage {
     l.group = spec[3].cast<int64_t>();
     l.pad = spec[4].cast<int64_t>();
     l.scale = spec[5].cast<double>();
+    if (spec.size() > 6) l.partial = spec[6].cast<bool>();
+    if (spec.size() > 7) l.lpad = spec[7].cast<int64_t>();
     return l;
   }
 
@@ -451,6 +533,7 @@ class Stage {
   at::Tensor cos_, sin_;
   std::vector<Layer> layers_;
   std::map<int64_t, std::vector<at::Tensor>> slots_;
+  py::object reduce_;  // null for whole layers
 };
 
 }  // namespace
@@ -461,6 +544,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_layer", &Stage::add_layer)
       .def("set_slot", &Stage::set_slot)
       .def("free_slot", &Stage::free_slot)
+      .def("set_reduce", &Stage::set_reduce)
       .def("forward", &Stage::forward, py::call_guard<py::gil_scoped_release>());
   m.def("mm_bytes", &mm_bytes, py::call_guard<py::gil_scoped_release>());
+  m.def("int4_partial", &int4_partial, py::call_guard<py::gil_scoped_release>());
 }
