@@ -115,9 +115,10 @@ def measure_hop() -> tuple[float, float]:
     return small_s, big / max(big_s - small_s, 1e-9)
 
 
-def probe(dies: list[str], on_status=lambda m: None) -> tuple[System, dict]:
-    """Measure this host; return a system of len(dies) emulated dies (named as given) and the raw figures."""
-    torch.set_num_threads(os.cpu_count() or 1)
+def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None) -> tuple[System, dict]:
+    """Measure this host; return a system of len(dies) emulated dies (named as given) and the raw figures.
+    `threads`: the threads each die's kernels use (the runtime's default: every core)."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     on_status("streaming bandwidth")
     bw = measure_bandwidth_bytes_per_s()
     on_status("int4 kernel streaming rate")

@@ -234,18 +234,33 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
     dist.destroy_process_group()
 
 
+COLLECTIVE_TAG = 7  # a group's exchanges, apart from the pipeline's messages (tag 0) between the same ranks
+
+
 def _join_group(model: StageModel, group, rec: Recorder, mb: list[int]) -> None:
     """Give a tensor shard its collectives: partial outputs summed over the group, logits joined in vocabulary
     order (the shards' row counts differ, so each pads to the largest and the padding is cut). Each is
     recorded against micro-batch `mb[0]` when `rec` is on."""
     size = dist.get_world_size(group)
+    members = sorted(dist.get_process_group_ranks(group))
+    me = dist.get_rank()
 
     def reduce(part: torch.Tensor) -> torch.Tensor:
+        """Direct exchange (the model's algorithm at decode sizes): every die sends its part to every other and
+        adds all parts in the group's rank order, so every die holds the identical sum after one round."""
         part = part.contiguous()
         t0 = rec.now()
-        dist.all_reduce(part, group=group)
+        got = {r: torch.empty_like(part) for r in members if r != me}
+        reqs = [dist.isend(part, r, tag=COLLECTIVE_TAG) for r in got]
+        reqs += [dist.irecv(buf, r, tag=COLLECTIVE_TAG) for r, buf in got.items()]
+        for q in reqs:
+            q.wait()
+        total = None
+        for r in members:
+            x = part if r == me else got[r]
+            total = x.clone() if total is None else total.add_(x)
         rec.add(ALL_REDUCE, mb[0], t0, None, part.numel() * part.element_size())
-        return part
+        return total
 
     def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
         t0 = rec.now()

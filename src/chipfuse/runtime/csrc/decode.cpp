@@ -258,7 +258,7 @@ at::Tensor mm_bytes(at::Tensor x, at::Tensor w, at::Tensor s, double scale) {
 // the input meets `lpad` zero columns in front and `pad` behind (KP = lpad + K + pad).
 void int4_partial_into(const float* x, int64_t t, int64_t k, const uint8_t* codes, const at::BFloat16* sz, int64_t n,
                        int64_t group, int64_t lpad, int64_t pad, float* out) {
-  // sum_i x_i ((q_i - 8) s + z) over a group = s (sum_i q_i x_i - 8 sx) + z sx, sx = sum_i x_i; the activations
+  // sum_i x_i ((q_i - 8) s + z) over a group = s sum_i (q_i - 8) x_i + z sx, sx = sum_i x_i; the activations
   // are split into even and odd columns so each code byte meets its two inputs in one vectorizable loop
   const int64_t kp = lpad + k + pad, ng = kp / group, half = kp / 2;
   std::vector<float> xe(t * half, 0.f), xo(t * half, 0.f), sx(t * ng, 0.f);
@@ -269,26 +269,56 @@ void int4_partial_into(const float* x, int64_t t, int64_t k, const uint8_t* code
       (c % 2 ? xo : xe)[r * half + c / 2] = v;
       sx[r * ng + c / group] += v;
     }
+  // 16 lanes side by side: one group of 32 codes is 16 bytes, each lane a byte's two codes; a group's scale
+  // multiplies its 16 lane sums into the row's 16 running totals (the compiler keeps both in vector registers)
+  constexpr int64_t L = 16;
+  const bool lanes = group % (2 * L) == 0;
   at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
-    std::vector<float> lo(half), hi(half), prod(half);
     for (int64_t j = n0; j < n1; ++j) {
       const uint8_t* c = codes + j * half;
       const at::BFloat16* g = sz + j * ng * 2;
-      for (int64_t b = 0; b < half; ++b) {  // one long loop the compiler vectorizes: the codes as floats
-        lo[b] = float(c[b] & 0xF);
-        hi[b] = float(c[b] >> 4);
-      }
       for (int64_t r = 0; r < t; ++r) {
         const float* e = xe.data() + r * half;
         const float* o = xo.data() + r * half;
-        for (int64_t b = 0; b < half; ++b) prod[b] = lo[b] * e[b] + hi[b] * o[b];
         float acc = 0.f;
-        const int64_t per = group / 2;
-        for (int64_t gi = 0; gi < ng; ++gi) {
-          float dq = 0.f;
-          for (int64_t b = gi * per; b < (gi + 1) * per; ++b) dq += prod[b];
-          const float s = float(g[2 * gi]), z = float(g[2 * gi + 1]), gx = sx[r * ng + gi];
-          acc += s * (dq - 8.f * gx) + z * gx;
+        if (lanes) {
+#if defined(__AVX512F__)
+          __m512 tot = _mm512_setzero_ps();
+          const __m512i m15 = _mm512_set1_epi32(15), m8 = _mm512_set1_epi32(8);
+          for (int64_t gi = 0; gi < ng; ++gi) {
+            const __m512 vs = _mm512_set1_ps(float(g[2 * gi]));
+            for (int64_t b0 = gi * group / 2; b0 < (gi + 1) * group / 2; b0 += L) {
+              const __m512i ci = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + b0)));
+              const __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(ci, m15), m8));
+              const __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(ci, 4), m8));
+              const __m512 part = _mm512_fmadd_ps(hi, _mm512_loadu_ps(o + b0), _mm512_mul_ps(lo, _mm512_loadu_ps(e + b0)));
+              tot = _mm512_fmadd_ps(vs, part, tot);
+            }
+            acc += float(g[2 * gi + 1]) * sx[r * ng + gi];
+          }
+          acc += _mm512_reduce_add_ps(tot);
+#else
+          float tot[L] = {0.f};
+          for (int64_t gi = 0; gi < ng; ++gi) {
+            const float s = float(g[2 * gi]), z = float(g[2 * gi + 1]), gx = sx[r * ng + gi];
+            for (int64_t b0 = gi * group / 2; b0 < (gi + 1) * group / 2; b0 += L) {
+              float part[L];
+              for (int64_t l = 0; l < L; ++l)  // signed codes: no large sums that cancel later
+                part[l] = float(int(c[b0 + l] & 0xF) - 8) * e[b0 + l] + float(int(c[b0 + l] >> 4) - 8) * o[b0 + l];
+              for (int64_t l = 0; l < L; ++l) tot[l] += s * part[l];
+            }
+            acc += z * gx;
+          }
+          for (int64_t l = 0; l < L; ++l) acc += tot[l];
+#endif
+        } else {
+          for (int64_t gi = 0; gi < ng; ++gi) {
+            float dq = 0.f;
+            for (int64_t b = gi * group / 2; b < (gi + 1) * group / 2; ++b)
+              dq += float(int(c[b] & 0xF) - 8) * e[b] + float(int(c[b] >> 4) - 8) * o[b];
+            const float s = float(g[2 * gi]), z = float(g[2 * gi + 1]), gx = sx[r * ng + gi];
+            acc += s * dq + z * gx;
+          }
         }
         out[r * n + j] = acc;
       }
