@@ -96,6 +96,7 @@ def _run_row(plan, tokens: int, lab=None) -> dict:
             so, se = host.communicate(timeout=600)
             out = subprocess.CompletedProcess(argv, host.returncode, so, se)
         if out.returncode:
+            Path("/tmp/bench_links.last-failure.log").write_text(f"stdout:\n{out.stdout}\nstderr:\n{out.stderr}")
             raise RuntimeError(f"row failed: {out.stderr.strip().splitlines()[-3:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
     finally:
@@ -190,7 +191,7 @@ def main() -> int:
                 m = run_row(plan, a.tokens, lab)
         pred = plan.prediction.decode_tokens_per_s
         err = (pred - m["decode_tokens_per_s"]) / m["decode_tokens_per_s"]
-        shape = " | ".join("+".join(st.die for _, st in pos) for pos in _positions(plan))
+        shape = " → ".join("+".join(st.die for _, st in pos) for pos in _positions(plan))
         group = max(len(pos) for pos in _positions(plan))
         rows.append((links, split, n, shape, m["decode_tokens_per_s"], pred, err, m, plan, group))
         print(f"{links:>12} {split:>8} {n} dies [{shape}]: measured {m['decode_tokens_per_s']:.1f} tok/s, "

@@ -368,10 +368,19 @@ class Executor:
         """Stop every worker (asking politely first if `graceful`), reap them, leave the process group."""
         self._stopping = True
         if graceful and self.death is None and dist_initialized() and self.to_first is not None:
-            from .transport import SHUTDOWN, Header
+            from .transport import SHUTDOWN, Header, recv_json
+
+            def goodbyes():
+                for rank in range(1, self.world):
+                    recv_json(rank)
 
             try:
                 self.to_first.send(Header(SHUTDOWN))
+                # hand-started dies are not ours to wait for: their goodbyes say they have left the loop, so
+                # the rendezvous (this process's store) is not torn down under them
+                t = threading.Thread(target=goodbyes, daemon=True)
+                t.start()
+                t.join(10)
             except BaseException:
                 pass
             for p in self.procs:

@@ -205,6 +205,7 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
         if h.cmd == SHUTDOWN:
             if not to_host:
                 outbox.send(h)
+            send_json({"bye": rank}, 0)  # the host tears its end down only after every die has left the loop
             break
         if h.cmd == FREE:
             for s in h.segs:
