@@ -237,6 +237,21 @@ def _table(rows, fig, scale, hop_s, host_s, tokens, took_s) -> str:
     lines += ["", f"Largest error among the predicted pipeline rows: {100 * max(abs(r[6]) for r in pipe):.1f}%; "
               f"among all predicted rows whose tensor group fits the cores: {100 * max(abs(r[6]) for r in fair):.1f}% "
               "(goal: under 15% on every row).", "",
+              "Reading it:", "",
+              "- **Pipelines** (one die active at a time, so each die has the machine): the spec fitted on one "
+              "row predicts the others, on loopback and over shaped links, within the figure above.",
+              "- **Tensor groups of 2** (both dies at once on the 2 cores, beside the host process): the model "
+              f"is off by {', '.join(f'{100 * r[6]:+.0f}%' for r in rows if r[1] == 'tensor' and r[9] <= cores)} "
+              "here, and these rows move by tens of percent between runs of this command. The traces below say "
+              "why: a shard's compute between its all-reduces includes the compiled path's call back into Python "
+              "for each all-reduce, and an exchange between two busy processes has a long tail (a die scheduled "
+              "late stalls its partner for milliseconds). The spec's one latency per link, fitted on pipeline "
+              "hops (a sleeping die woken), describes neither.",
+              f"- **Groups larger than the cores** ({cores} here): the dies cannot all run at once and every "
+              "all-reduce waits for the OS to schedule a die; the spec's core share covers their arithmetic, "
+              "not those waits. Shown, not counted against the goal.",
+              "- Rows sample at temperature 0.7: the model charges the last die's fp32 logits to the host, which "
+              "a greedy run does not send (it sends one token id): a gap of the model, not of these rows.", "",
               "Where a decode step's time went, from each row's measured trace (`api.measured`):", "",
               "| links | split | dies | step ms measured / predicted | die compute ms (slowest die per position) | "
               "all-reduces: count, ms | hand-overs ms |",

@@ -108,3 +108,18 @@ def test_run_trace_writes_a_perfetto_file_of_a_tensor_split(tmp_path):
     assert {"compute", "collective", "transfer"} <= cats
     assert res.trace.decode_step_s > 0 and "%" in res.trace.bottleneck
     assert res.to_json()["trace"] == str(out)
+
+
+def test_plot_trace_draws_predicted_and_measured_steps_and_refuses_an_empty_one(tmp_path):
+    from chipfuse import api
+    from chipfuse.errors import ChipfuseError
+
+    plan = _plan(2, "tensor")
+    out = api.plot_trace(api.trace(plan), tmp_path / "predicted.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    d = [Interval(WAIT_IN, 0, 0, 1), Interval(COMPUTE, 0, 1, 5), Interval(ALL_REDUCE, 0, 2, 3, 64)]
+    host = (Interval(SEND, 0, 0, 0.5), Interval(WAIT_IN, 0, 0.5, 6), Interval(HOST, 0, 6, 7))
+    measured = measured_trace(plan, Recording(host, (tuple(d), tuple(d)), (Batch(0, True, (0,), 3),), (0.0, 0.0)))
+    assert api.plot_trace(measured, tmp_path / "m.png", which="prefill").exists()
+    with pytest.raises(ChipfuseError, match="no decode step"):
+        api.plot_trace(measured, tmp_path / "none.png")

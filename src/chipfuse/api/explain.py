@@ -166,3 +166,42 @@ def plot_scaling(report: ScalingReport, path: str | Path) -> Path:
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     return Path(path)
+
+
+KIND_COLOURS = {"compute": "tab:blue", "collective": "tab:orange", "transfer": "tab:green", "host": "tab:purple",
+                "wait": "#dddddd"}
+
+
+def plot_trace(traced, path: str | Path, which: str = "decode") -> Path:
+    """A PNG of one timeline of a trace (`TraceResult` or `sim.trace.Trace`; `which` "decode" or "prefill"): a
+    row per track in route order (host, links, dies, all-reduces), each span coloured by what it is. Predicted
+    and measured traces draw alike, so the two pictures compare at a glance. Written atomically."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from ..io import write_atomic
+
+    tr = getattr(traced, "trace", traced)
+    tl = tr.prefill if which == "prefill" else tr.decode
+    if tl.length_s <= 0:
+        raise ChipfuseError(f"the trace has no {which} step to draw")
+    names = [t.name for t in tl.tracks]
+    scale, unit = (1e3, "ms") if tl.length_s >= 1e-3 else (1e6, "us")
+    fig = Figure(figsize=(9, 1.4 + 0.32 * len(names)), dpi=110)
+    ax = fig.add_subplot()
+    for sp in tl.spans:
+        if sp.track in names and sp.dur_s > 0:
+            ax.broken_barh([(sp.start_s * scale, sp.dur_s * scale)], (names.index(sp.track) - 0.4, 0.8),
+                           facecolors=KIND_COLOURS.get(sp.kind, "grey"), linewidth=0, antialiased=False)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, tl.length_s * scale)
+    ax.set_xlabel(f"time in the step ({unit})")
+    ax.set_title(f"{tr.title}\n{tl.label}" + ("" if tr.source in tl.label else f", {tr.source}"), fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    kinds = sorted({sp.kind for sp in tl.spans if sp.kind in KIND_COLOURS})
+    fig.legend(handles=[Patch(color=KIND_COLOURS[k], label=k) for k in kinds], fontsize=7, loc="lower center",
+               ncol=len(kinds), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return Path(path)

@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 SYSTEM_HELP = "preset name or system YAML path"
 RUN_MODEL_HELP = "smollm2 (embedded default), a .gguf file or a HF folder"
 RECIPE_HELP = "per-layer formats from `chipfuse quantize --recipe-out`"
+TRACE_PLOT_HELP = "write a PNG of the decode step here: a row per die, link and all-reduce, spans coloured by kind"
 QUANTIZED_HELP = "GPTQ codes from `chipfuse quantize --method gptq --save` (the plan takes their recipe)"
 
 
@@ -117,9 +118,10 @@ def plan(
                                                      "splits alike by both (each sequence gains a token a step)"),
     trace: Optional[Path] = typer.Option(None, help="write the prefill and one decode step as a Chrome/Perfetto "
                                                     "trace (JSON) here, and show the step as text bars per die"),
+    trace_plot: Optional[Path] = typer.Option(None, help=TRACE_PLOT_HELP),
 ):
     """Split a model over a system's dies and predict its speed."""
-    _writable(json_path, trace)
+    _writable(json_path, trace, trace_plot)
     _note_alias(model)
     p = api.plan(model, system, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
                  kv_precision=kv_precision, dies=dies, strict=strict, recipe=recipe, quantized=quantized,
@@ -129,8 +131,11 @@ def plan(
     if need is not None:
         render.say(f"{target_tokens_per_s:g} tokens/s reads {need / 1e9:.1f} GB/s at batch 1 "
                    f"({p.prediction.bytes_read_per_token / 1e9:.2f} GB per token x {target_tokens_per_s:g})")
-    if trace:
-        render.gantt(api.trace(p, trace))
+    if trace or trace_plot:
+        tr = api.trace(p, trace)
+        render.gantt(tr)
+        if trace_plot:
+            render.say(f"picture of the decode step written to {api.plot_trace(tr, trace_plot)}")
     if json_path:
         p.save(json_path)
         render.say(f"plan written to {json_path}")
@@ -274,11 +279,14 @@ def run(
     trace: Optional[Path] = typer.Option(None, help="record the run and write its prefill, median decode step and "
                                                     "whole run as a Chrome/Perfetto trace (JSON) here, with the tracks "
                                                     "of `chipfuse plan --trace`; show the step as text bars per die"),
+    trace_plot: Optional[Path] = typer.Option(None, help=TRACE_PLOT_HELP + " (needs --trace)"),
 ):
     """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed."""
     import signal
 
-    _writable(json_path, trace)
+    if trace_plot and not trace:
+        raise ChipfuseError("--trace-plot draws the recorded run: give --trace FILE.json too")
+    _writable(json_path, trace, trace_plot)
     host = api.load_system(probe_file) if probe_file else None  # checked now, not after the answer
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
 
@@ -298,6 +306,8 @@ def run(
     render.run_speed(res)
     if res.trace is not None:
         render.gantt(res.trace)
+        if trace_plot and res.trace.decode_step_s > 0:
+            render.say(f"picture of the decode step written to {api.plot_trace(res.trace, trace_plot)}")
     if json_path:
         _write_json(json_path, res.to_json())
 
@@ -352,13 +362,14 @@ def worker(
 def probe(
     dies: int = typer.Option(4, min=1, max=64, help="number of emulated dies to describe (1-64)"),
     out: Path = typer.Option(Path("this-host.yaml"), help="system file to write"),
+    threads: Optional[int] = typer.Option(None, help="threads one die's kernels use (default: every core)"),
 ):
     """Measure this machine (bandwidth, kernels, hops) and write it as a system of emulated dies."""
     from ..runtime.probe import save_system
 
     _writable(out)
     with status("probing") as st:
-        rep = api.probe(dies, on_status=lambda m: st.update(f"measuring {m}"))
+        rep = api.probe(dies, on_status=lambda m: st.update(f"measuring {m}"), threads=threads)
     save_system(rep.system, out)
     render.probe(rep)
     render.say(f"written to {out}")
