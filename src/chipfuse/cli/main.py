@@ -375,6 +375,48 @@ def probe(
     render.say(f"written to {out}")
 
 
+@app.command()
+@friendly
+def serve(
+    system: str = typer.Option(api.core.DEFAULT_SYSTEM, "--system", "-s", help=SYSTEM_HELP),
+    model: str = typer.Option("smollm2", "--model", "-m", help=RUN_MODEL_HELP),
+    precision: Optional[str] = typer.Option(None, help="weight format of the layers (default int4)"),
+    context: int = typer.Option(2048, min=2, max=1 << 20, help="tokens per sequence the KV cache holds"),
+    slots: int = typer.Option(4, min=1, max=64, help="sequences decoded together (KV-cache slots; the plan's batch)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (loopback unless you say otherwise)"),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
+    api_key: Optional[str] = typer.Option(None, envvar="CHIPFUSE_API_KEY",
+                                          help="require 'Authorization: Bearer KEY' on /v1 (or CHIPFUSE_API_KEY)"),
+    max_tokens: int = typer.Option(1024, min=1, help="generated tokens per request at most"),
+    max_queue: int = typer.Option(32, min=0, max=100000, help="requests waiting for a slot before a 429"),
+    max_body_bytes: int = typer.Option(1 << 20, min=1024, help="largest request body"),
+    split: str = typer.Option("pipeline", help="pipeline, tensor, hybrid or auto: how the dies share the model"),
+):
+    """Serve the dies as one OpenAI-compatible model: /v1/chat/completions, /v1/completions, /health, /metrics."""
+    import socket
+
+    from .. import serve as server
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise ChipfuseError(f"--host {host} --port {port}: cannot listen there ({err.strerror}); choose another "
+                            "port or stop what holds it") from None
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err_console.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who reaches this "
+                          "machine can use the dies")
+    limits = server.Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_queue=max_queue)
+    with status("compiling the plan and starting the dies...") as st:
+        engine = server.build(system, model, precision, context=context, slots=slots, limits=limits, split=split,
+                              on_event=lambda m: err_console.print(f"[dim]{m}[/]"))
+        st.update("dies ready")
+    dev = engine.device
+    render.say(f"serving {engine.model_name} on {dev.plan.system['name']} ({len(dev.plan.stages)} dies, "
+               f"{dev.max_batch} slots, context {dev.context}) at http://{host}:{port}/v1 -- Ctrl-C stops")
+    server.serve(engine, host, port, api_key)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

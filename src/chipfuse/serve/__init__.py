@@ -1,0 +1,51 @@
+"""`chipfuse serve`: the dies as one OpenAI-compatible server (FastAPI under uvicorn).
+
+    chipfuse serve -s talk-4die-d2d --port 8000        # then any OpenAI client at http://127.0.0.1:8000/v1
+
+`serve(...)` opens the device from a plan (the embedded SmolLM2 by default), builds the app
+(serve.app) around an `Engine` (serve.engine: admission limits, metrics, restart after a die
+fails) and runs it until SIGINT / SIGTERM, which drain running requests within a bound and stop
+every die.
+"""
+
+from __future__ import annotations
+
+from .engine import Engine, Limits
+
+
+def build(system, model=None, precision: str | None = None, *, context: int = 2048, slots: int = 4,
+          limits: Limits | None = None, split: str = "pipeline", on_event=lambda message: None) -> Engine:
+    """An Engine whose device is `open_device(system, model, precision, context, max_batch=slots)`."""
+    from ..api.core import load_system, open_device
+    from ..errors import ChipfuseError
+    from ..runtime.device import resolve_model
+
+    if not (isinstance(slots, int) and 1 <= slots <= 64):
+        raise ChipfuseError(f"--slots {slots!r}: give 1..64 concurrent sequences (the KV-cache slots)")
+    sysm = load_system(system) if isinstance(system, str) else system
+    path, cfg = resolve_model(model)
+    lim = limits or Limits()
+    if lim.max_tokens >= context:
+        lim = Limits(lim.max_body_bytes, context - 1, lim.max_prompt_tokens, lim.max_queue, lim.retry_after_s)
+
+    def opener():
+        return open_device(sysm, model, precision, context=context, max_batch=slots, split=split)
+
+    return Engine(opener, lim, cfg.name or path.stem, on_event)
+
+
+def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          drain_s: float = 10.0) -> None:
+    """Run the server until interrupted; the engine (and its dies) is closed on the way out."""
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(engine, api_key)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=drain_s)
+    finally:
+        engine.close()
+
+
+__all__ = ["build", "serve", "Engine", "Limits"]

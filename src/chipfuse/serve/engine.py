@@ -1,0 +1,165 @@
+"""The device behind the server: opened from a plan, admitted into with limits, watched and reopened when a die dies.
+
+`Engine` owns one `runtime.Device` (its dies are the plan's; its KV slots the plan's batch). Requests
+are admitted while fewer than slots + queue are in the system; past that the caller is told to retry
+(a 429). When a die's worker dies, the Device fails the requests in flight with a clear error; the
+watcher notices, marks the engine "recovering" (health 503), closes the Device and opens a new one
+from the same plan (warm: the dies load from the prepared-weights cache), then marks it "ok".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request and the server as a whole may ask for; every refusal names the limit and its value."""
+
+    max_body_bytes: int = 1 << 20
+    max_tokens: int = 1024  # generated tokens per request at most (and the context's room)
+    max_prompt_tokens: int | None = None  # default: the plan's context less one
+    max_queue: int = 32  # requests waiting for a KV slot, beyond the slots themselves
+    retry_after_s: int = 1
+
+
+class Busy(Exception):
+    """Too many requests in the system: the caller should retry later (HTTP 429)."""
+
+
+class Unavailable(Exception):
+    """The device is starting or recovering (HTTP 503)."""
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter("chipfuse_requests", "HTTP requests by route and status", ["route", "status"],
+                                registry=r)
+        self.prompt_tokens = Counter("chipfuse_prompt_tokens", "prompt tokens admitted", registry=r)
+        self.generated_tokens = Counter("chipfuse_generated_tokens", "tokens generated", registry=r)
+        self.ttft = Histogram("chipfuse_time_to_first_token_seconds", "time to first token", registry=r,
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.latency = Histogram("chipfuse_request_seconds", "whole request", registry=r,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.in_flight = Gauge("chipfuse_requests_in_flight", "requests admitted and not finished", registry=r)
+        self.queue_depth = Gauge("chipfuse_queue_depth", "requests waiting for a KV slot", registry=r)
+        self.slots = Gauge("chipfuse_kv_slots", "KV-cache slots (the plan's batch)", registry=r)
+        self.rejected = Counter("chipfuse_rejected", "requests refused for a limit", ["limit"], registry=r)
+        self.restarts = Counter("chipfuse_worker_restarts", "times the dies were restarted after a fault",
+                                registry=r)
+        self.up = Gauge("chipfuse_device_up", "1 while the device serves, 0 while starting or recovering",
+                        registry=r)
+        self.resident = Gauge("chipfuse_die_resident_bytes", "weight bytes each die holds", ["die"], registry=r)
+        self.kv_bytes = Gauge("chipfuse_die_kv_bytes", "KV-cache bytes each die holds (the plan's budget)", ["die"],
+                              registry=r)
+
+
+class Engine:
+    """One device for the server's lifetime (reopened after a fault). `opener()` returns a started Device."""
+
+    def __init__(self, opener, limits: Limits, model_name: str, on_event=lambda message: None):
+        self.opener, self.limits, self.model_name, self.on_event = opener, limits, model_name, on_event
+        self.metrics = Metrics()
+        self.state = "starting"
+        self.device = None
+        self.error: str = ""
+        self._lock = threading.Lock()
+        self._in_system = 0
+        self._stop = threading.Event()
+        self._open()
+        self._watcher = threading.Thread(target=self._watch, name="chipfuse-serve-watch", daemon=True)
+        self._watcher.start()
+
+    # ------------------------------------------------------------ device lifecycle
+    def _open(self) -> None:
+        dev = self.opener()
+        self.device = dev
+        self.metrics.slots.set(dev.max_batch)
+        for r in dev.memory_report():
+            self.metrics.resident.labels(r["die"]).set(r["resident_weight_bytes"])
+        for st in dev.plan.stages:
+            self.metrics.kv_bytes.labels(st.die).set(st.kv_bytes)
+        self.state = "ok"
+        self.metrics.up.set(1)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            dev = self.device
+            if dev is None or dev.error is None or self.state != "ok":
+                continue
+            self.state, self.error = "recovering", str(dev.error)
+            self.metrics.up.set(0)
+            self.metrics.restarts.inc()
+            self.on_event(f"die failure: {dev.error}; restarting the dies from the plan")
+            try:
+                dev.close()
+            except Exception:  # noqa: BLE001 - the old device is gone either way
+                pass
+            for attempt in range(3):
+                if self._stop.is_set():
+                    return
+                try:
+                    self._open()
+                    self.on_event("dies restarted; serving again")
+                    break
+                except Exception as e:  # noqa: BLE001 - reported, retried, then left recovering
+                    self.error = f"restart {attempt + 1} failed: {e}"
+                    self.on_event(self.error)
+                    time.sleep(1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.state = "stopping"
+        self.metrics.up.set(0)
+        if self.device is not None:
+            self.device.close()
+
+    # ------------------------------------------------------------ admission
+    @property
+    def context(self) -> int:
+        return self.device.context
+
+    def max_prompt_tokens(self) -> int:
+        room = self.device.context - 1
+        return min(room, self.limits.max_prompt_tokens) if self.limits.max_prompt_tokens else room
+
+    def admit(self) -> None:
+        """Count a request in, or raise Busy / Unavailable."""
+        if self.state != "ok" or self.device is None or self.device.error is not None:
+            raise Unavailable(f"the device is {self.state if self.state != 'ok' else 'recovering'}"
+                              f"{': ' + self.error if self.error else ''}; retry shortly")
+        with self._lock:
+            cap = self.device.max_batch + self.limits.max_queue
+            if self._in_system >= cap:
+                self.metrics.rejected.labels("queue").inc()
+                raise Busy(f"{self._in_system} requests are running or queued: the limit is {self.device.max_batch} "
+                           f"KV slots + --max-queue {self.limits.max_queue}; retry after {self.limits.retry_after_s} s")
+            self._in_system += 1
+            self._gauges()
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_system = max(0, self._in_system - 1)
+            self._gauges()
+
+    def _gauges(self) -> None:
+        self.metrics.in_flight.set(self._in_system)
+        self.metrics.queue_depth.set(max(0, self._in_system - (self.device.max_batch if self.device else 0)))
+
+    def status(self) -> dict:
+        dev = self.device
+        dies = [] if dev is None else [{"die": st.die, "pid": p.pid} for st, p in zip(dev.plan.stages, dev._procs)]
+        return {"status": self.state, "model": self.model_name, "error": self.error or None,
+                "slots": dev.max_batch if dev else None, "context": dev.context if dev else None,
+                "in_system": self._in_system, "dies": dies}
+
+
+__all__ = ["Engine", "Limits", "Busy", "Unavailable", "Metrics"]

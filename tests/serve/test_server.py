@@ -1,0 +1,187 @@
+"""`chipfuse serve` as a user meets it: a real server process on loopback with four emulated dies, driven by the
+official `openai` client and by raw HTTP. Every wait is bounded (a bound against hanging, not a speed goal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from chipfuse.runtime.executor import free_port
+
+KEY = "test-key-123"
+
+
+def _wait(cond, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "chipfuse.cli.main", "serve", "--port", str(port), "--slots", "2",
+                             "--max-queue", "1", "--context", "512", "--max-tokens", "400", "--api-key", KEY],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None  # ended: the assertion below says so
+
+    _wait(up, 120, "the server answers /health")
+    assert proc.poll() is None, proc.stdout.read()
+    yield {"url": url, "proc": proc}
+    if proc.poll() is None:
+        proc.kill()
+
+
+def _h(**kw):
+    return {"Authorization": f"Bearer {KEY}", **kw}
+
+
+def test_the_openai_client_streams_a_chat_completion(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    assert [m.id for m in client.models.list()] == ["SmolLM2-135M-Instruct.Q4_1"]
+    stream = client.chat.completions.create(model="smollm2", stream=True, temperature=0, max_tokens=24,
+                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
+    pieces, reasons = [], []
+    for chunk in stream:
+        pieces.append(chunk.choices[0].delta.content or "")
+        reasons.append(chunk.choices[0].finish_reason)
+    assert "Paris" in "".join(pieces) and reasons[-1] == "stop" and len(pieces) > 3
+    done = client.completions.create(model="smollm2", prompt="One, two, three,", max_tokens=12, temperature=0,
+                                     stop=[" five"])
+    assert " five" not in done.choices[0].text and done.usage.prompt_tokens > 0
+
+
+def test_a_wrong_key_is_refused(server):
+    r = httpx.post(server["url"] + "/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer no"})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+BAD = [
+    ("POST", "/v1/chat/completions", b"{bad json"),
+    ("POST", "/v1/chat/completions", b"[]"),
+    ("POST", "/v1/chat/completions", b"null"),
+    ("POST", "/v1/chat/completions", b"42"),
+    ("POST", "/v1/chat/completions", b'"text"'),
+    ("POST", "/v1/chat/completions", b"{}"),
+    ("POST", "/v1/chat/completions", b'{"messages": []}'),
+    ("POST", "/v1/chat/completions", b'{"messages": "hi"}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [1, 2]}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "robot", "content": "x"}]}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"content": "x"}]}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1e9}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "temperature": -1}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "temperature": 9}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "top_p": 0}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "top_p": 1.5}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "n": 3}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "n": "1"}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "seed": -1}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "seed": 1.5}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stop": [""]}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stop": 7}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}'),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "f"}]}'),
+    ("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "word " * 600}]}).encode()),
+    ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}'),
+    ("POST", "/v1/chat/completions", b"\xff\xfe\x00 not utf-8"),
+    ("POST", "/v1/chat/completions", b"{" * 5000),
+    ("POST", "/v1/completions", b'{"prompt": ""}'),
+    ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}'),
+    ("POST", "/v1/completions", b'{"prompt": null}'),
+    ("POST", "/v1/completions", b'{"prompt": "x", "max_tokens": 600}'),
+    ("POST", "/v1/completions", b"x" * (2 << 20)),
+    ("GET", "/v1/chat/completions", b""),
+    ("DELETE", "/v1/models", b""),
+    ("GET", "/v1/nothing-here", b""),
+    ("POST", "/health", b"{}"),
+]
+
+
+def test_malformed_requests_get_a_4xx_that_says_why_and_the_server_stays_up(server):
+    assert len(BAD) >= 40
+    with httpx.Client(base_url=server["url"], timeout=30) as c:
+        for method, path, body in BAD:
+            r = c.request(method, path, content=body, headers=_h(**{"content-type": "application/json"}))
+            assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text[:200])
+            err = r.json()["error"]
+            assert err["message"] and "Traceback" not in err["message"], (body[:80], err)
+        assert c.get("/health").status_code == 200
+    metrics = httpx.get(server["url"] + "/metrics").text
+    assert 'status="500"' not in metrics
+
+
+def _long_stream(c: httpx.Client):
+    return c.stream("POST", "/v1/completions", headers=_h(),
+                    json={"prompt": "Write a very long story about the sea.", "max_tokens": 380, "stream": True,
+                          "temperature": 0.8, "seed": 3})
+
+
+def test_a_client_that_disconnects_frees_its_slot_and_a_full_queue_says_429(server):
+    url = server["url"]
+    busy = lambda: httpx.get(url + "/health").json()["slots_busy"]  # noqa: E731
+    with httpx.Client(base_url=url, timeout=60) as c:
+        streams = [_long_stream(c) for _ in range(3)]  # 2 slots + 1 queued: the server is full
+        responses = [s.__enter__() for s in streams]
+        lines = [r.iter_lines() for r in responses]
+        for it in lines[:2]:
+            assert next(it).startswith("data: ")
+        _wait(lambda: httpx.get(url + "/health").json()["in_system"] == 3, 20, "three requests admitted")
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, headers=_h())
+        assert r.status_code == 429 and r.headers["retry-after"] == "1" and "--max-queue 1" in r.json()["error"]["message"]
+        for s in streams:
+            s.__exit__(None, None, None)  # the clients leave mid-answer
+    _wait(lambda: busy() == 0, 20, "every slot freed after the clients left")
+    assert httpx.get(url + "/health").json()["in_system"] == 0
+
+
+def test_a_killed_die_fails_its_request_clearly_and_the_server_recovers(server):
+    url = server["url"]
+    pid = httpx.get(url + "/health").json()["dies"][1]["pid"]
+    with httpx.Client(base_url=url, timeout=60) as c, _long_stream(c) as r:
+        it = r.iter_lines()
+        next(it)
+        os.kill(pid, signal.SIGKILL)
+        rest = "\n".join(line for line in it)  # ends: never hangs (the client's timeout is the bound)
+    assert "generation failed" in rest and "die1" in rest and "[DONE]" in rest
+    _wait(lambda: httpx.get(url + "/health").status_code == 503, 10, "health says recovering")
+    _wait(lambda: httpx.get(url + "/health").status_code == 200, 90, "health back to 200 after the restart")
+    assert httpx.get(url + "/health").json()["dies"][1]["pid"] != pid
+    r = httpx.post(url + "/v1/completions", json={"prompt": "The sea is", "max_tokens": 4}, headers=_h(), timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    assert "chipfuse_worker_restarts_total 1.0" in httpx.get(url + "/metrics").text
+
+
+def test_sigterm_stops_the_server_and_leaves_no_die_behind(server):
+    proc = server["proc"]
+    pids = [d["pid"] for d in httpx.get(server["url"] + "/health").json()["dies"]]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) is not None
+    _wait(lambda: not any(os.path.exists(f"/proc/{p}") and "zombie" not in open(f"/proc/{p}/status").read().lower()
+                          for p in pids), 20, "every die process gone")
