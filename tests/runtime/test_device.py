@@ -138,3 +138,28 @@ def test_a_second_device_in_the_same_process_says_why_and_what_to_do():
         g = dev.submit("Hello", 3, stop_ids=set())
         list(g)
         assert len(g.tokens) == 3  # the first one is unharmed
+
+
+def test_a_full_pipeline_with_long_prompts_never_waits_on_itself():
+    """Four dies, four slots, twelve requests with prompts too long to travel inline: the host keeps sending
+    while the last die's results come back (gloo sends complete only when the peer receives; a host that
+    only sends then receives deadlocked here). Every request finishes, within a bound against hanging."""
+    import random
+
+    rng = random.Random(5)
+    words = "sea ship harbour light keeper storm wave rock island gull night lamp".split()
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(60, 200))) for _ in range(12)]
+    done: dict[int, int] = {}
+    with open_device("talk-4die-d2d", None, "int4", context=512, max_batch=4) as dev:
+        def go(i: int) -> None:
+            g = dev.submit(prompts[i], 6 + i, stop_ids=set())
+            list(g)
+            done[i] = len(g.tokens)
+
+        threads = [threading.Thread(target=go, args=(i,), daemon=True) for i in range(12)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        for t in threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+    assert done == {i: 6 + i for i in range(12)}

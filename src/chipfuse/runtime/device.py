@@ -196,6 +196,13 @@ class Device:
             raise
         self.eos_ids = frozenset(i for i in (self.tokenizer.eos_token_id,) if i is not None)
         self.marks["ready"] = time.time()
+        # results are received on a thread of their own: a host blocked sending the next micro-batch to the
+        # first die must still take the last die's result, or a full pipeline waits on itself (gloo sends
+        # complete only when the peer receives)
+        self._results: queue.Queue = queue.Queue()
+        self._expect = threading.Semaphore(0)  # one permit per FORWARD sent: results owed by the last die
+        self._receiver = threading.Thread(target=self._receive, name="chipfuse-receiver", daemon=True)
+        self._receiver.start()
         self._thread = threading.Thread(target=self._run, name="chipfuse-scheduler", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -253,6 +260,21 @@ class Device:
         return self.submit(list(ids), max_tokens, **kw)
 
     # ---------------------------------------------------------------- the loop
+    def _receive(self) -> None:
+        """Take each result the last die owes (one per FORWARD sent) as soon as it comes, whatever the sender does."""
+        from_last, rec = self.executor.from_last, self.recorder
+        while True:
+            self._expect.acquire()
+            if self._closed:
+                return
+            try:
+                t_wait = rec.now()
+                h, out = from_last.recv()
+                self._results.put((h, out, t_wait, rec.now()))
+            except BaseException as err:  # a dead die: the scheduling loop reports it
+                self._results.put(err)
+                return
+
     def _run(self) -> None:
         """Carry out the scheduler's decisions: send micro-batches and FREEs, sample results, stream tokens."""
         import torch
@@ -261,7 +283,7 @@ class Device:
         from .stage import Segment
         from .transport import FORWARD, IDS, TOKENS, Header
 
-        sched, pending, to_first, from_last = self.scheduler, self._pending, self.executor.to_first, self.executor.from_last
+        sched, pending, to_first = self.scheduler, self._pending, self.executor.to_first
         rec = self.recorder
         try:
             while not self._closed:
@@ -275,6 +297,7 @@ class Device:
                     t0 = rec.now()
                     to_first.send(Header(FORWARD, mb.id, segs, IDS, greedy=int(mb.greedy)),
                                   torch.tensor(mb.token_ids, dtype=torch.int64))
+                    self._expect.release()
                     if rec.enabled:
                         rec.add(SEND, mb.id, t0, None, 8 * len(mb.token_ids))
                         self._batches.append(Batch(mb.id, mb.prefill, tuple(r.id for r in mb.requests), len(mb.token_ids)))
@@ -285,9 +308,10 @@ class Device:
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
-                t_wait = rec.now()
-                h, out = from_last.recv()
-                t_got = rec.now()
+                item = self._results.get()
+                if isinstance(item, BaseException):
+                    raise item
+                h, out, t_wait, t_got = item
                 now = time.perf_counter()
                 if h.kind == TOKENS:
                     tokens = out.tolist()
@@ -349,6 +373,8 @@ class Device:
             return
         self._closed = True
         self._wake.set()
+        if hasattr(self, "_expect"):
+            self._expect.release()  # the receiver leaves instead of waiting for a result
         if self.error is None and hasattr(self, "_thread"):
             self._thread.join(timeout=5)
         self.executor.shutdown(graceful=self.error is None)

@@ -371,18 +371,19 @@ class Executor:
             from .transport import SHUTDOWN, Header, recv_json
 
             def goodbyes():
-                for rank in range(1, self.world):
-                    recv_json(rank)
+                try:
+                    self.to_first.send(Header(SHUTDOWN))
+                    for rank in range(1, self.world):
+                        recv_json(rank)
+                except BaseException:  # a die already gone: the kill below ends the rest
+                    pass
 
-            try:
-                self.to_first.send(Header(SHUTDOWN))
-                # hand-started dies are not ours to wait for: their goodbyes say they have left the loop, so
-                # the rendezvous (this process's store) is not torn down under them
-                t = threading.Thread(target=goodbyes, daemon=True)
-                t.start()
-                t.join(10)
-            except BaseException:
-                pass
+            # on a thread, bounded: a wedged pipeline must not hang the close. Hand-started dies are not ours to
+            # wait for: their goodbyes say they have left the loop, so the rendezvous (this process's store) is
+            # not torn down under them
+            t = threading.Thread(target=goodbyes, daemon=True)
+            t.start()
+            t.join(10)
             for p in self.procs:
                 try:
                     p.wait(timeout=10)
