@@ -159,7 +159,8 @@ def main() -> int:
     import os
 
     proc = run_server([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--n_ctx", str(ctx),
-                       "--n_threads", str(os.cpu_count() or 1), "--port", str(port), "--host", "127.0.0.1"],
+                       "--n_threads", str(os.cpu_count() or 1), "--port", str(port), "--host", "127.0.0.1",
+                       "--interrupt_requests", "False"],  # queue concurrent requests instead of cancelling them
                       url, "/v1/models", "/tmp/bench_serve.llama-cpp.log")
     try:
         rows["llama.cpp server"] = asyncio.run(load(url, "smollm2", work, a.clients, a.bound_s))
@@ -185,7 +186,8 @@ def _table(rows: dict, a) -> str:
              "16-256 words, 8-96 tokens out, greedy; the same requests to each server in the same run on the same "
              f"GGUF (SmolLM2-135M-Instruct Q4_1). chipfuse: `chipfuse serve --system {a.system} --slots {a.slots}` "
              "(continuous batching over the plan's KV slots). llama.cpp: `python -m llama_cpp.server` "
-             "(llama-cpp-python 0.3.36), all cores. Tokens counted from the streams' content chunks.", "",
+             "(llama-cpp-python 0.3.36) with `--interrupt_requests False` (its default cancels a running request when "
+             "the next arrives), all cores. Tokens counted from the streams' content chunks.", "",
              "| server | requests ok | 429s | other errors | aggregate tokens/s | TTFT p50 / p99 s | "
              "latency p50 / p99 s | wall s |",
              "|---|---|---|---|---|---|---|---|"]
