@@ -161,6 +161,35 @@ def test_a_client_that_disconnects_frees_its_slot_and_a_full_queue_says_429(serv
     assert httpx.get(url + "/health").json()["in_system"] == 0
 
 
+def test_the_page_chats_and_its_device_view_follows_in_a_real_browser(server, tmp_path):
+    """Headless Chromium (Debian's) via Playwright: the page loads the device view, sends a message with the
+    API key typed in, shows the streamed answer, and the measured tokens/s becomes non-zero."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                    args=["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            page.goto(server["url"] + "/")
+            page.fill("#key", KEY)
+            page.dispatch_event("#key", "change")
+            page.wait_for_function("document.getElementById('predicted').textContent !== '–'", timeout=20000)
+            assert page.locator("#dies tbody tr").count() == 4
+            page.fill("#prompt", "What is the capital of France?")
+            page.click("#send")
+            page.wait_for_function("(document.querySelector('.msg.assistant') || {textContent: ''})"
+                                   ".textContent.includes('Paris')", timeout=60000)
+            page.wait_for_function("parseFloat(document.getElementById('measured').textContent) > 0", timeout=10000)
+            shot = tmp_path / "page.png"
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10000
+            assert not page.locator(".msg.error").count()
+        finally:
+            browser.close()
+
+
 def test_a_killed_die_fails_its_request_clearly_and_the_server_recovers(server):
     url = server["url"]
     pid = httpx.get(url + "/health").json()["dies"][1]["pid"]

@@ -13,15 +13,19 @@ import hmac
 import json
 import time
 import uuid
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Busy, Engine, Unavailable
 from .schema import ChatRequest, CompletionRequest, error_body
+
+STATIC = Path(__file__).parent / "static"
 
 
 class Refused(Exception):
@@ -103,6 +107,17 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     async def unexpected(request: Request, exc: Exception):  # a bug: one line, never a traceback
         return _error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/v1/device")
+    async def device():
+        return engine.device_view() if engine.state == "ok" else _error(503, f"the device is {engine.state}",
+                                                                          "server_error")
+
     @app.get("/health")
     async def health():
         st = engine.status()
@@ -140,7 +155,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     return app
 
 
-_ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+_ROUTES = ("/", "/health", "/metrics", "/v1/models", "/v1/device", "/v1/chat/completions", "/v1/completions")
 
 
 def _device(engine: Engine):
@@ -214,6 +229,7 @@ async def _serve(engine: Engine, request: Request, body, ids: list[int], chat: b
         """(text, stopped) as the device produces them; cancels the generation if the caller goes away."""
         done = False
         first = True
+        counted = [0]
         try:
             while True:
                 piece = await asyncio.to_thread(next, it, None)
@@ -226,6 +242,9 @@ async def _serve(engine: Engine, request: Request, body, ids: list[int], chat: b
                 if first:
                     engine.metrics.ttft.observe(time.perf_counter() - t0)
                     first = False
+                now_tokens = len(gen.tokens)
+                engine.tick(now_tokens - counted[0])
+                counted[0] = now_tokens
                 out, stopped = stops.push(piece)
                 if out:
                     yield out, stopped

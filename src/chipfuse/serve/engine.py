@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -73,6 +74,7 @@ class Engine:
         self.error: str = ""
         self._lock = threading.Lock()
         self._in_system = 0
+        self._ticks: deque[tuple[float, int]] = deque(maxlen=100_000)  # (time, tokens) as they are generated
         self._stop = threading.Event()
         self._open()
         self._watcher = threading.Thread(target=self._watch, name="chipfuse-serve-watch", daemon=True)
@@ -153,6 +155,45 @@ class Engine:
     def _gauges(self) -> None:
         self.metrics.in_flight.set(self._in_system)
         self.metrics.queue_depth.set(max(0, self._in_system - (self.device.max_batch if self.device else 0)))
+
+    def tick(self, tokens: int) -> None:
+        """`tokens` more generated now (for the live rate)."""
+        if tokens > 0:
+            self._ticks.append((time.monotonic(), tokens))
+
+    def rate(self, window_s: float = 5.0) -> float:
+        """Tokens generated per second over the last `window_s` seconds."""
+        since = time.monotonic() - window_s
+        return sum(n for t, n in list(self._ticks) if t >= since) / window_s
+
+    def device_view(self) -> dict:
+        """What the page draws: each die's planned share and memory, the route's links with the plan's bytes per
+        token, the measured rate beside the predicted one, and the slots."""
+        dev = self.device
+        plan = dev.plan
+        cfg = plan.model.config
+        pred = plan.prediction
+        total = sum(sp.decode_s for sp in pred.stages) if pred else 0.0
+        resident = {r["die"]: r["resident_weight_bytes"] for r in dev.memory_report()}
+        dies = []
+        for i, st in enumerate(plan.stages):
+            s, e = st.blocks
+            share = pred.stages[i].decode_s / total if pred and total > 0 else 0.0
+            dies.append({"die": st.die, "blocks": f"{s}-{e - 1}" + (" (shard)" if st.shard else ""), "share": share,
+                         "resident_bytes": resident.get(st.die, 0), "kv_bytes": st.kv_bytes})
+        from ..plan.plan import stage_positions
+
+        route = [["host"]] + [[st.die for _, st in pos] for pos in stage_positions(plan.stages)] + [["host"]]
+        hidden, vocab = 4 * cfg["hidden_size"], 4 * cfg["vocab_size"]
+        links = []
+        for k, (a, b) in enumerate(zip(route, route[1:])):
+            per_token = 8 if k == 0 else (vocab if b == ["host"] else hidden)
+            links += [{"from": a[0], "to": d, "bytes_per_token": per_token} for d in b]
+        busy = len(dev.scheduler.active)
+        return {"model": self.model_name, "system": plan.system.get("name", "?"), "state": self.state,
+                "dies": dies, "links": links, "measured_tokens_per_s": self.rate(),
+                "predicted_tokens_per_s": pred.decode_tokens_per_s if pred else 0.0, "slots": dev.max_batch,
+                "slots_busy": busy, "queued": max(0, self._in_system - busy)}
 
     def status(self) -> dict:
         dev = self.device
