@@ -163,3 +163,14 @@ def test_a_full_pipeline_with_long_prompts_never_waits_on_itself():
         for t in threads:
             t.join(max(0.1, deadline - time.monotonic()))
     assert done == {i: 6 + i for i in range(12)}
+
+
+def test_prompts_in_chunks_give_the_same_tokens_and_interleave_with_decoding(reference):
+    """Prompts sent two tokens at a time (the KV cache continued across pieces): every greedy answer is the
+    reference's, with two requests running at once."""
+    ids, want = reference
+    with open_device("talk-4die-d2d", context=512, prefill_chunk=2) as dev:
+        gens = [dev.submit(ids[0], 20, stop_ids=set()), dev.submit(ids[1], 20, stop_ids=set())]
+        for g in gens:
+            list(g)
+    assert [g.tokens for g in gens] == want[:2]

@@ -170,3 +170,45 @@ def test_unfinished_lists_admitted_and_waiting_requests():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError):
         Scheduler(slots=0, max_inflight=1)
+
+
+def test_a_long_prompt_goes_in_chunks_with_decode_steps_between_them():
+    """A running request keeps decoding while a 7-token prompt is sent 3 tokens at a time; the new request's
+    first token comes from its last piece only."""
+    s = Scheduler(slots=2, max_inflight=1, prefill_chunk=3)
+    a = req(0, prompt_len=2, max_tokens=10)
+    s.submit(a)
+    _, (mb,) = s.step()
+    assert mb.segs == ((0, 0, 2),) and mb.final
+    run_one(s)
+    b = req(1, prompt_len=7, max_tokens=2)
+    s.submit(b)
+    kinds = []
+    for _ in range(6):
+        _, (mb,) = s.step()
+        kinds.append((mb.requests[0].id, mb.segs[0], mb.final))
+        run_one(s)
+    assert kinds == [(0, (0, 2, 1), True), (1, (1, 0, 3), False), (0, (0, 3, 1), True), (1, (1, 3, 3), False),
+                     (0, (0, 4, 1), True), (1, (1, 6, 1), True)]
+    assert b.generated == [7] and b.pos == 7  # one token, after the whole prompt
+
+
+def test_a_chunk_is_chosen_by_the_die_when_nobody_needs_its_token():
+    s = Scheduler(slots=1, max_inflight=2, prefill_chunk=4)
+    r = req(0, prompt_len=6, greedy=False)
+    s.submit(r)
+    _, batches = s.step()
+    assert [(mb.final, mb.greedy) for mb in batches] == [(False, True), (True, False)]
+
+
+def test_a_request_cancelled_between_its_chunks_is_retired_and_its_slot_freed():
+    s = Scheduler(slots=1, max_inflight=1, prefill_chunk=2)
+    r = req(0, prompt_len=6)
+    s.submit(r)
+    s.step()
+    r.cancelled = True
+    assert run_one(s) == []  # the piece in flight comes back: nothing to record
+    retired, batches = s.step()
+    assert retired == [r] and r.finish_reason == CANCELLED and not batches and s.free_slots == [0]
+    with pytest.raises(ValueError):
+        Scheduler(slots=1, max_inflight=1, prefill_chunk=0)

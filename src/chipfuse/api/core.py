@@ -165,11 +165,12 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
                 quantized: str | Path | None = None, head_precision: str | None = None, kv_precision: str = "fp16",
                 dies: int | None = None, threads: int | None = None, spawn: bool = True, master: str | None = None,
                 startup_timeout_s: float = 300.0, on_status=None, split: str = "pipeline",
-                objective: str = "throughput", trace: bool = False):
+                objective: str = "throughput", trace: bool = False, prefill_chunk: int | None = None):
     """Compile a plan for a runnable model (the embedded SmolLM2 by default) on a system and start its dies
     -> `runtime.Device` (one device whatever the number of dies; use it as a context manager). `split` as in
     `plan`; pipeline unless asked, as `chipfuse run` always planned. `trace`: record the run for
-    `device.recording()` (see `run(trace=...)`)."""
+    `device.recording()` (see `run(trace=...)`). `prefill_chunk`: send prompts in pieces of at most this many
+    tokens, so a long prompt does not stall the running requests (the server's default: 128)."""
     import time
 
     from ..compile.compiler import compile_plan
@@ -185,7 +186,7 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
                      model_source=str(path), quantized_weights=str(quantized) if quantized else None,
                      split=split, objective=objective)
     return Device(p, path, threads=threads, spawn=spawn, master=master, startup_timeout_s=startup_timeout_s,
-                  on_status=on_status, started_at=started_at, trace=trace)
+                  on_status=on_status, started_at=started_at, trace=trace, prefill_chunk=prefill_chunk)
 
 
 def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SAMPLE_QUESTION, *,

@@ -391,6 +391,8 @@ def serve(
     max_queue: int = typer.Option(32, min=0, max=100000, help="requests waiting for a slot before a 429"),
     max_body_bytes: int = typer.Option(1 << 20, min=1024, help="largest request body"),
     split: str = typer.Option("pipeline", help="pipeline, tensor, hybrid or auto: how the dies share the model"),
+    prefill_chunk: int = typer.Option(128, min=1, help="prompt tokens sent at a time, running streams decoding "
+                                                        "between the pieces"),
 ):
     """Serve the dies as one OpenAI-compatible model: /v1/chat/completions, /v1/completions, /health, /metrics."""
     import socket
@@ -409,7 +411,7 @@ def serve(
     limits = server.Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_queue=max_queue)
     with status("compiling the plan and starting the dies...") as st:
         engine = server.build(system, model, precision, context=context, slots=slots, limits=limits, split=split,
-                              on_event=lambda m: err_console.print(f"[dim]{m}[/]"))
+                              prefill_chunk=prefill_chunk, on_event=lambda m: err_console.print(f"[dim]{m}[/]"))
         st.update("dies ready")
     dev = engine.device
     render.say(f"serving {engine.model_name} on {dev.plan.system['name']} ({len(dev.plan.stages)} dies, "

@@ -156,11 +156,12 @@ class Device:
 
     def __init__(self, plan: Plan, model: str | Path | None = None, *, threads: int | None = None, spawn: bool = True,
                  master: str | None = None, startup_timeout_s: float = 300.0, on_status=None,
-                 started_at: float | None = None, trace: bool = False):
+                 started_at: float | None = None, trace: bool = False, prefill_chunk: int | None = None):
         """Start the dies of a compiled `plan` with the model file it was made for (`model`: the same file or
         folder, None for the embedded SmolLM2). Compile plans with `chipfuse.api.open_device` or `api.plan`:
         the runtime obeys a plan, it never makes one. `trace`: the host and every die record what they do
-        and when, for `recording()` (a few clock reads per message)."""
+        and when, for `recording()` (a few clock reads per message). `prefill_chunk`: prompts go to the dies in
+        pieces of at most this many tokens, with the running requests' decode steps between them."""
         if not isinstance(plan, Plan):
             raise DeviceError(f"Device takes a compiled Plan (got {type(plan).__name__}); start one with "
                               "chipfuse.api.open_device(system, model, precision, ...)")
@@ -187,7 +188,9 @@ class Device:
         self._batches: list[Batch] = []
         self.executor = Executor(plan, self.model_path, self.threads, on_status=self._status, marks=self.marks,
                                  trace=trace)
-        self.scheduler = Scheduler(self.max_batch, self.n_stages)
+        if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and prefill_chunk >= 1):
+            raise DeviceError(f"prefill_chunk {prefill_chunk!r}: give a whole number of tokens, at least 1")
+        self.scheduler = Scheduler(self.max_batch, self.n_stages, prefill_chunk=prefill_chunk)
         self._start(spawn, master, startup_timeout_s)
         try:
             self.tokenizer = self._tokenizer_job.result()
@@ -318,6 +321,8 @@ class Device:
                 else:
                     tokens = [sample(out[i], r.params, r.gen) for i, r in enumerate(mb.requests)]
                 finished = sched.complete(tokens)
+                if not mb.final:  # a prompt chunk: nothing to stream yet
+                    tokens = []
                 for r, tok in zip(mb.requests, tokens):
                     if r.t_first is None:
                         r.t_first = now

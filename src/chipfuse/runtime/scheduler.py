@@ -46,6 +46,7 @@ class Request:
     next_token: int | None = None
     generated: list[int] = field(default_factory=list)
     started: bool = False  # something was sent for it: its slot holds KV to free
+    prefilled: int = 0  # prompt tokens sent so far (a long prompt goes in chunks)
     t_submit: float = 0.0
     t_first: float | None = None
     t_last: float | None = None
@@ -72,19 +73,26 @@ class MicroBatch:
     prefill: bool
     segs: tuple[tuple[int, int, int], ...]
     token_ids: list[int]
+    final: bool = True  # False for a prompt chunk before the last: its result is only the KV it leaves
 
     @property
     def greedy(self) -> bool:
-        return all(r.greedy for r in self.requests)
+        """The last die may choose the token itself (every sequence greedy, or nothing to choose)."""
+        return not self.final or all(r.greedy for r in self.requests)
 
 
 class Scheduler:
     """Which requests run, in which slot, grouped how, and when each is done. Single-threaded: call from one loop."""
 
-    def __init__(self, slots: int, max_inflight: int, max_seqs: int = MAX_SEQS_PER_BATCH):
-        if slots < 1 or max_inflight < 1 or max_seqs < 1:
-            raise ValueError("slots, max_inflight and max_seqs must be at least 1")
+    def __init__(self, slots: int, max_inflight: int, max_seqs: int = MAX_SEQS_PER_BATCH,
+                 prefill_chunk: int | None = None):
+        """`prefill_chunk`: send prompts in pieces of at most this many tokens, a decode step of the running
+        requests between two pieces, so a long prompt does not stall them (None: each prompt whole)."""
+        if slots < 1 or max_inflight < 1 or max_seqs < 1 or (prefill_chunk is not None and prefill_chunk < 1):
+            raise ValueError("slots, max_inflight, max_seqs and prefill_chunk must be at least 1")
         self.slots, self.max_inflight, self.max_seqs = slots, max_inflight, max_seqs
+        self.prefill_chunk = prefill_chunk
+        self._last_was_prefill = False
         self.free_slots: list[int] = list(range(slots))
         self.waiting: deque[Request] = deque()  # submitted, no slot yet
         self.prefill: deque[Request] = deque()  # slot assigned, prompt not sent yet
@@ -114,6 +122,8 @@ class Scheduler:
     def complete(self, tokens: Sequence[int]) -> list[Request]:
         """The oldest in-flight batch came back with one chosen token per request: record them; return the finished."""
         mb = self.inflight.popleft()
+        if not mb.final:  # a prompt chunk: its KV is on the dies, its token means nothing
+            return []
         finished = []
         for r, tok in zip(mb.requests, tokens):
             r.pos = len(r.prompt) if not r.generated else r.pos + 1
@@ -150,10 +160,19 @@ class Scheduler:
             self.prefill.append(r)
 
     def _next_batch(self) -> MicroBatch:
-        if self.prefill:
+        take_prefill = self.prefill and not (self._last_was_prefill and self.ready and self.prefill_chunk)
+        self._last_was_prefill = bool(take_prefill)
+        if take_prefill:
             r = self.prefill.popleft()
             r.started = True
-            return MicroBatch(next(self._mb_ids), (r,), True, ((r.slot, 0, len(r.prompt)),), list(r.prompt))
+            start = r.prefilled
+            n = len(r.prompt) - start if self.prefill_chunk is None else min(self.prefill_chunk, len(r.prompt) - start)
+            r.prefilled += n
+            final = r.prefilled == len(r.prompt)
+            if not final:  # its next piece waits behind the others' turns (the dies keep the order)
+                self.prefill.append(r)
+            return MicroBatch(next(self._mb_ids), (r,), True, ((r.slot, start, n),), list(r.prompt[start:start + n]),
+                              final)
         batch, self.ready = self.ready[:self.max_seqs], self.ready[self.max_seqs:]
         return MicroBatch(next(self._mb_ids), tuple(batch), False, tuple((r.slot, r.pos, 1) for r in batch),
                           [r.next_token for r in batch])

@@ -14,8 +14,10 @@ from .engine import Engine, Limits
 
 
 def build(system, model=None, precision: str | None = None, *, context: int = 2048, slots: int = 4,
-          limits: Limits | None = None, split: str = "pipeline", on_event=lambda message: None) -> Engine:
-    """An Engine whose device is `open_device(system, model, precision, context, max_batch=slots)`."""
+          limits: Limits | None = None, split: str = "pipeline", prefill_chunk: int | None = 128,
+          on_event=lambda message: None) -> Engine:
+    """An Engine whose device is `open_device(system, model, precision, context, max_batch=slots)`; prompts go
+    to the dies `prefill_chunk` tokens at a time so a long one does not stall the running streams."""
     from ..api.core import load_system, open_device
     from ..errors import ChipfuseError
     from ..runtime.device import resolve_model
@@ -29,7 +31,8 @@ def build(system, model=None, precision: str | None = None, *, context: int = 20
         lim = Limits(lim.max_body_bytes, context - 1, lim.max_prompt_tokens, lim.max_queue, lim.retry_after_s)
 
     def opener():
-        return open_device(sysm, model, precision, context=context, max_batch=slots, split=split)
+        return open_device(sysm, model, precision, context=context, max_batch=slots, split=split,
+                           prefill_chunk=prefill_chunk)
 
     return Engine(opener, lim, cfg.name or path.stem, on_event)
 
