@@ -207,10 +207,17 @@ def test_a_killed_die_fails_its_request_clearly_and_the_server_recovers(server):
     assert "chipfuse_worker_restarts_total 1.0" in httpx.get(url + "/metrics").text
 
 
-def test_sigterm_stops_the_server_and_leaves_no_die_behind(server):
+def test_sigterm_lets_a_running_stream_end_then_leaves_no_die_behind(server):
     proc = server["proc"]
     pids = [d["pid"] for d in httpx.get(server["url"] + "/health").json()["dies"]]
-    proc.send_signal(signal.SIGTERM)
+    with httpx.Client(base_url=server["url"], timeout=60) as c, c.stream(
+            "POST", "/v1/completions", headers=_h(),
+            json={"prompt": "The sea is", "max_tokens": 40, "stream": True, "temperature": 0}) as r:
+        it = r.iter_lines()
+        next(it)
+        proc.send_signal(signal.SIGTERM)
+        rest = "\n".join(it)
+    assert '"finish_reason": "length"' in rest and rest.rstrip().endswith("data: [DONE]")
     assert proc.wait(timeout=60) is not None
     _wait(lambda: not any(os.path.exists(f"/proc/{p}") and "zombie" not in open(f"/proc/{p}/status").read().lower()
                           for p in pids), 20, "every die process gone")

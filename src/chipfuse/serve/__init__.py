@@ -44,9 +44,16 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: st
 
     from .app import create_app
 
-    app = create_app(engine, api_key)
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # SIGINT / SIGTERM: refuse new work, let running streams end
+            engine.state = "draining"
+            engine.metrics.up.set(0)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(create_app(engine, api_key), host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=drain_s)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=drain_s)
+        _Server(config).run()
     finally:
         engine.close()
 
