@@ -182,6 +182,9 @@ def test_the_page_chats_and_its_device_view_follows_in_a_real_browser(server, tm
             page.wait_for_function("(document.querySelector('.msg.assistant') || {textContent: ''})"
                                    ".textContent.includes('Paris')", timeout=60000)
             page.wait_for_function("parseFloat(document.getElementById('measured').textContent) > 0", timeout=10000)
+            # each die's own count of its busy time reaches the page within a few seconds
+            page.wait_for_function("[...document.querySelectorAll('#dies tbody tr td:nth-child(4)')]"
+                                   ".some((td) => td.textContent.endsWith('%'))", timeout=15000)
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot))
             assert shot.stat().st_size > 10000
@@ -204,7 +207,8 @@ def test_a_killed_die_fails_its_request_clearly_and_the_server_recovers(server):
     assert httpx.get(url + "/health").json()["dies"][1]["pid"] != pid
     r = httpx.post(url + "/v1/completions", json={"prompt": "The sea is", "max_tokens": 4}, headers=_h(), timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
-    assert "chipfuse_worker_restarts_total 1.0" in httpx.get(url + "/metrics").text
+    metrics = httpx.get(url + "/metrics").text
+    assert "chipfuse_worker_restarts_total 1.0" in metrics and 'chipfuse_die_busy_seconds{die="die0"}' in metrics
 
 
 def test_sigterm_lets_a_running_stream_end_then_leaves_no_die_behind(server):

@@ -220,7 +220,8 @@ class Executor:
             plan_json = self.plan.model_dump(mode="json", by_alias=True)
             for rank in range(1, self.world):
                 send_json({"plan": plan_json, "weights": str(self.model_path), "threads": self.threads,
-                           "trace": self.trace, "boot_id": boot_id()}, rank)
+                           "trace": self.trace, "boot_id": boot_id(),
+                           "stats_dir": str(self._logdir) if getattr(self, "_logdir", None) else None}, rank)
             self._status("dies loading their layers")
             for rank in range(1, self.world):
                 info = recv_json(rank)
@@ -243,6 +244,20 @@ class Executor:
         self.to_first = Fanout([Channel(r, inline_bytes(self.plan, 0, r)) for r in host.outbox])
         self.from_last = Channel(host.inbox, inline_bytes(self.plan, host.inbox, 0))
         return self.worker_info
+
+    def die_stats(self) -> list[dict | None]:
+        """Each die's running totals (busy seconds, bytes sent on, steps), as its worker last wrote them; None for a
+        die that writes none (started by hand elsewhere) or has not yet."""
+        import json
+
+        out: list[dict | None] = []
+        for rank in range(1, self.world):
+            path = Path(getattr(self, "_logdir", "")) / f"worker{rank}.stats.json"
+            try:
+                out.append(json.loads(path.read_text()) if getattr(self, "_logdir", None) else None)
+            except (OSError, ValueError):
+                out.append(None)
+        return out
 
     @staticmethod
     def _measure_clock(rank: int) -> tuple[float, float]:

@@ -15,6 +15,7 @@ import time
 STARTED_AT = time.time()  # wall clock at import, before torch: start-up timings include the interpreter's
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -195,6 +196,7 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
         for _ in range(PINGS):
             recv_json(0)
             send_json({"t": rec.now()}, 0)
+    stats = _Stats(setup.get("stats_dir"), rank, [plan.stages[r - 1].die if r else "host" for r in place.outbox])
     inbox = Channel(place.inbox, inline_bytes(plan, place.inbox, rank))
     outbox = Fanout([Channel(r, inline_bytes(plan, rank, r)) for r in place.outbox])  # empty unless it leads
     to_host = place.outbox == (0,)
@@ -230,9 +232,33 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
             t_done = rec.now()
             rec.add(COMPUTE, h.mb, t_got, t_done)
             outbox.send(Header(FORWARD, h.mb, h.segs, kind, out.shape[-1], greedy=h.greedy), out)
-            if outbox.channels:
-                rec.add(SEND, h.mb, t_done, None, out.numel() * out.element_size())
+            sent = out.numel() * out.element_size() if outbox.channels else 0
+            if sent:
+                rec.add(SEND, h.mb, t_done, None, sent)
+            stats.add(t_done - t_got, sent)
     dist.destroy_process_group()
+
+
+class _Stats:
+    """This die's running totals (seconds computing, bytes sent on to each next die), written for the host every
+    half second to a small JSON file when the host gave a folder on this machine (`chipfuse serve`'s metrics)."""
+
+    def __init__(self, folder: str | None, rank: int, to: list[str]):
+        self.path = os.path.join(folder, f"worker{rank}.stats.json") if folder and os.path.isdir(folder) else None
+        self.to, self.busy_s, self.sent_bytes, self.steps, self._written = to, 0.0, 0, 0, 0.0
+
+    def add(self, busy_s: float, sent_bytes: int) -> None:
+        self.busy_s += busy_s
+        self.sent_bytes += sent_bytes
+        self.steps += 1
+        now = time.monotonic()
+        if self.path and now - self._written > 0.5:
+            self._written = now
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"busy_s": self.busy_s, "sent_bytes": self.sent_bytes, "steps": self.steps, "to": self.to,
+                           "at": time.time()}, f)
+            os.replace(tmp, self.path)
 
 
 COLLECTIVE_TAG = 7  # a group's exchanges, apart from the pipeline's messages (tag 0) between the same ranks

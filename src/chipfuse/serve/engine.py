@@ -61,6 +61,10 @@ class Metrics:
         self.resident = Gauge("chipfuse_die_resident_bytes", "weight bytes each die holds", ["die"], registry=r)
         self.kv_bytes = Gauge("chipfuse_die_kv_bytes", "KV-cache bytes each die holds (the plan's budget)", ["die"],
                               registry=r)
+        self.busy = Gauge("chipfuse_die_busy_seconds", "seconds each die has computed since it started (its own "
+                          "count)", ["die"], registry=r)
+        self.link_bytes = Gauge("chipfuse_link_bytes", "bytes each die has sent on to the next (its own count)",
+                                ["src", "dst"], registry=r)
 
 
 class Engine:
@@ -75,6 +79,7 @@ class Engine:
         self._lock = threading.Lock()
         self._in_system = 0
         self._ticks: deque[tuple[float, int]] = deque(maxlen=100_000)  # (time, tokens) as they are generated
+        self._samples: deque[tuple[float, list]] = deque(maxlen=16)  # (time, each die's stats), about a second apart
         self._stop = threading.Event()
         self._open()
         self._watcher = threading.Thread(target=self._watch, name="chipfuse-serve-watch", daemon=True)
@@ -92,8 +97,39 @@ class Engine:
         self.state = "ok"
         self.metrics.up.set(1)
 
+    def _sample(self) -> None:
+        """Each die's own running totals into the metrics, kept a few seconds for the page's busy shares."""
+        dev = self.device
+        if dev is None or self.state != "ok":
+            return
+        stats = dev.executor.die_stats()
+        for st, s in zip(dev.plan.stages, stats):
+            if s:
+                self.metrics.busy.labels(st.die).set(s["busy_s"])
+                for to in s["to"]:
+                    self.metrics.link_bytes.labels(st.die, to).set(s["sent_bytes"] / max(1, len(s["to"])))
+        self._samples.append((time.monotonic(), stats))
+
+    def busy_shares(self, window_s: float = 5.0) -> list[float | None]:
+        """Each die's share of the last `window_s` seconds spent computing, from its own counts (None: unknown)."""
+        if len(self._samples) < 2:
+            return [None] * len(self.device.plan.stages)
+        t1, new = self._samples[-1]
+        t0, old = next(((t, s) for t, s in self._samples if t >= t1 - window_s), self._samples[0])
+        if t1 <= t0:
+            return [None] * len(new)
+        return [None if not (a and b) else max(0.0, min(1.0, (b["busy_s"] - a["busy_s"]) / (t1 - t0)))
+                for a, b in zip(old, new)]
+
     def _watch(self) -> None:
+        last = 0.0
         while not self._stop.wait(0.2):
+            if time.monotonic() - last >= 1.0:
+                last = time.monotonic()
+                try:
+                    self._sample()
+                except Exception:  # noqa: BLE001 - a die restarting: its counts come back with it
+                    pass
             dev = self.device
             if dev is None or dev.error is None or self.state != "ok":
                 continue
@@ -176,11 +212,12 @@ class Engine:
         total = sum(sp.decode_s for sp in pred.stages) if pred else 0.0
         resident = {r["die"]: r["resident_weight_bytes"] for r in dev.memory_report()}
         dies = []
+        busy = self.busy_shares()
         for i, st in enumerate(plan.stages):
             s, e = st.blocks
             share = pred.stages[i].decode_s / total if pred and total > 0 else 0.0
             dies.append({"die": st.die, "blocks": f"{s}-{e - 1}" + (" (shard)" if st.shard else ""), "share": share,
-                         "resident_bytes": resident.get(st.die, 0), "kv_bytes": st.kv_bytes})
+                         "busy": busy[i], "resident_bytes": resident.get(st.die, 0), "kv_bytes": st.kv_bytes})
         from ..plan.plan import stage_positions
 
         route = [["host"]] + [[st.die for _, st in pos] for pos in stage_positions(plan.stages)] + [["host"]]
@@ -189,11 +226,11 @@ class Engine:
         for k, (a, b) in enumerate(zip(route, route[1:])):
             per_token = 8 if k == 0 else (vocab if b == ["host"] else hidden)
             links += [{"from": a[0], "to": d, "bytes_per_token": per_token} for d in b]
-        busy = len(dev.scheduler.active)
+        slots_busy = len(dev.scheduler.active)
         return {"model": self.model_name, "system": plan.system.get("name", "?"), "state": self.state,
                 "dies": dies, "links": links, "measured_tokens_per_s": self.rate(),
                 "predicted_tokens_per_s": pred.decode_tokens_per_s if pred else 0.0, "slots": dev.max_batch,
-                "slots_busy": busy, "queued": max(0, self._in_system - busy)}
+                "slots_busy": slots_busy, "queued": max(0, self._in_system - slots_busy)}
 
     def status(self) -> dict:
         dev = self.device

@@ -123,7 +123,7 @@ async function poll() {
       $("slots").textContent = d.slots;
       $("queued").textContent = d.queued;
       $("dies").querySelector("tbody").innerHTML = d.dies.map((x) =>
-        `<tr><td>${x.die}</td><td>${x.blocks}</td><td><span class="bar" style="width:${(100 * x.share).toFixed(0)}px"></span>${(100 * x.share).toFixed(0)}%</td><td>${mib(x.resident_bytes)}</td><td>${mib(x.kv_bytes)}</td></tr>`).join("");
+        `<tr><td>${x.die}</td><td>${x.blocks}</td><td><span class="bar" style="width:${(100 * x.share).toFixed(0)}px"></span>${(100 * x.share).toFixed(0)}%</td><td>${x.busy === null ? "–" : (100 * x.busy).toFixed(0) + "%"}</td><td>${mib(x.resident_bytes)}</td><td>${mib(x.kv_bytes)}</td></tr>`).join("");
       draw(d);
     }
   } catch (e) { /* the server is restarting: try again */ }
