@@ -35,16 +35,16 @@ def measured_trace(plan: Plan, rec: Recording, prediction: Prediction | None = N
     if not prefills:
         raise ValueError("the recording holds no prompt: trace a device after it has answered one")
     pre = prefills[0]
-    prefill = _timeline(f"prefill ({pre[0].tokens}-token prompt, measured)", pre, spans, tracks, positions, plan)
+    prefill = _timeline(f"prefill ({pre[0].tokens}-token prompt, measured)", pre, spans, tracks, names)
     if decodes:
         dec = decodes[len(decodes) // 2]
-        decode = _timeline(f"decode step (median of {len(decodes)}, measured)", dec, spans, tracks, positions, plan)
+        decode = _timeline(f"decode step (median of {len(decodes)}, measured)", dec, spans, tracks, names)
     else:
         decode = tr.Timeline("no decode step (a single token was generated)", 0.0, (), (), ())
     t0 = min(w[1] for w in windows)
     t1 = max(w[2] for w in windows)
     whole = _timeline(f"whole run ({len(windows)} micro-batches, measured)", (pre[0], t0, t1), spans, tracks,
-                      positions, plan, shares=False)
+                      names, shares=False)
     arrive = {r.mb: r.t1 for r in rec.host if r.kind == WAIT_IN}
     sent = {r.mb: r.t0 for r in rec.host if r.kind == SEND}
     trips = [arrive[b.mb] - sent[b.mb] for b, _, _ in decodes if b.mb in arrive and b.mb in sent]
@@ -161,8 +161,8 @@ def _in_flight(windows: list[Window]) -> int:
     return most
 
 
-def _timeline(label: str, window: Window, spans: list[tr.Span], tracks: list[tr.Track], positions: list[list[int]],
-              plan: Plan, shares: bool = True) -> tr.Timeline:
+def _timeline(label: str, window: Window, spans: list[tr.Span], tracks: list[tr.Track], names: list[list[str]],
+              shares: bool = True) -> tr.Timeline:
     """The spans inside `window`, clipped to it and timed from its start, with what its micro-batch's own
     path spent the time on (die work per position at its slowest die, collectives, links; the host and
     anything else is the rest)."""
@@ -180,8 +180,7 @@ def _timeline(label: str, window: Window, spans: list[tr.Span], tracks: list[tr.
     link_tracks = {t.name for t in tracks if t.kind == "link"}
     links = sum(s.dur_s for s in own if s.track in link_tracks)
     work = coll = 0.0
-    for pos in positions:
-        dies = {plan.stages[i].die for i in pos}
+    for dies in names:  # each position's dies
         work += max((sum(s.dur_s for s in own if s.track == d and s.kind == tr.COMPUTE) for d in dies), default=0.0)
         coll += max((sum(s.dur_s for s in own if s.track == d and s.kind == tr.COLLECTIVE) for d in dies),
                     default=0.0)

@@ -143,6 +143,7 @@ class Executor:
         self._status = on_status
         self.procs: list[subprocess.Popen | ForkedWorker] = []
         self.logs: list[Path] = []
+        self._logdir: Path | None = None  # the workers' logs, exit statuses and stats (None: started by hand)
         self.master = ""
         self.worker_info: list[dict] = []
         self.death: WorkerDeath | None = None  # set by the watchdog when a worker dies on its own
@@ -221,7 +222,7 @@ class Executor:
             for rank in range(1, self.world):
                 send_json({"plan": plan_json, "weights": str(self.model_path), "threads": self.threads,
                            "trace": self.trace, "boot_id": boot_id(),
-                           "stats_dir": str(self._logdir) if getattr(self, "_logdir", None) else None}, rank)
+                           "stats_dir": str(self._logdir) if self._logdir else None}, rank)
             self._status("dies loading their layers")
             for rank in range(1, self.world):
                 info = recv_json(rank)
@@ -252,9 +253,8 @@ class Executor:
 
         out: list[dict | None] = []
         for rank in range(1, self.world):
-            path = Path(getattr(self, "_logdir", "")) / f"worker{rank}.stats.json"
             try:
-                out.append(json.loads(path.read_text()) if getattr(self, "_logdir", None) else None)
+                out.append(json.loads((self._logdir / f"worker{rank}.stats.json").read_text()) if self._logdir else None)
             except (OSError, ValueError):
                 out.append(None)
         return out

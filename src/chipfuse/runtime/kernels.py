@@ -203,13 +203,11 @@ class Int4Partial(Linear):
     """A tensor shard's input-column cut of an INT4 layer (its part of the o or down projection). The packed
     kernel would round this part to bfloat16, and the group's sum of rounded parts differs from the whole
     layer's output; so this part is summed in fp32 unrounded and the group's sum is rounded once
-    (`round_sum`), which gives the whole layer's values. Same bytes as Int4Linear: codes two per byte,
+    (`Int4Linear.round_sum`), which gives the whole layer's values. Same bytes as Int4Linear: codes two per byte,
     (scale, zero) in bfloat16 per group, laid out by output row for the compiled GEMV."""
 
     TENSORS = ("codes", "sz")
     SCALARS = ("kind", "group", "pad", "lpad")
-    partial = True
-    round_sum = staticmethod(Int4Linear.round_sum)
 
     def __init__(self, codes: QuantizedInt4, fmt: Format, in_features: int, lpad: int = 0):
         self.lpad, self.pad = lpad, codes.q.shape[1] - in_features - lpad

@@ -278,9 +278,9 @@ class StageModel:
     def _compiled(self):
         """The compiled decode path for these layers (None if unavailable or disabled). A tensor shard takes it
         once its group's `reduce` is set (the C++ loop calls it between each layer's halves), when every layer
-        holds all four projections without leading padding; else the Python path."""
+        holds all four projections (a shard without heads or columns of some layer stays on the Python path)."""
         if not self._fast_tried:
-            if self.shard is not None and (self.reduce is None or not self._shard_compilable()):
+            if self.shard is not None and (self.reduce is None or any(len(ly.linears()) < 4 for ly in self.layers)):
                 return None
             self._fast_tried = True
             from . import fastpath
@@ -300,10 +300,6 @@ class StageModel:
                     st.set_slot(slot, [t for pair in kv for t in pair])
                 self._fast = st
         return self._fast
-
-    def _shard_compilable(self) -> bool:
-        return all(len(ly.linears()) == 4 and not getattr(ly.qkv, "lpad", 0) and not getattr(ly.gate_up, "lpad", 0)
-                   for ly in self.layers)
 
     # ---- compute ----
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

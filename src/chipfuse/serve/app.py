@@ -227,9 +227,7 @@ async def _serve(engine: Engine, request: Request, body, ids: list[int], chat: b
 
     async def pieces():
         """(text, stopped) as the device produces them; cancels the generation if the caller goes away."""
-        done = False
-        first = True
-        counted = [0]
+        done, first, counted = False, True, 0
         try:
             while True:
                 piece = await asyncio.to_thread(next, it, None)
@@ -242,16 +240,14 @@ async def _serve(engine: Engine, request: Request, body, ids: list[int], chat: b
                 if first:
                     engine.metrics.ttft.observe(time.perf_counter() - t0)
                     first = False
-                now_tokens = len(gen.tokens)
-                engine.tick(now_tokens - counted[0])
-                counted[0] = now_tokens
+                engine.tick(len(gen.tokens) - counted)
+                counted = len(gen.tokens)
                 out, stopped = stops.push(piece)
-                if out:
+                if out or stopped:
                     yield out, stopped
                 if stopped:
                     gen.cancel()
                     done = True
-                    yield "", True
                     return
         finally:
             if not done:
