@@ -107,7 +107,7 @@ class Engine:
             if s:
                 self.metrics.busy.labels(st.die).set(s["busy_s"])
                 for to in s["to"]:
-                    self.metrics.link_bytes.labels(st.die, to).set(s["sent_bytes"] / max(1, len(s["to"])))
+                    self.metrics.link_bytes.labels(st.die, to).set(s["sent_bytes"])  # each receiver gets the whole
         self._samples.append((time.monotonic(), stats))
 
     def busy_shares(self, window_s: float = 5.0) -> list[float | None]:
