@@ -241,8 +241,8 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
 
 class _Stats:
     """This die's running totals (seconds computing, bytes sent on to each of the next dies, which all receive the
-    same payload), written for the host every
-    half second to a small JSON file when the host gave a folder on this machine (`chipfuse serve`'s metrics)."""
+    same payload), written for the host every half second to a small JSON file when the host gave a folder on
+    this machine (`chipfuse serve`'s metrics)."""
 
     def __init__(self, folder: str | None, rank: int, to: list[str]):
         self.path = os.path.join(folder, f"worker{rank}.stats.json") if folder and os.path.isdir(folder) else None
