@@ -23,7 +23,8 @@ def sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None)
     """One token id from a [vocab] logits row."""
     if p.temperature == 0:
         return int(logits.argmax())
-    x = logits.float() / p.temperature
+    x = logits.double()  # float64, so that any positive temperature stays positive; from the top down, so that a
+    x = (x - x.max()) / p.temperature  # tiny one gives 0 and -inf (greedy), never inf - inf
     if p.top_k:
         kth = x.topk(min(p.top_k, x.numel())).values[-1]
         x = x.masked_fill(x < kth, float("-inf"))

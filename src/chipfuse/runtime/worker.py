@@ -241,25 +241,41 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
 
 class _Stats:
     """This die's running totals (seconds computing, bytes sent on to each of the next dies, which all receive the
-    same payload), written for the host every half second to a small JSON file when the host gave a folder on
-    this machine (`chipfuse serve`'s metrics)."""
+    same payload), written for the host to a small JSON file when the host gave a folder on this machine
+    (`chipfuse serve`'s metrics): at once, then every half second while they change, by a thread of its own so
+    the last step's counts arrive even when the die goes idle after it."""
+
+    PERIOD_S = 0.5
 
     def __init__(self, folder: str | None, rank: int, to: list[str]):
         self.path = os.path.join(folder, f"worker{rank}.stats.json") if folder and os.path.isdir(folder) else None
-        self.to, self.busy_s, self.sent_bytes, self.steps, self._written = to, 0.0, 0, 0, 0.0
+        self.to, self.busy_s, self.sent_bytes, self.steps = to, 0.0, 0, 0
+        if self.path:
+            self._write()
+            threading.Thread(target=self._writer, name="chipfuse-stats", daemon=True).start()
 
     def add(self, busy_s: float, sent_bytes: int) -> None:
         self.busy_s += busy_s
         self.sent_bytes += sent_bytes
         self.steps += 1
-        now = time.monotonic()
-        if self.path and now - self._written > 0.5:
-            self._written = now
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"busy_s": self.busy_s, "sent_bytes": self.sent_bytes, "steps": self.steps, "to": self.to,
-                           "at": time.time()}, f)
-            os.replace(tmp, self.path)
+
+    def _write(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"busy_s": self.busy_s, "sent_bytes": self.sent_bytes, "steps": self.steps, "to": self.to,
+                       "at": time.time()}, f)
+        os.replace(tmp, self.path)
+
+    def _writer(self) -> None:
+        written = self.steps
+        while True:
+            time.sleep(self.PERIOD_S)
+            if self.steps != written:
+                written = self.steps
+                try:
+                    self._write()
+                except OSError:  # the host removed its folder: it is shutting down
+                    return
 
 
 COLLECTIVE_TAG = 7  # a group's exchanges, apart from the pipeline's messages (tag 0) between the same ranks

@@ -17,15 +17,29 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Busy, Engine, Unavailable
-from .schema import ChatRequest, CompletionRequest, error_body
+from .schema import ChatRequest, CompletionRequest, ErrorResponse, error_body
 
 STATIC = Path(__file__).parent / "static"
+
+
+def _refusals(*codes: int) -> dict:
+    """OpenAPI entries for the refusals a route can give, all in OpenAI's error shape."""
+    why = {400: "the request cannot be served as written", 401: "a missing or wrong API key",
+           413: "the body is over --max-body-bytes", 429: "the queue is full (see Retry-After)",
+           503: "the dies are starting or recovering (see Retry-After)"}
+    return {c: {"model": ErrorResponse, "description": why[c]} for c in codes}
+
+
+_GENERATE = {**_refusals(400, 401, 413, 429, 503),
+             200: {"description": "the completion, or with `stream: true` its server-sent events",
+                   "content": {"text/event-stream": {"schema": {  # each event: a chunk's JSON, or [DONE]
+                       "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}}}}}
 
 
 class Refused(Exception):
@@ -89,7 +103,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException):
         what = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed on "
                 f"{request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return _error(exc.status_code, what)
+        return _error(exc.status_code, what, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused):
@@ -109,32 +123,32 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/")
+    @app.get("/", response_class=HTMLResponse)
     async def page():
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/v1/device")
+    @app.get("/v1/device", responses=_refusals(401, 503))
     async def device():
         return engine.device_view() if engine.state == "ok" else _error(503, f"the device is {engine.state}",
                                                                           "server_error")
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "starting, recovering or stopping (same body)"}})
     async def health():
         st = engine.status()
         dev = engine.device
         st["slots_busy"] = len(dev.scheduler.active) if dev is not None else None
         return JSONResponse(st, status_code=200 if engine.state == "ok" else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         return PlainTextResponse(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_refusals(401))
     async def models():
         return {"object": "list", "data": [{"id": engine.model_name, "object": "model", "created": 0,
                                             "owned_by": "chipfuse"}]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_GENERATE)
     async def chat(body: ChatRequest, request: Request):
         dev = _device(engine)
         try:
@@ -146,12 +160,32 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             ids = ids["input_ids"]
         return await _serve(engine, request, body, list(ids), chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_GENERATE)
     async def completions(body: CompletionRequest, request: Request):
         dev = _device(engine)
         ids = dev.tokenizer.encode(body.prompt, add_special_tokens=False)
         return await _serve(engine, request, body, list(ids), chat=False)
 
+    def openapi() -> dict:
+        """FastAPI's schema without the 422s it documents for every body (this server answers them with 400), and
+        with this server's --max-tokens as the bodies' maximum."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for path in doc["paths"].values():
+                for op in path.values():
+                    op.get("responses", {}).pop("422", None)
+            schemas = doc.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            for name in ("ChatRequest", "CompletionRequest"):
+                for field in ("max_tokens", "max_completion_tokens"):
+                    schemas[name]["properties"][field]["anyOf"][0]["maximum"] = limits.max_tokens
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -168,14 +202,15 @@ def _budget(engine: Engine, body, n_prompt: int) -> int:
     """Tokens this request may generate, or a 400 naming the limit it breaks."""
     lim, ctx = engine.limits, engine.context
     if n_prompt == 0:
-        raise Refused(400, "the prompt is empty", "prompt")
+        raise Refused(400, "the prompt is empty: it encodes to no tokens (give it some text)", "prompt")
     if n_prompt > engine.max_prompt_tokens():
         raise Refused(400, f"the prompt is {n_prompt} tokens; the limit is {engine.max_prompt_tokens()} "
                            f"(the context holds {ctx})", "messages")
+    for name in ("max_completion_tokens", "max_tokens"):  # both are checked, though the first one set is used
+        asked = getattr(body, name)
+        if asked is not None and asked > lim.max_tokens:
+            raise Refused(400, f"{name} {asked} is over the server's limit of --max-tokens {lim.max_tokens}", name)
     asked = body.token_limit()
-    if asked is not None and asked > lim.max_tokens:
-        raise Refused(400, f"max_tokens {asked} is over the server's limit of --max-tokens {lim.max_tokens}",
-                      "max_tokens")
     if asked is not None and n_prompt + asked > ctx:
         raise Refused(400, f"the prompt ({n_prompt} tokens) + max_tokens ({asked}) exceed the context of {ctx} "
                            f"tokens; ask for at most {ctx - n_prompt}", "max_tokens")

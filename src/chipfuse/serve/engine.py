@@ -110,15 +110,18 @@ class Engine:
                     self.metrics.link_bytes.labels(st.die, to).set(s["sent_bytes"])  # each receiver gets the whole
         self._samples.append((time.monotonic(), stats))
 
-    def busy_shares(self, window_s: float = 5.0) -> list[float | None]:
-        """Each die's share of the last `window_s` seconds spent computing, from its own counts (None: unknown)."""
+    def die_rates(self, window_s: float = 5.0) -> list[tuple[float, float] | None]:
+        """Each die's (share of the last `window_s` seconds spent computing, bytes per second it sent on), from its
+        own running totals; None for a die that reports none (started by hand on another machine) or too early."""
         if len(self._samples) < 2:
             return [None] * len(self.device.plan.stages)
         t1, new = self._samples[-1]
         t0, old = next(((t, s) for t, s in self._samples if t >= t1 - window_s), self._samples[0])
         if t1 <= t0:
             return [None] * len(new)
-        return [None if not (a and b) else max(0.0, min(1.0, (b["busy_s"] - a["busy_s"]) / (t1 - t0)))
+        dt = t1 - t0
+        return [None if not (a and b) else (max(0.0, min(1.0, (b["busy_s"] - a["busy_s"]) / dt)),
+                                            max(0.0, (b["sent_bytes"] - a["sent_bytes"]) / dt))
                 for a, b in zip(old, new)]
 
     def _watch(self) -> None:
@@ -203,8 +206,8 @@ class Engine:
         return sum(n for t, n in list(self._ticks) if t >= since) / window_s
 
     def device_view(self) -> dict:
-        """What the page draws: each die's planned share and memory, the route's links with the plan's bytes per
-        token, the measured rate beside the predicted one, and the slots."""
+        """What the page draws: each die's planned share, measured busy share and memory, the route's links with
+        their measured traffic, the measured rate beside the predicted one, and the slots."""
         dev = self.device
         plan = dev.plan
         cfg = plan.model.config
@@ -212,23 +215,32 @@ class Engine:
         total = sum(sp.decode_s for sp in pred.stages) if pred else 0.0
         resident = {r["die"]: r["resident_weight_bytes"] for r in dev.memory_report()}
         dies = []
-        busy = self.busy_shares()
+        rates = self.die_rates()
         for i, st in enumerate(plan.stages):
             s, e = st.blocks
             share = pred.stages[i].decode_s / total if pred and total > 0 else 0.0
             dies.append({"die": st.die, "blocks": f"{s}-{e - 1}" + (" (shard)" if st.shard else ""), "share": share,
-                         "busy": busy[i], "resident_bytes": resident.get(st.die, 0), "kv_bytes": st.kv_bytes})
+                         "busy": rates[i][0] if rates[i] else None, "resident_bytes": resident.get(st.die, 0),
+                         "kv_bytes": st.kv_bytes})
         from ..plan.plan import stage_positions
 
+        sent = {st.die: r[1] for st, r in zip(plan.stages, rates) if r}
         route = [["host"]] + [[st.die for _, st in pos] for pos in stage_positions(plan.stages)] + [["host"]]
         hidden, vocab = 4 * cfg["hidden_size"], 4 * cfg["vocab_size"]
         links = []
+        rate = self.rate()
         for k, (a, b) in enumerate(zip(route, route[1:])):
             per_token = 8 if k == 0 else (vocab if b == ["host"] else hidden)
-            links += [{"from": a[0], "to": d, "bytes_per_token": per_token} for d in b]
+            # a die's own count where it reports one (each next die receives its whole payload); else the plan's
+            # bytes per token at the measured rate
+            for d in b:
+                measured = a[0] in sent
+                links.append({"from": a[0], "to": d, "bytes_per_token": per_token,
+                              "bytes_per_s": sent[a[0]] if measured else per_token * rate,
+                              "source": "die" if measured else "plan"})
         slots_busy = len(dev.scheduler.active)
         return {"model": self.model_name, "system": plan.system.get("name", "?"), "state": self.state,
-                "dies": dies, "links": links, "measured_tokens_per_s": self.rate(),
+                "dies": dies, "links": links, "measured_tokens_per_s": rate,
                 "predicted_tokens_per_s": pred.decode_tokens_per_s if pred else 0.0, "slots": dev.max_batch,
                 "slots_busy": slots_busy, "queued": max(0, self._in_system - slots_busy)}
 

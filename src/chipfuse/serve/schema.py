@@ -9,24 +9,45 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 ROLES = ("system", "user", "assistant")
 MAX_STOPS = 4
+
+
+def _whole(v):
+    """JSON has one number type: 2.0 is the integer 2 (JSON Schema says so too); 2.5, "2" and true are not."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _int(**bounds) -> Any:
+    """A JSON integer with `bounds` (pydantic's ge/le...), an integral float accepted as one."""
+    return Annotated[StrictInt, Field(**bounds), BeforeValidator(_whole)]
+
+
+Number = Annotated[float, Field(strict=True)]  # 1 and 1.5, not true or "1"
+# what the validators below check in our own words, stated in the OpenAPI schema for clients and fuzzers
+_STOP_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1},
+                          {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOPS},
+                          {"type": "null"}]}
+_CONTENT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "null"},
+                             {"type": "array", "items": {"type": "object", "required": ["type", "text"],
+                                                         "properties": {"type": {"enum": ["text"]},
+                                                                        "text": {"type": "string"}}}}]}
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
-    seed: StrictInt | None = None
-    stop: str | list[str] | None = None
+    max_tokens: _int(ge=1) | None = None
+    max_completion_tokens: _int(ge=1) | None = None
+    temperature: Annotated[Number, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 1.0
+    top_p: Annotated[Number, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
+    seed: _int() | None = None
+    stop: Annotated[str | list[str] | None, Field(json_schema_extra=_STOP_SCHEMA)] = None
     stream: StrictBool = False
-    n: StrictInt = 1
+    n: _int(json_schema_extra={"minimum": 1, "maximum": 1}) = 1
     user: str | None = None
 
     @field_validator("n")
@@ -49,9 +70,7 @@ class _Body(BaseModel):
     @field_validator("seed")
     @classmethod
     def _seed_range(cls, v):
-        if v is not None and not 0 <= v < 2**63:
-            raise ValueError("seed must be 0 .. 2**63 - 1")
-        return v
+        return None if v is None else v % 2**63  # any integer seeds; the generator takes 0 .. 2**63 - 1
 
     def stop_strings(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -63,8 +82,8 @@ class _Body(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Annotated[str, Field(json_schema_extra={"enum": list(ROLES)})]  # checked below, in our words
+    content: Annotated[str | list[dict[str, Any]] | None, Field(json_schema_extra=_CONTENT_SCHEMA)] = None
 
     @field_validator("role")
     @classmethod
@@ -89,7 +108,7 @@ class Message(BaseModel):
 
 class ChatRequest(_Body):
     messages: list[Message] = Field(min_length=1)
-    tools: list[Any] | None = None
+    tools: Annotated[list[Any] | None, Field(json_schema_extra={"maxItems": 0})] = None
 
     @field_validator("tools")
     @classmethod
@@ -109,6 +128,19 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """What every refusal looks like (for the OpenAPI schema; the server writes it with `error_body`)."""
+
+    error: ErrorDetail
+
+
 ErrorKind = Literal["invalid_request_error", "rate_limit_error", "server_error", "authentication_error"]
 
-__all__ = ["ChatRequest", "CompletionRequest", "Message", "error_body", "ROLES", "MAX_STOPS"]
+__all__ = ["ChatRequest", "CompletionRequest", "Message", "error_body", "ErrorResponse", "ROLES", "MAX_STOPS"]

@@ -81,7 +81,8 @@ function mib(b) { return (b / 1048576).toFixed(1) + " MiB"; }
 function rate(bps) {
   if (bps >= 1e9) return (bps / 1e9).toFixed(2) + " GB/s";
   if (bps >= 1e6) return (bps / 1e6).toFixed(2) + " MB/s";
-  return (bps / 1e3).toFixed(1) + " kB/s";
+  if (bps >= 1e3) return (bps / 1e3).toFixed(1) + " kB/s";
+  return bps.toFixed(0) + " B/s";
 }
 
 function draw(d) {
@@ -93,10 +94,10 @@ function draw(d) {
   for (const l of d.links) {
     const a = pos[l.from], b = pos[l.to];
     if (!a || !b) continue;
-    const flow = l.bytes_per_token * d.measured_tokens_per_s;
+    const flow = l.bytes_per_s;  // the sending die's own count ("die"), or the plan's bytes at the measured rate
     const width = 1 + Math.min(6, Math.log10(1 + flow / 1e3));
     s += `<line x1="${a.x}" y1="${a.y}" x2="${b.x}" y2="${b.y}" stroke="#a8dadc" stroke-width="${width}"/>`;
-    s += `<text x="${(a.x + b.x) / 2}" y="${(a.y + b.y) / 2 - 4}" font-size="10" text-anchor="middle" class="flow">${rate(flow)}</text>`;
+    s += `<text x="${(a.x + b.x) / 2}" y="${(a.y + b.y) / 2 - 4}" font-size="10" text-anchor="middle" class="flow">${rate(flow)}${l.source === "plan" ? " (plan)" : ""}</text>`;
   }
   for (const n of nodes) {
     const p = pos[n];
