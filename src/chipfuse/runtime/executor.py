@@ -130,14 +130,17 @@ class WorkerDeath:
 
 
 class Executor:
-    """The worker processes of a plan's stages (rank k runs stage k-1; the host is rank 0)."""
+    """The worker processes of a plan's stages (rank k runs stage k-1; the host is rank 0). With `plan` None,
+    bare dies by name (`dies`) for a subclass's own setup (runtime.tasks)."""
 
-    def __init__(self, plan: Plan, model_path: Path, threads: int, *, on_status: Callable[[str], None] = lambda m: None,
-                 marks: dict[str, float] | None = None, trace: bool = False):
+    def __init__(self, plan: Plan | None, model_path: Path, threads: int, *,
+                 on_status: Callable[[str], None] = lambda m: None, marks: dict[str, float] | None = None,
+                 trace: bool = False, dies: list[str] | None = None):
         self.plan, self.model_path, self.threads, self.trace = plan, model_path, threads, trace
+        self.dies = [st.die for st in plan.stages] if plan is not None else list(dies or [])
         self.clocks: list[tuple[float, float]] = []  # per die: (offset_s, uncertainty_s) against ours, when tracing
         # (0, 0) for a die on this machine (same boot id: the same wall clock), else measured by round trips
-        self.n_stages = len(plan.stages)
+        self.n_stages = len(self.dies)
         self.world = self.n_stages + 1
         self.marks = marks if marks is not None else {}
         self._status = on_status
@@ -376,7 +379,7 @@ class Executor:
             tail = lines[-1] if lines else ""
         except (OSError, IndexError):
             pass
-        return WorkerDeath(rank, self.plan.stages[rank - 1].die, p.pid, code, tail)
+        return WorkerDeath(rank, self.dies[rank - 1], p.pid, code, tail)
 
     # ---------------------------------------------------------------- shutdown
     def shutdown(self, graceful: bool = True) -> None:

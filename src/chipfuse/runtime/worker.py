@@ -151,6 +151,12 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
     marks["joined"] = time.time()
     setup = recv_json(0)
     marks["setup"] = time.time()
+    if setup.get("tasks"):  # a die holding pieces of vision models (runtime.tasks), not an LLM stage
+        from .tasks import serve_tasks
+
+        serve_tasks(rank, setup)
+        dist.destroy_process_group()
+        return
     torch.set_num_threads(int(setup.get("threads", 1)))
     plan = Plan.model_validate(setup["plan"])
     stage = plan.stages[rank - 1]
