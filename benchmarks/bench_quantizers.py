@@ -30,7 +30,7 @@ from chipfuse.quant import accuracy as acc
 from chipfuse.quant.formats import Recipe, get_format
 from chipfuse.quant.gptq import collect_hessians, dequantized, gptq_weights
 from chipfuse.quant.mixed import search
-from chipfuse.runtime.model_files import default_gguf
+from chipfuse.frontends.model_files import default_gguf
 from chipfuse.runtime.reference import reference_model
 from chipfuse.runtime.stage import Segment
 from chipfuse.runtime.tokenizer import load_tokenizer

@@ -18,7 +18,7 @@ from report import llama_cpp_decode_rate, write_section
 
 from chipfuse.api import open_device
 from chipfuse.frontends import load_model_config
-from chipfuse.runtime.model_files import default_gguf
+from chipfuse.frontends.model_files import default_gguf
 from chipfuse.runtime.reference import reference_model
 from chipfuse.runtime.stage import Segment
 from chipfuse.runtime.tokenizer import load_tokenizer

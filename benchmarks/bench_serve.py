@@ -138,7 +138,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     from chipfuse.runtime.executor import free_port
-    from chipfuse.runtime.model_files import default_gguf
+    from chipfuse.frontends.model_files import default_gguf
 
     gguf = str(default_gguf())
     work = workload(a.requests)

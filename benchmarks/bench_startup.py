@@ -27,7 +27,7 @@ from pathlib import Path
 from bench_runtime import THREADS
 from report import write_section
 
-from chipfuse.runtime.model_files import cache_dir, default_gguf
+from chipfuse.frontends.model_files import cache_dir, default_gguf
 
 PROMPT = "What is the capital of France?"
 CONFIGS = (("talk-light-d2d", "1 die"), ("talk-4die-d2d", "4 dies"))

@@ -56,6 +56,6 @@ def base_system() -> dict:
 @pytest.fixture(scope="session")
 def smollm2_gguf():
     """The real SmolLM2-135M-Instruct GGUF (fetched into the cache on first use)."""
-    from chipfuse.runtime.model_files import default_gguf
+    from chipfuse.frontends.model_files import default_gguf
 
     return default_gguf()

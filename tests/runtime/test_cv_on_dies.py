@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from cv_helpers import render_lines  # noqa: E402
 
 from chipfuse.compile.cv import split_cv  # noqa: E402
+from chipfuse.frontends.model_files import OCR_FRAMES, ocr_models  # noqa: E402
 from chipfuse.frontends.onnx_model import load_onnx  # noqa: E402
 from chipfuse.hw.load import load_system  # noqa: E402
 from chipfuse.runtime.cv import CVProgram  # noqa: E402
 from chipfuse.runtime.executor import DeviceError  # noqa: E402
-from chipfuse.runtime.model_files import OCR_FRAMES, ocr_models  # noqa: E402
 from chipfuse.runtime.ocr import alphabet_of, cls_input, det_input, read_text, rec_input  # noqa: E402
 from chipfuse.runtime.tasks import ProgramSpec, TaskDevice  # noqa: E402
 

@@ -161,7 +161,7 @@ def test_device_tokens_identical_cold_and_warm(smollm2_gguf, tmp_path, monkeypat
     """Real workers, an empty cache: cold start (miss), warm start (hit) and no cache (dies started one
     interpreter each) give the same greedy tokens."""
     from chipfuse.api import open_device
-    from chipfuse.runtime.model_files import cache_dir
+    from chipfuse.frontends.model_files import cache_dir
 
     real = cache_dir()
     tmp = tmp_path / "cache"

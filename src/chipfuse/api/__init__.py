@@ -23,6 +23,7 @@ from .core import (
                    this_host_prediction,
 )
 from .explain import plot_scaling, plot_trace, scaling, trace
+from .place import DemandError, PlaceResult, place, plot_placement
 from .progress import Progress, Silent
 from .quantize import mixed_precision, quantize_report
 from .results import (
@@ -41,6 +42,6 @@ from .results import (
 
 __all__ = ["alias_of", "calibrate", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
            "required_bandwidth_bytes_per_s", "run", "this_host_prediction", "mixed_precision", "quantize_report",
-           "trace", "scaling", "plot_scaling", "plot_trace",
+           "trace", "scaling", "plot_scaling", "plot_trace", "place", "plot_placement", "PlaceResult", "DemandError",
            "Progress", "Silent", "CalibrationReport", "FormatAccuracy", "LayerSensitivity", "MixedReport",
            "PresetList", "ProbeReport", "QuantizeReport", "RunResult", "ScalingReport", "ScalingRow", "TraceResult"]

@@ -51,6 +51,8 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
         except ChipfuseError as err:
             _say_error(str(err))
             raise typer.Exit(2) from None
@@ -139,6 +141,35 @@ def plan(
     if json_path:
         p.save(json_path)
         render.say(f"plan written to {json_path}")
+
+
+@app.command()
+@friendly
+def place(
+    workload: Path = typer.Option(..., "--workload", "-w", help="workload YAML: models and their demands "
+                                                               "(docs/placement.md; examples/hospital.yaml)"),
+    system: str = typer.Option(..., "--system", "-s", help=SYSTEM_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the placement (for `chipfuse run --workload`)"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the whole report as JSON here"),
+    plot: Optional[Path] = typer.Option(None, help="write a PNG of each die's time by model here"),
+    time_limit: float = typer.Option(10.0, help="seconds the exact search may take before it reports its best "
+                                                "and the bound"),
+):
+    """Place several models over the dies for the best throughput: which model where, replicas, splits."""
+    _writable(out, json_path, plot)
+    with err_console.status("weighing every way to run each model on each die (and what would help, if short)"):
+        res = api.place(workload, system, time_limit_s=time_limit)
+    render.placement(res)
+    if out:
+        res.placement.save(out)
+        render.say(f"placement written to {out}")
+    if json_path:
+        _write_json(json_path, res.to_json())
+    if plot:
+        render.say(f"picture written to {api.plot_placement(res, plot)}")
+    if not res.met:
+        _say_error(res.shortfall)
+        raise typer.Exit(3)
 
 
 @app.command()

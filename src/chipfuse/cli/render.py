@@ -248,3 +248,29 @@ def scaling(rep) -> None:
         console.print(f"  [dim]{n}[/]", highlight=False)
     if any(r.problem for r in rep.rows):
         say("'does not fit': `chipfuse plan --split MODE --dies K` says which die overflows and what would fit")
+
+
+def placement(res) -> None:
+    """`chipfuse place`: the models' demands and predicted rates, the deployments, the dies."""
+    t = _table(f"{res.workload} on {res.system}", ["model", "asked /s", "served /s", "met"])
+    for m in res.models:
+        t.add_row(m.name, f"{m.demand:.4g} {m.unit}", f"{m.served:.4g}", f"{100 * m.satisfied:.0f}%")
+    console.print(t)
+    how = {"milp": "optimal (MILP, HiGHS)", "milp-time-limit": f"the best the MILP found in its time; no placement "
+           f"meets more than {100 * res.bound:.1f}%", "greedy": f"a greedy heuristic; no placement meets more than "
+           f"{100 * res.bound:.1f}% (the LP relaxation)"}.get(res.method, res.method)
+    say(f"{100 * res.lam:.1f}% of every demand at once: {how}; {res.options} ways to run the models weighed in "
+        f"{res.solve_s:.2f} s. Spare capacity goes to higher priorities.")
+    d = _table("deployments", ["model", "how", "rate /s"], justify="left")
+    for row in res.deployments:
+        d.add_row(row.model, row.label, f"{row.rate:.4g} {row.unit}")
+    console.print(d)
+    dies = _table("dies", ["die", "busy", "models", "memory used"])
+    for row in res.dies:
+        mine = ", ".join(f"{m} {100 * s:.0f}%" for d2, m, s in res.die_shares if d2 == row.die and s > 5e-4)
+        dies.add_row(row.die, f"{100 * row.busy:.0f}%", mine or "-",
+                     f"{row.used_bytes / 2**20:.1f} of {row.memory_bytes / 2**20:.0f} MiB")
+    console.print(dies)
+    if res.links:
+        say("busiest links: " + ", ".join(f"{a}->{b} {100 * v:.1f}%" for a, b, v in
+                                            sorted(res.links, key=lambda x: -x[2])[:4]))

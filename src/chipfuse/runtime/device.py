@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..frontends import resolve_name
 from ..frontends.config import ModelConfig
+from ..frontends.model_files import default_gguf
 from ..plan.plan import Plan
 from .executor import (  # noqa: F401 (re-exported)
     DeviceError,
@@ -34,7 +35,6 @@ from .executor import (  # noqa: F401 (re-exported)
     worker_env,
 )
 from .model_config import gguf_config
-from .model_files import default_gguf
 from .recorder import HOST, SEND, WAIT_IN, Batch, Interval, Recorder, Recording
 from .scheduler import Request, Scheduler
 from .tokenizer import StreamDecoder, load_tokenizer

@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .model_files import cache_dir
+from ..frontends.model_files import cache_dir
 
 SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"
 _module = None

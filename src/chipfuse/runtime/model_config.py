@@ -14,8 +14,8 @@ from pathlib import Path
 from .. import __version__
 from ..frontends import load_model_config
 from ..frontends.config import ModelConfig
+from ..frontends.model_files import cache_dir
 from .file_cache import atomic_write, code_digest, digest, enabled, file_fingerprint
-from .model_files import cache_dir
 
 CACHE_FORMAT = 1
 

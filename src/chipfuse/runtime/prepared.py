@@ -23,9 +23,9 @@ import torch
 
 from .. import __version__
 from ..frontends.config import ModelConfig
+from ..frontends.model_files import cache_dir
 from ..quant.formats import Format
 from .file_cache import atomic_write, code_digest, digest, enabled, source_fingerprint
-from .model_files import cache_dir
 from .stage import StageModel
 
 CACHE_FORMAT = 2  # bump when the saved layout or any kernel's state() changes meaning

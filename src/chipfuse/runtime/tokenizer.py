@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .model_files import cache_dir
+from ..frontends.model_files import cache_dir
 
 
 def load_tokenizer(path: str | Path):
