@@ -26,11 +26,11 @@ import torch
 from report import llama_cpp_decode_rate, write_section
 
 from chipfuse.frontends import load_model_config
+from chipfuse.frontends.model_files import default_gguf
 from chipfuse.quant import accuracy as acc
 from chipfuse.quant.formats import Recipe, get_format
 from chipfuse.quant.gptq import collect_hessians, dequantized, gptq_weights
 from chipfuse.quant.mixed import search
-from chipfuse.frontends.model_files import default_gguf
 from chipfuse.runtime.reference import reference_model
 from chipfuse.runtime.stage import Segment
 from chipfuse.runtime.tokenizer import load_tokenizer

@@ -137,8 +137,8 @@ def main() -> int:
     ap.add_argument("--bound-s", type=float, default=1800.0)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
-    from chipfuse.runtime.executor import free_port
     from chipfuse.frontends.model_files import default_gguf
+    from chipfuse.runtime.executor import free_port
 
     gguf = str(default_gguf())
     work = workload(a.requests)

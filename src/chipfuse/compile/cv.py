@@ -18,6 +18,8 @@ from ..ir.cv import CVCosts, CVModel, cv_costs, shapes
 from ..quant.formats import DEFAULT_FORMAT, get_format
 from ..sim.perf import die_rates, op_times, roofline_s, supported, transfer_s
 
+_COSTS: dict[tuple, tuple[CVModel, CVCosts]] = {}  # (model id, frame, format, activation bytes) -> (model, CVCosts): one walk per combination
+
 
 @dataclass(frozen=True)
 class CVOnDie:
@@ -39,7 +41,14 @@ def on_die(model: CVModel, system: System, die: str, precision: str,
     p = supported(system, die, precision)
     fmt = get_format(DEFAULT_FORMAT[p])
     r = die_rates(system, die, fmt)
-    c = cv_costs(model, shapes(model, frame_shape), fmt, r.act_element_bytes)
+    key = (id(model), tuple(frame_shape or model.frame_shape), fmt.name, r.act_element_bytes)
+    hit = _COSTS.get(key)
+    if hit is None or hit[0] is not model:  # the costs of a frame depend on the model, the format and the activations
+        hit = (model, cv_costs(model, shapes(model, frame_shape), fmt, r.act_element_bytes))
+        if len(_COSTS) > 256:
+            _COSTS.clear()
+        _COSTS[key] = hit
+    c: CVCosts = hit[1]
     comp, _ = op_times(c.costs, r)
     return CVOnDie(die, p, roofline_s(comp, c.costs.read_bytes, r.bytes_per_s) + r.op_overhead_s, c)
 

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 EXACT_TIME_LIMIT_S = 10.0
+HEURISTIC_FIRST = 60  # ways to run beyond which the heuristic answers first (it takes two LPs)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Solution:
     lam: float  # the share of every demand met at once
     x: tuple[bool, ...]  # per option: deployed
     rate: tuple[float, ...]  # per option: items per second through it
-    method: str  # "milp" (optimal), "milp-time-limit" (best found, bound below), "greedy", "infeasible"
+    method: str  # "milp" (optimal), "milp-time-limit" (best found in time), "heuristic" (LP-guided), "infeasible"
     bound: float  # an upper bound on lam (== lam when optimal)
     seconds: float
     served: tuple[float, ...]  # per model: items per second
@@ -202,33 +203,54 @@ def solve_focus(p: Problem, group: set[int], time_limit_s: float = EXACT_TIME_LI
 
 
 def solve(p: Problem, time_limit_s: float = EXACT_TIME_LIMIT_S) -> Solution:
-    """The deployment with the largest lam (see the module's docstring), and its rates by priority."""
+    """The deployment with the largest lam (see the module's docstring), and its rates by priority.
+
+    The MILP proves its answer optimal when it can within `time_limit_s`. Problems of more than
+    `HEURISTIC_FIRST` ways to run first get the LP-guided heuristic's answer (two LPs), and the MILP
+    then has the rest of the time to beat it or prove it; the better is kept, and the bound is the
+    MILP's own or the LP relaxation's."""
     t0 = time.perf_counter()
     n = len(p.options)
     if n == 0:
         return _usage(p, (), (), 0.0, "infeasible", 0.0, t0)
+    best_x: tuple[bool, ...] = (False,) * n
+    best_lam, method = 0.0, "infeasible"
+    bound = _lam_cap(p)
+    if n > HEURISTIC_FIRST:
+        best_x, best_lam = greedy(p)
+        method = "heuristic" if any(best_x) else "infeasible"
+        relaxed = max_lambda_lp(p)
+        bound = relaxed[0] if relaxed else best_lam
     A, lo, hi = _matrices(p)
     c = np.zeros(2 * n + 1)
     c[-1] = -1.0
     integrality = np.concatenate([np.ones(n), np.zeros(n + 1)])
     ub = np.concatenate([np.ones(n), [rate_cap(p, i) for i in range(n)], [_lam_cap(p)]])
+    left = max(0.05, 0.9 * time_limit_s - (time.perf_counter() - t0))  # the rest: the polish and the rates
     res = milp(c, constraints=LinearConstraint(A, lo, hi), integrality=integrality,
-               bounds=Bounds(np.zeros(2 * n + 1), ub),
-               options={"time_limit": time_limit_s, "mip_rel_gap": 1e-9})
+               bounds=Bounds(np.zeros(2 * n + 1), ub), options={"time_limit": left, "mip_rel_gap": 1e-9})
     if res.x is not None:
         x = tuple(bool(round(v)) for v in res.x[:n])
-        lam = float(res.x[-1])
-        exact = res.status == 0
         fixed = max_lambda_lp(p, x)  # polish: the LP with x fixed (the MILP's lam is within its tolerances)
-        if fixed is not None and fixed[0] >= lam:
-            lam = fixed[0]
-        bound = lam if exact else max(lam, -float(getattr(res, "mip_dual_bound", -lam) or -lam))
-        method = "milp" if exact else "milp-time-limit"
-    else:
-        x, lam = greedy(p)
+        lam = max(float(res.x[-1]), fixed[0] if fixed else 0.0)
+        exact = res.status == 0
+        dual = getattr(res, "mip_dual_bound", None)
+        if exact:
+            bound = lam
+        elif dual is not None and np.isfinite(dual):
+            bound = min(bound, -float(dual))
+        if exact or lam > best_lam:
+            best_x, best_lam = x, lam
+            method = "milp" if exact else "milp-time-limit"
+        elif method == "heuristic" and lam >= best_lam:
+            method = "heuristic"
+    elif n <= HEURISTIC_FIRST:  # the MILP found nothing in time: the heuristic's answer
+        best_x, best_lam = greedy(p)
+        method = "heuristic" if any(best_x) else "infeasible"
         relaxed = max_lambda_lp(p)
-        bound = relaxed[0] if relaxed else lam
-        method = "greedy" if any(x) else "infeasible"
+        bound = relaxed[0] if relaxed else best_lam
+    x, lam = best_x, best_lam
+    bound = max(bound, lam)
     rates = spread(p, x, lam) if lam > 0 else None
     if rates is None:
         got = max_lambda_lp(p, x)
@@ -237,9 +259,13 @@ def solve(p: Problem, time_limit_s: float = EXACT_TIME_LIMIT_S) -> Solution:
 
 
 def greedy(p: Problem) -> tuple[tuple[bool, ...], float]:
-    """A quick deployment: first each model its fastest option that still fits (the least-served models
-    first), then repeatedly the option that most raises lam (an LP each), while memory allows."""
+    """A quick deployment guided by the LP relaxation: each model first gets the way the relaxation uses most
+    that still fits (the largest models first, as in first-fit-decreasing packing), then the other ways in order of the die time
+    the relaxation gives them while they fit; then one LP for the rates. Two LPs in all, whatever the size."""
     n = len(p.options)
+    relaxed = _relaxed_rates(p)
+    work = [relaxed[i] * max(p.options[i].die_s.values(), default=0.0) for i in range(n)]
+    order = sorted(range(n), key=lambda i: (-work[i], -rate_cap(p, i)))
     x = [False] * n
     free = dict(zip(p.dies, p.memory_bytes))
 
@@ -251,26 +277,27 @@ def greedy(p: Problem) -> tuple[tuple[bool, ...], float]:
         for d, b in p.options[i].mem_bytes.items():
             free[d] -= b
 
-    order = sorted(range(len(p.models)), key=lambda m: sum(
-        rate_cap(p, i) for i, o in enumerate(p.options) if o.model == m) / p.demand[m])
-    for m in order:
+    def size(m: int) -> float:
+        return min((max(o.mem_bytes.values(), default=0.0) for o in p.options if o.model == m), default=0.0)
+
+    # every model one way first, the largest first (first-fit decreasing): the relaxation's favourite that fits
+    for m in sorted(range(len(p.models)), key=lambda m: -size(m)):
         mine = [i for i, o in enumerate(p.options) if o.model == m and fits(i)]
         if mine:
-            take(max(mine, key=lambda i: rate_cap(p, i)))
+            take(max(mine, key=lambda i: (relaxed[i] > 0, relaxed[i], rate_cap(p, i))))
+    for i in order:
+        if work[i] > 0 and fits(i):
+            take(i)
+    for i in order:  # what still fits can only help
+        if fits(i):
+            take(i)
     got = max_lambda_lp(p, tuple(x))
-    lam = got[0] if got else 0.0
-    while True:
-        best, best_lam = None, lam
-        for i in range(n):
-            if not fits(i):
-                continue
-            trial = max_lambda_lp(p, tuple(x[:i] + [True] + x[i + 1:]))
-            if trial is not None and trial[0] > best_lam * (1 + 1e-9) + 1e-15:
-                best, best_lam = i, trial[0]
-        if best is None:
-            return tuple(x), lam
-        take(best)
-        lam = best_lam
+    return tuple(x), (got[0] if got else 0.0)
+
+
+def _relaxed_rates(p: Problem) -> np.ndarray:
+    got = max_lambda_lp(p)
+    return got[1] if got else np.zeros(len(p.options))
 
 
 __all__ = ["Option", "Problem", "Solution", "solve", "solve_focus", "greedy", "max_lambda_lp", "spread", "rate_cap"]

@@ -436,9 +436,8 @@ def cv_costs(model: CVModel, info: dict[str, TensorInfo], fmt: Format, act_bytes
     return CVCosts(costs, ob, live_bytes(model, info, act_bytes), tuple(nd.kind for nd in model.nodes))
 
 
-def live_sets(model: CVModel) -> list[list[str]]:
-    """For each cut position i (0..len(nodes)): the tensors made before node i (or the input) and read at or
-    after it, or among the outputs: what a die ending before node i sends to the next."""
+def _live_spans(model: CVModel) -> dict[str, tuple[int, int]]:
+    """Each activation tensor's (cut after which it exists, last cut it must cross): live at cuts [a, b]."""
     last_use: dict[str, int] = {}
     for i, node in enumerate(model.nodes):
         for name in node.inputs:
@@ -446,18 +445,30 @@ def live_sets(model: CVModel) -> list[list[str]]:
                 last_use[name] = i
     for o in model.outputs:
         last_use[o] = len(model.nodes)
-    made = {model.input_name: -1}
+    made = {model.input_name: 0}
     for i, node in enumerate(model.nodes):
         for o in node.outputs:
-            made[o] = i
-    out = []
-    for cut in range(len(model.nodes) + 1):
-        out.append([t for t, m in made.items() if m < cut and last_use.get(t, -2) >= cut])
+            made[o] = i + 1
+    return {t: (m, last_use[t]) for t, m in made.items() if t in last_use and last_use[t] >= m}
+
+
+def live_sets(model: CVModel) -> list[list[str]]:
+    """For each cut position i (0..len(nodes)): the tensors made before node i (or the input) and read at or
+    after it, or among the outputs: what a die ending before node i sends to the next."""
+    out: list[list[str]] = [[] for _ in range(len(model.nodes) + 1)]
+    for t, (a, b) in _live_spans(model).items():
+        for cut in range(a, b + 1):
+            out[cut].append(t)
     return out
 
 
 def live_bytes(model: CVModel, info: dict[str, TensorInfo], act_bytes: float) -> np.ndarray:
-    return np.array([sum(info[t].nbytes(act_bytes) for t in live) for live in live_sets(model)])
+    diff = np.zeros(len(model.nodes) + 2)
+    for t, (a, b) in _live_spans(model).items():
+        nb = info[t].nbytes(act_bytes)
+        diff[a] += nb
+        diff[b + 1] -= nb
+    return np.cumsum(diff)[:-1]
 
 
 __all__ = ["CVModel", "CVNode", "CVCosts", "TensorInfo", "ShapeError", "KNOWN_OPS", "OP_RULES", "shapes",
