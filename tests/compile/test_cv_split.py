@@ -7,6 +7,7 @@ import itertools
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,3 +55,15 @@ def test_the_split_equals_brute_force(cnn, k, side, precision, topology):
     assert got.bottleneck_s == pytest.approx(_brute(cnn, system, dies, precision, frame), rel=1e-12)
     assert [p.start for p in got.pieces][0] == 0 and got.pieces[-1].end == len(cnn.nodes)
     assert all(a.end == b.start and a.start < a.end for a, b in zip(got.pieces, got.pieces[1:]))
+
+
+def test_a_die_with_its_own_vision_figures_is_costed_by_them(cnn):
+    """`vision:` in a die type (chipfuse probe writes it for emulated dies): each op takes the fixed cost plus the
+    longer of its FLOP at the vision rate and its bytes at the vision bandwidth."""
+    plain = make_system(1)
+    fitted = make_system(1, vision={"tops": {"fp32": 0.05}, "gb_per_s": {"fp32": 2.0}, "node_overhead_s": 1e-5})
+    a, b = on_die(cnn, plain, "die0", "fp32"), on_die(cnn, fitted, "die0", "fp32")
+    c = b.costs.costs
+    want = 1e-5 + np.maximum((c.weight_flop + c.act_flop) / 0.05e12, c.read_bytes / 2e9)
+    assert np.allclose(b.node_s, want, rtol=1e-12)
+    assert not np.allclose(a.node_s, b.node_s)

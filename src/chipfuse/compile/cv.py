@@ -17,6 +17,7 @@ from ..hw.spec import HOST, System
 from ..ir.cv import CVCosts, CVModel, cv_costs, shapes
 from ..quant.formats import DEFAULT_FORMAT, get_format
 from ..sim.perf import die_rates, op_times, roofline_s, supported, transfer_s
+from ..units import TERA
 
 _COSTS: dict[tuple, tuple[CVModel, CVCosts]] = {}  # (model id, frame, format, activation bytes) -> (model, CVCosts): one walk per combination
 
@@ -49,6 +50,12 @@ def on_die(model: CVModel, system: System, die: str, precision: str,
             _COSTS.clear()
         _COSTS[key] = hit
     c: CVCosts = hit[1]
+    vision = system.die_type(die).vision
+    if vision is not None and p in vision.tops:  # the die's own figures for vision ops (chipfuse probe measures them)
+        rate = vision.tops[p] * TERA
+        comp = (c.costs.weight_flop + c.costs.act_flop) / rate
+        bw = vision.gb_per_s[p] * 1e9 if p in vision.gb_per_s else r.bytes_per_s
+        return CVOnDie(die, p, roofline_s(comp, c.costs.read_bytes, bw) + vision.node_overhead_s, c)
     comp, _ = op_times(c.costs, r)
     return CVOnDie(die, p, roofline_s(comp, c.costs.read_bytes, r.bytes_per_s) + r.op_overhead_s, c)
 

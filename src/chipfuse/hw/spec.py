@@ -311,6 +311,17 @@ class DiePower(Strict):
     pj_per_op: dict[Precision, _PjPerOp] = Field(default_factory=dict, description="dynamic energy per operation")
 
 
+class VisionPath(Strict):
+    """How a die runs vision models' ops where that differs from its matmul figures: the rate their FLOP reach
+    per precision (efficiency included) and a fixed cost per op. An emulated die runs every precision's
+    convolutions in float32 through chipfuse's own interpreter, so `chipfuse probe` measures these."""
+
+    tops: dict[Precision, _Tops] = Field(description="tera-ops per second vision ops reach, per precision")
+    gb_per_s: dict[Precision, _Tops] = Field(default_factory=dict, description="GB/s an op's activations stream "
+                                             "at, per precision (default: the die's memory bandwidth)")
+    node_overhead_s: float = Field(0.0, ge=0, description="fixed cost of one op (dispatch)")
+
+
 class DieType(Strict):
     """One NPU die design. Throughput is peak tera-operations per second (a MAC is 2 ops)."""
 
@@ -327,6 +338,8 @@ class DieType(Strict):
     compute_efficiency: float = Field(0.5, gt=0, le=1, description="fraction of peak a matmul achieves")
     op_overhead_s: float = Field(2e-6, ge=0, description="fixed cost per layer step (dispatch, sync)")
     activation_precision: Precision = Field("fp16", description="precision of attention and activations")
+    vision: VisionPath | None = Field(None, description="vision ops' own rates, if not tops x compute_efficiency "
+                                                        "and op_overhead_s per op")
     area_mm2: float | None = Field(None, gt=0)
     process_nm: float | None = Field(None, gt=0)
     cost_usd: float | None = Field(None, ge=0)

@@ -13,6 +13,7 @@ onnxruntime stays the independent reference. Precisions, as a die of each kind h
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -126,7 +127,8 @@ class CVProgram:
         self._round = _ROUND.get(precision)
 
     @torch.inference_mode()
-    def run(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def run(self, tensors: dict[str, torch.Tensor], times: list[float] | None = None) -> dict[str, torch.Tensor]:
+        """The outputs for `tensors`; with `times`, each node's wall seconds appended to it (for calibration)."""
         missing = [n for n in self.inputs if n not in tensors]
         if missing:
             raise ChipfuseError(f"{self.model.name} nodes [{self.start}, {self.end}): missing inputs {missing}")
@@ -138,11 +140,14 @@ class CVProgram:
                 last_use[name] = i
         keep = set(self.outputs)
         for i, n in enumerate(self.nodes):
+            t0 = time.perf_counter() if times is not None else 0.0
             outs = self._op(n, [env[x] if x else None for x in n.inputs])
             for name, t in zip(n.outputs, outs):
                 if self._round is not None and t.is_floating_point():
                     t = t.to(self._round).float()
                 env[name] = t
+            if times is not None:
+                times.append(time.perf_counter() - t0)
             for name in n.inputs:  # free what nothing later reads (activations of a big frame add up)
                 if name and last_use.get(name) == i and name not in keep and name not in self.consts:
                     env.pop(name, None)

@@ -56,6 +56,104 @@ def measure_tops(precision: str, m: int = 256, n: int = 1536, k: int = 576) -> f
     return 2 * m * n * k / _best(lambda: lin(x), 10) / 1e12
 
 
+def _conv_stack(layers: int, channels: int, side: int, tiny: bool = False):
+    """A vision model built in code: `layers` mobile-style blocks (a depthwise 3x3 convolution, then a 1x1 one
+    and a 3x3 one across channels, each with ReLU); or, `tiny`, `layers` ReLUs on 8 numbers."""
+    import numpy as np
+
+    from ..ir.cv import CVModel, CVNode
+
+    rng = np.random.default_rng(0)
+    nodes, consts, x = [], {}, "x"
+    for i in range(layers):
+        if tiny:
+            nodes.append(CVNode(f"relu{i}", "Relu", (x,), (f"r{i}",)))
+            x = f"r{i}"
+            continue
+        for kind, shape, attrs in (("dw", (channels, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": channels}),
+                                   ("pw", (channels, channels, 1, 1), {}),
+                                   ("full", (channels, channels, 3, 3), {"pads": [1, 1, 1, 1]})):
+            w, b = f"{kind}{i}.w", f"{kind}{i}.b"
+            consts[w] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+            consts[b] = np.zeros(channels, np.float32)
+            nodes.append(CVNode(f"{kind}{i}", "Conv", (x, w, b), (f"{kind}{i}.c",), attrs))
+            nodes.append(CVNode(f"{kind}{i}.relu", "Relu", (f"{kind}{i}.c",), (f"{kind}{i}.r",)))
+            x = f"{kind}{i}.r"
+    shape = (1, 8, 1, 1) if tiny else (1, channels, side, side)
+    return CVModel("probe", nodes, consts, "x", shape, (x,), shape)
+
+
+def _mobile_stack(blocks: int, channels: int, side: int):
+    """A vision model built in code, shaped like the mobile CNNs chipfuse runs: per block a depthwise 3x3
+    convolution, a 1x1 one, hard-swish (HardSigmoid x input), a dense 3x3 one and a residual Add."""
+    import numpy as np
+
+    from ..ir.cv import CVModel, CVNode
+
+    rng = np.random.default_rng(0)
+    nodes, consts, x = [], {}, "x"
+
+    def conv(name, src, shape, attrs):
+        consts[name + ".w"] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        consts[name + ".b"] = np.zeros(shape[0], np.float32)
+        nodes.append(CVNode(name, "Conv", (src, name + ".w", name + ".b"), (name,), attrs))
+        return name
+
+    for i in range(blocks):
+        d = conv(f"dw{i}", x, (channels, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": channels})
+        p = conv(f"pw{i}", d, (channels, channels, 1, 1), {})
+        nodes.append(CVNode(f"hs{i}", "HardSigmoid", (p,), (f"hs{i}",), {"alpha": 1 / 6, "beta": 0.5}))
+        nodes.append(CVNode(f"sw{i}", "Mul", (p, f"hs{i}"), (f"sw{i}",)))
+        f = conv(f"full{i}", f"sw{i}", (channels, channels, 3, 3), {"pads": [1, 1, 1, 1]})
+        nodes.append(CVNode(f"res{i}", "Add", (f, x), (f"res{i}",)))
+        x = f"res{i}"
+    shape = (1, channels, side, side)
+    return CVModel("probe-mobile", nodes, consts, "x", shape, (x,), shape)
+
+
+def measure_vision() -> tuple[dict[str, float], dict[str, float], float]:
+    """Vision ops through chipfuse's interpreter, per precision: each op of a mobile-style network timed at six
+    frame sizes (8 MiB down to 9 KiB a tensor), and the roofline fitted to them: t = overhead + max(FLOP / rate, bytes / bandwidth),
+    with FLOP and bytes as the IR counts them (a 16-bit or int8 die rounds every output, which the fitted
+    bandwidth absorbs). Returns (TOPS, GB/s) per precision and the overhead of one op."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    from ..ir.cv import cv_costs, shapes
+    from .cv import CVProgram
+
+    tops: dict[str, float] = {}
+    gbps: dict[str, float] = {}
+    overheads = []
+    for p in ("fp32", "fp16", "bf16", "int8"):
+        flop, nbytes, seconds = [], [], []
+        for channels, side in ((8, 512), (16, 184), (32, 96), (64, 48), (32, 24), (16, 12)):
+            model = _mobile_stack(3, channels, side)
+            c = cv_costs(model, shapes(model), get_format("fp32"), 4.0).costs
+            prog = CVProgram(model, p)
+            frame = {"x": torch.randn(model.frame_shape)}
+            prog.run(frame)
+            best = None
+            for _ in range(3):
+                times: list[float] = []
+                prog.run(frame, times)
+                best = times if best is None else [min(a, b) for a, b in zip(best, times)]
+            flop += list(c.weight_flop + c.act_flop)
+            nbytes += list(c.read_bytes)
+            seconds += best or []
+        f, b, t = np.array(flop), np.array(nbytes), np.array(seconds)
+
+        def residual(q, f=f, b=b, t=t):
+            o, rate, bw = np.exp(q)
+            return np.log(o + np.maximum(f / rate, b / bw)) - np.log(t)
+
+        fit = least_squares(residual, np.log([2e-6, 5e10, 5e9]))
+        o, rate, bw = np.exp(fit.x)
+        tops[p], gbps[p] = round(float(rate) / 1e12, 5), round(float(bw) / 1e9, 3)
+        overheads.append(float(o))
+    return tops, gbps, float(np.median(overheads))
+
+
 def measure_layer_overhead_s() -> float:
     """Fixed cost of one decode layer step beyond its weight streaming: dispatch and small ops (the compiled
     decode path when it is available, as the runtime uses it)."""
@@ -129,6 +227,8 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None)
         tops[p] = round(measure_tops(p), 4)
     on_status("per-layer dispatch cost")
     overhead = measure_layer_overhead_s()
+    on_status("vision ops through the interpreter")
+    vision_tops, vision_gbps, node_s = measure_vision()
     on_status("gloo hop on loopback")
     hop_s, hop_bw = measure_hop()
     ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
@@ -152,7 +252,8 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None)
             "memory": {"own": {"type": "DDR5", "bus_width_bits": 64, "data_rate_mtps": 4800, "capacity_gib": per_die,
                                "bandwidth_gb_per_s": round(bw / GB, 2),
                                "efficiency": round(min(1.0, kernel_bw / bw), 3)}},
-            "compute_efficiency": 1.0, "op_overhead_s": round(overhead, 7), "activation_precision": "fp32"}},
+            "compute_efficiency": 1.0, "op_overhead_s": round(overhead, 7), "activation_precision": "fp32",
+            "vision": {"tops": vision_tops, "gb_per_s": vision_gbps, "node_overhead_s": round(node_s, 7)}}},
         "dies": [{"name": d, "type": "emulated"} for d in dies],
         "links": [{"between": ["host", dies[0]], "kind": "d2d-pcb", "bandwidth_gb_per_s": round(hop_bw / GB, 3),
                    "efficiency": 1.0, "latency_us": round(hop_s * 1e6, 1)}]
@@ -165,7 +266,7 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None)
         data["links"].append({"between": [dies[-1], "host"], "kind": "d2d-pcb", "bandwidth_gb_per_s": round(hop_bw / GB, 3),
                               "efficiency": 1.0, "latency_us": round(hop_s * 1e6, 1)})
         data["host"]["ports"][0]["count"] = 2
-    figures = {"bandwidth_gb_per_s": bw / GB, "int4_kernel_gb_per_s": kernel_bw / GB, "tops": tops, "layer_overhead_s": overhead, "hop_latency_s": hop_s,
+    figures = {"vision_tops": vision_tops, "vision_gb_per_s": vision_gbps, "vision_node_overhead_s": node_s, "bandwidth_gb_per_s": bw / GB, "int4_kernel_gb_per_s": kernel_bw / GB, "tops": tops, "layer_overhead_s": overhead, "hop_latency_s": hop_s,
                "hop_gb_per_s": hop_bw / GB}
     return parse_system(data, "chipfuse probe"), figures
 
