@@ -61,7 +61,7 @@ PROMPT_TEXT = ("The patient was admitted on Monday with a cough and a mild fever
 
 def run_workload(workload: str | Path | None = None, system: str | Path | None = None, *,
                  placement: str | Path | object | None = None, seconds: float = 20.0, load: float = 1.0,
-                 max_in_flight: int = 2, threads: int = 1, progress: Progress | None = None,
+                 max_in_flight: int = 8, threads: int = 1, progress: Progress | None = None,
                  on_status=lambda m: None) -> WorkloadRun:
     """Place `workload` on `system` (or take a placement made by `place`), start its dies, offer each model
     its predicted rate x `load` for `seconds`, and measure what each finishes."""

@@ -311,10 +311,27 @@ def run(
                                                     "whole run as a Chrome/Perfetto trace (JSON) here, with the tracks "
                                                     "of `chipfuse plan --trace`; show the step as text bars per die"),
     trace_plot: Optional[Path] = typer.Option(None, help=TRACE_PLOT_HELP + " (needs --trace)"),
+    workload: Optional[Path] = typer.Option(None, "--workload", "-w", help="run several models placed over the dies "
+                                            "(a workload YAML, placed on --system) and measure each one's rate"),
+    placement: Optional[Path] = typer.Option(None, help="with --workload: a placement from `chipfuse place --out` "
+                                                        "instead of placing now"),
+    seconds: float = typer.Option(20.0, help="with --workload: how long the streams are offered"),
+    load: float = typer.Option(1.0, help="with --workload: offer this multiple of each model's predicted rate"),
+    threads: int = typer.Option(1, min=1, help="with --workload: threads each die's kernels use"),
 ):
-    """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed."""
+    """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed.
+    With --workload: the placement of several models, each stream's measured rate beside the predicted."""
     import signal
 
+    if workload is not None or placement is not None:
+        _writable(json_path)
+        with status("placing the models and starting the dies...") as st, Steps() as prog:
+            res = api.run_workload(workload, system if workload is not None else None, placement=placement,
+                                   seconds=seconds, load=load, threads=threads, progress=prog, on_status=st.update)
+        render.workload_run(res)
+        if json_path:
+            _write_json(json_path, res.to_json())
+        return
     if trace_plot and not trace:
         raise ChipfuseError("--trace-plot draws the recorded run: give --trace FILE.json too")
     _writable(json_path, trace, trace_plot)

@@ -274,3 +274,18 @@ def placement(res) -> None:
     if res.links:
         say("busiest links: " + ", ".join(f"{a}->{b} {100 * v:.1f}%" for a, b, v in
                                             sorted(res.links, key=lambda x: -x[2])[:4]))
+
+
+def workload_run(res) -> None:
+    """`chipfuse run --workload`: each model's measured rate beside the placement's prediction."""
+    t = _table(f"{res.workload} on {res.system}: {res.seconds:g} s at {res.load:g} x the predicted rates",
+               ["model", "predicted /s", "measured /s", "measured / predicted", "latency p50 / p99", "requests",
+                "skipped", "errors"])
+    for r in res.rows:
+        lat = "-" if r.latency_p50_s is None else f"{r.latency_p50_s:.2f} / {r.latency_p99_s:.2f} s"
+        t.add_row(r.model, f"{r.predicted:.3g} {r.unit}", f"{r.measured:.3g}",
+                  "-" if r.ratio is None else f"{r.ratio:.2f}", lat, str(r.requests), str(r.skipped), str(r.errors))
+    console.print(t)
+    say("Predicted for the system placed on; on emulated dies, measure them first (`chipfuse probe --dies N "
+        "--threads 1 --out host.yaml`, then --system host.yaml) for a prediction of these dies. Skipped: arrivals "
+        "not sent because every deployment of the model was full.")
