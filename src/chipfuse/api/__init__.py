@@ -24,7 +24,6 @@ from .core import (
 )
 from .explain import plot_scaling, plot_trace, scaling, trace
 from .place import DemandError, PlaceResult, place, plot_placement
-from .workload_run import StreamRow, WorkloadRun, run_workload
 from .progress import Progress, Silent
 from .quantize import mixed_precision, quantize_report
 from .results import (
@@ -40,6 +39,7 @@ from .results import (
                    ScalingRow,
                    TraceResult,
 )
+from .workload_run import StreamRow, WorkloadRun, run_workload
 
 __all__ = ["alias_of", "calibrate", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
            "required_bandwidth_bytes_per_s", "run", "this_host_prediction", "mixed_precision", "quantize_report",
