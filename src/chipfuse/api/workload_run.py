@@ -62,9 +62,10 @@ PROMPT_TEXT = ("The patient was admitted on Monday with a cough and a mild fever
 def run_workload(workload: str | Path | None = None, system: str | Path | None = None, *,
                  placement: str | Path | object | None = None, seconds: float = 20.0, load: float = 1.0,
                  max_in_flight: int = 8, threads: int = 1, progress: Progress | None = None,
-                 on_status=lambda m: None) -> WorkloadRun:
+                 on_status=lambda m: None, device=None) -> WorkloadRun:
     """Place `workload` on `system` (or take a placement made by `place`), start its dies, offer each model
-    its predicted rate x `load` for `seconds`, and measure what each finishes."""
+    its predicted rate x `load` for `seconds`, and measure what each finishes. `device`: an open
+    WorkloadDevice to drive instead (its placement is used; it stays open)."""
     from ..plan.placement import Placement, load_placement
     from ..runtime.workload import WorkloadDevice
     from .place import place
@@ -75,6 +76,8 @@ def run_workload(workload: str | Path | None = None, system: str | Path | None =
         raise ChipfuseError(f"--load {load}: give a factor in (0, 100] of the predicted rates")
     if max_in_flight < 1:
         raise ChipfuseError("max_in_flight must be at least 1")
+    if device is not None:
+        return _drive(device, seconds, load, max_in_flight, progress, on_status)
     if placement is None:
         if workload is None or system is None:
             raise ChipfuseError("give a workload and a system, or a placement from `chipfuse place --out`")
@@ -87,14 +90,19 @@ def run_workload(workload: str | Path | None = None, system: str | Path | None =
     assert isinstance(pl, Placement)
     on_status("starting the dies and loading their models")
     with WorkloadDevice(pl, threads=threads, on_status=on_status) as dev:
-        inputs = _inputs(dev)
-        on_status("warming up: one request on every deployment")
-        for model, routes in dev.routes.items():
-            for _ in routes:
-                dev.submit(model, inputs[model][0], **inputs[model][1]).result(300)
-        for st in dev.stats.values():
-            st.latencies_s.clear(), st.finished_at.clear(), st.items.clear(), st.errors.clear()
-        rows = _stream(dev, inputs, seconds, load, max_in_flight, progress or Silent())
+        return _drive(dev, seconds, load, max_in_flight, progress, on_status)
+
+
+def _drive(dev, seconds: float, load: float, max_in_flight: int, progress, on_status) -> WorkloadRun:
+    inputs = _inputs(dev)
+    on_status("warming up: one request on every deployment")
+    for model, routes in dev.routes.items():
+        for _ in routes:
+            dev.submit(model, inputs[model][0], **inputs[model][1]).result(300)
+    for st in dev.stats.values():
+        st.latencies_s.clear(), st.finished_at.clear(), st.items.clear(), st.errors.clear()
+    rows = _stream(dev, inputs, seconds, load, max_in_flight, progress or Silent())
+    pl = dev.placement
     return WorkloadRun(pl.workload, str(pl.system.get("name", "?")), seconds, load, tuple(rows), pl)
 
 
