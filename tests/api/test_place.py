@@ -69,3 +69,21 @@ def test_an_onnx_file_with_an_unknown_op_and_a_model_too_big_for_any_die(tmp_pat
     cli = subprocess.run([sys.executable, "-m", "chipfuse.cli.main", "place", "-w", str(w), "-s", "talk-4die-d2d"],
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "models[0].rate: Input should be greater than 0" in cli.stderr
+
+
+def test_placement_files_that_are_not_placements(tmp_path):
+    from chipfuse.errors import SpecError
+
+    bad = tmp_path / "p.json"
+    for text, message in [("{not json", "not JSON"), ("[1, 2]", "not a placement"),
+                          ('{"schema": "chipfuse.plan"}', "not a placement"),
+                          ('{"schema": "chipfuse.placement", "version": 1}', "invalid placement")]:
+        bad.write_text(text)
+        with pytest.raises(SpecError, match=message):
+            load_placement(bad)
+    cli = subprocess.run([sys.executable, "-m", "chipfuse.cli.main", "run", "--placement", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "invalid placement" in cli.stderr and "Traceback" not in cli.stderr
+    cli = subprocess.run([sys.executable, "-m", "chipfuse.cli.main", "run", "-w", str(tmp_path / "none.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "none.yaml" in cli.stderr and "Traceback" not in cli.stderr
