@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from ..ir.cv import CVModel, CVNode, ShapeError, fold_batch_norms, shapes
+from ..ir.cv import CVModel, CVNode, checked
 
 
 def _np(t) -> np.ndarray:
@@ -186,13 +186,7 @@ def from_torch(module, frame_shape: tuple[int, ...], name: str | None = None, fo
                         "mean over H and W")
     model = CVModel(name or type(module).__name__, nodes, consts, inputs[0].name, tuple(frame_shape), outputs,
                     tuple(frame_shape), {}, f"torch.fx:{type(module).__name__}", 13)
-    if fold:
-        model = fold_batch_norms(model)
-    try:
-        shapes(model)
-    except ShapeError as e:
-        raise SpecError(f"{model.name} at frame {tuple(frame_shape)}: {e}") from None
-    return model
+    return checked(model, fold, model.name)
 
 
 def _flat(args) -> list:

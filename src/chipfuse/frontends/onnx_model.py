@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecError
-from ..ir.cv import KNOWN_OPS, CVModel, CVNode, ShapeError, fold_batch_norms, shapes
+from ..ir.cv import KNOWN_OPS, CVModel, CVNode, checked
 
 MAX_ONNX_BYTES = 2 * 2**30  # protobuf's own limit for one file
 
@@ -94,13 +94,7 @@ def load_onnx(path: str | Path, name: str | None = None, frame_shape: tuple[int,
     opset = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     model = CVModel(name or path.stem, nodes, constants, inp.name, tuple(dims), tuple(o.name for o in g.output),
                     tuple(frame_shape), meta, str(path), opset)
-    if fold:
-        model = fold_batch_norms(model)
-    try:
-        shapes(model)
-    except ShapeError as e:
-        raise SpecError(f"{path}: at frame {tuple(frame_shape)}: {e}") from None
-    return model
+    return checked(model, fold, str(path))
 
 
 __all__ = ["load_onnx"]

@@ -350,6 +350,18 @@ def fold_batch_norms(model: CVModel) -> CVModel:
                    model.input_shape, model.outputs, model.frame_shape, model.meta, model.source, model.opset)
 
 
+def checked(model: CVModel, fold: bool, where: str) -> CVModel:
+    """What a front end hands over: batch norms folded (if `fold`), and every shape worked out at the model's
+    frame, or a SpecError naming `where` (the file or module) and the node."""
+    if fold:
+        model = fold_batch_norms(model)
+    try:
+        shapes(model)
+    except ShapeError as e:
+        raise SpecError(f"{where}: at frame {tuple(model.frame_shape)}: {e}") from None
+    return model
+
+
 @dataclass(frozen=True)
 class CVCosts:
     """Per-op work of one frame, aligned with `model.nodes`, and where the model can be cut."""
@@ -472,4 +484,4 @@ def live_bytes(model: CVModel, info: dict[str, TensorInfo], act_bytes: float) ->
 
 
 __all__ = ["CVModel", "CVNode", "CVCosts", "TensorInfo", "ShapeError", "KNOWN_OPS", "OP_RULES", "shapes",
-           "cv_costs", "fold_batch_norms", "live_sets", "live_bytes", "onnx_dtype"]
+           "cv_costs", "checked", "fold_batch_norms", "live_sets", "live_bytes", "onnx_dtype"]
