@@ -74,6 +74,14 @@ def plan(p, title: str | None = None) -> None:
                       f"[bold]decode:[/] {pred.decode_tokens_per_s:.1f} tokens/s"
                       + (f" ({pred.decode_tokens_per_s_per_request:.1f} per request)" if wl.batch > 1 else "")
                       + f"   reads {fmt_bytes(pred.bytes_read_per_token)} per token")
+        e = pred.energy
+        if e is not None:
+            say(f"energy: {e.j_per_token * 1e3:.1f} mJ per token ({e.compute_j_per_token * 1e3:.1f} compute, "
+                f"{e.dram_j_per_token * 1e3:.1f} DRAM, {e.link_j_per_token * 1e3:.2f} links, "
+                f"{e.static_j_per_token * 1e3:.1f} static); {e.power_w:.1f} W average at "
+                f"{pred.decode_tokens_per_s:.1f} tokens/s, {e.peak_power_w:.1f} W peak: "
+                + (f"fanless (within {e.fanless_w:g} W)" if e.fanless else f"needs a fan (over {e.fanless_w:g} W)")
+                + (f"; assumed: {', '.join(e.assumed)}" if e.assumed else ""))
         for sp in pred.stages:
             say(f"  - {sp.reason}")
         for n in pred.notes:

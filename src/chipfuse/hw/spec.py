@@ -490,6 +490,8 @@ class System(Strict):
     switches: list[str] = Field([], max_length=256)
     links: list[Link] = Field([], max_length=4096)
     packages: list[Package] = Field([], max_length=256)
+    fanless_w: float = Field(10.0, gt=0, le=1e6, description="the power a design may draw without a fan (the talk: "
+                                                             "about 10 W for an edge box)")
     sources: dict[str, str] = Field(default_factory=dict, description="field path -> citation or 'assumed'")
     _routes: RouteCache = PrivateAttr(default_factory=RouteCache)
 

@@ -202,6 +202,21 @@ class StagePrediction(_M):
     reason: str
 
 
+class EnergyPrediction(_M):
+    """Energy and power decoding at the predicted rate (sim/energy.py)."""
+
+    j_per_token: float = Field(ge=0, description="every joule per generated token, static power's share included")
+    compute_j_per_token: float = Field(ge=0)
+    dram_j_per_token: float = Field(ge=0)
+    link_j_per_token: float = Field(ge=0)
+    static_j_per_token: float = Field(ge=0)
+    power_w: float = Field(ge=0, description="average power decoding at the predicted rate")
+    peak_power_w: float = Field(ge=0, description="every die computing and reading at its peak at once")
+    fanless_w: float = Field(gt=0, description="the system's limit without a fan")
+    fanless: bool = Field(description="average power within fanless_w")
+    assumed: list[str] = Field(default_factory=list, description="figures taken from chipfuse's assumed defaults")
+
+
 class Prediction(_M):
     ttft_s: float = Field(gt=0)
     decode_tokens_per_s: float = Field(gt=0, description="aggregate over the batch")
@@ -211,6 +226,8 @@ class Prediction(_M):
     bytes_read_per_token: float = Field(ge=0, description="DRAM bytes read per generated token at batch 1")
     stages: list[StagePrediction]
     notes: list[str] = []
+    energy: EnergyPrediction | None = Field(None, description="energy per token and power; null in plans made "
+                                                              "before chipfuse predicted them")
 
 
 class Plan(_M):

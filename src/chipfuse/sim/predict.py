@@ -81,11 +81,23 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
     cfg = _check_plan(plan, system)
     graph = graph or build_llm_graph(cfg)
     try:
-        return _predict(plan, graph, system)
+        pred = _predict(plan, graph, system)
+        return pred.model_copy(update={"energy": _energy(plan, pred, graph, system)})
     except (ValidationError, ZeroDivisionError, OverflowError) as err:
         raise ChipfuseError(f"{system.name}: the performance model gives no usable figures for this plan "
                             f"({_first_problem(err)}); a rate, size or latency in the system description is "
                             f"outside any real range: check its numbers") from None
+
+
+def _energy(plan: Plan, pred: Prediction, graph: Graph, system: System):
+    from ..plan.plan import EnergyPrediction
+    from .energy import plan_energy
+
+    e = plan_energy(plan, pred, graph, system)
+    return EnergyPrediction(j_per_token=e.j_per_token, compute_j_per_token=e.compute_j_per_token,
+                            dram_j_per_token=e.dram_j_per_token, link_j_per_token=e.link_j_per_token,
+                            static_j_per_token=e.static_j_per_token, power_w=e.power_w, peak_power_w=e.peak_power_w,
+                            fanless_w=e.fanless_w, fanless=e.fanless, assumed=list(e.assumed))
 
 
 def _first_problem(err: Exception) -> str:
