@@ -66,7 +66,8 @@ class Energy:
 
 def _pj(system: System, die: str, precision: str, assumed: set[str]) -> float:
     dt = system.die_type(die)
-    got = dt.power.pj_per_op.get(precision)
+    figures: dict[str, float] = dict(dt.power.pj_per_op)
+    got = figures.get(precision)
     if got is None:
         kind = next(d.type for d in system.dies if d.name == die)
         assumed.add(f"{kind}: {precision} {ASSUMED_PJ_PER_OP[precision]} pJ/op")
