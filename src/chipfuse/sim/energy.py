@@ -66,7 +66,7 @@ class Energy:
 
 def _pj(system: System, die: str, precision: str, assumed: set[str]) -> float:
     dt = system.die_type(die)
-    figures: dict[str, float] = dict(dt.power.pj_per_op)
+    figures: dict[str, float] = {str(k): float(v) for k, v in dt.power.pj_per_op.items()}
     got = figures.get(precision)
     if got is None:
         kind = next(d.type for d in system.dies if d.name == die)
