@@ -32,6 +32,12 @@ def test_the_hospital_example_is_placed_and_every_demand_met(tmp_path):
         assert dep.kind in ("cv", "llm") and (dep.kind == "llm" or dep.pieces[-1].end > dep.pieces[0].start)
     assert served == pytest.approx({m.name: m.served for m in res.models}, rel=1e-9)
     assert api.plot_placement(res, tmp_path / "p.png").stat().st_size > 5000
+    # power: static plus each model's energy per item at its rate; at the demanded rates for the fanless verdict
+    joules = dict(res.energy_j_per_item)
+    assert all(j > 0 for j in joules.values())
+    assert res.power_at_served_w == pytest.approx(res.static_w + sum(m.served * joules[m.name] for m in res.models))
+    assert res.power_at_demand_w == pytest.approx(res.static_w + sum(m.demand * joules[m.name] for m in res.models))
+    assert res.fanless == (res.power_at_demand_w <= res.fanless_w)
 
 
 def test_demands_that_cannot_be_met_say_which_by_how_much_and_what_would_meet_them(tmp_path):

@@ -65,12 +65,23 @@ class PlaceResult:
     dies: tuple[DieRow, ...]
     links: tuple[tuple[str, str, float], ...]  # (from, to, busy share), the busy ones
     die_shares: tuple[tuple[str, str, float], ...]  # (die, model, share of the die's time)
+    energy_j_per_item: tuple[tuple[str, float], ...]  # (model, dynamic joules per frame or token, its deployments'
+    # mix); then power: static, at the demanded rates, at the served (full) rates, and the fanless limit
+    static_w: float
+    power_at_demand_w: float
+    power_at_served_w: float
+    fanless_w: float
     shortfall: str | None  # why the demands cannot all be met, and what would meet them (None: all met)
     placement: object  # plan.placement.Placement, the record `chipfuse run --workload` follows
 
     @property
     def met(self) -> bool:
         return self.shortfall is None
+
+    @property
+    def fanless(self) -> bool:
+        """Average power at the demanded rates within the system's fanless limit."""
+        return self.power_at_demand_w <= self.fanless_w
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -135,6 +146,16 @@ def _result(w, sysm, p, models, sol) -> PlaceResult:
                                 prompt_tokens=dm.prompt_tokens if lm.llm_config is not None else None,
                                 output_tokens=dm.output_tokens if lm.llm_config is not None else None,
                                 batch=dm.batch if lm.llm_config is not None else None))
+    from ..sim.energy import static_w
+
+    joules = []
+    for k, name in enumerate(p.models):
+        mine = [i for i in used if p.options[i].model == k]
+        total = sum(float(sol.rate[i]) for i in mine)
+        joules.append((name, sum(float(sol.rate[i]) * p.options[i].energy_j for i in mine) / total if total else 0.0))
+    base = static_w(sysm)
+    at_demand = base + sum(d * e for d, (_, e) in zip(p.demand, joules))
+    at_served = base + sum(float(sol.rate[i]) * p.options[i].energy_j for i in used)
     placement = Placement(workload=w.name, system=sysm.model_dump(mode="json"), method=sol.method, lam=sol.lam,
                           bound=max(sol.bound, sol.lam), models=recs, deployments=deps)
     return PlaceResult(
@@ -144,7 +165,9 @@ def _result(w, sysm, p, models, sol) -> PlaceResult:
         deployments=tuple(DeploymentRow(d.model, d.label, d.rate, p.units[p.models.index(d.model)]) for d in deps),
         dies=tuple(DieRow(d, float(sol.die_busy[d]), mem[d], float(m)) for d, m in zip(p.dies, p.memory_bytes)),
         links=tuple((a, b, float(v)) for (a, b), v in sorted(sol.link_busy.items()) if v > 1e-4),
-        die_shares=tuple((d, m, v) for (d, m), v in sorted(shares.items())), shortfall=None, placement=placement)
+        die_shares=tuple((d, m, v) for (d, m), v in sorted(shares.items())), energy_j_per_item=tuple(joules),
+        static_w=base, power_at_demand_w=at_demand, power_at_served_w=at_served, fanless_w=sysm.fanless_w,
+        shortfall=None, placement=placement)
 
 
 def _short_line(p, sol) -> str:

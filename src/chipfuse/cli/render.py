@@ -282,6 +282,12 @@ def placement(res) -> None:
     if res.links:
         say("busiest links: " + ", ".join(f"{a}->{b} {100 * v:.1f}%" for a, b, v in
                                             sorted(res.links, key=lambda x: -x[2])[:4]))
+    units = {m.name: m.unit[:-1] for m in res.models}
+    say("energy: " + ", ".join(f"{m} {j * 1e3:.3g} mJ a {units[m]}" for m, j in res.energy_j_per_item)
+        + f"; power {res.power_at_demand_w:.1f} W at the demanded rates ({res.static_w:.1f} W of it static), "
+          f"{res.power_at_served_w:.1f} W with every die as busy as placed: "
+        + (f"fanless at the demanded rates (within {res.fanless_w:g} W)" if res.fanless else
+           f"needs a fan at the demanded rates (over {res.fanless_w:g} W)"))
 
 
 def workload_run(res) -> None:

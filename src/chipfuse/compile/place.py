@@ -42,6 +42,7 @@ class Option:
     latency_s: float = 0.0
     label: str = ""  # how, in words: "whole on die0", "nodes 0-61 on die0, 62-327 on die1"
     detail: dict = field(default_factory=dict, compare=False)  # what the plan needs to run it (cuts, precision)
+    energy_j: float = 0.0  # dynamic joules per item (compute, DRAM, links), for the power report
 
 
 @dataclass(frozen=True)

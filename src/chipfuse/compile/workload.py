@@ -82,10 +82,27 @@ def _merge(*parts: dict) -> dict:
     return out
 
 
+def _route_j(system: System, a: str, b: str, nbytes: float) -> float:
+    from ..sim.energy import route_j_per_byte
+
+    return nbytes * route_j_per_byte(system, a, b, nbytes) if nbytes > 0 else 0.0
+
+
+def _cv_energy(system: System, die: str, od, lo: int, hi: int) -> float:
+    """Dynamic joules of nodes [lo, hi) of a vision model's frame on `die` (costed at od's precision)."""
+    from ..sim.energy import ops_energy_j
+
+    c = od.costs.costs
+    act = supported(system, die, system.die_type(die).activation_precision)
+    return ops_energy_j(system, die, float(c.weight_flop[lo:hi].sum()), float(c.act_flop[lo:hi].sum()),
+                        float(c.read_bytes[lo:hi].sum()), od.precision, act, set())
+
+
 def cv_options(k: int, lm: LoadedModel, system: System, precision: str) -> list[Option]:
     m = lm.cv
     assert m is not None
     opts = []
+    n = len(m.nodes)
     for d in system.die_names:
         od = on_die(m, system, d, precision)
         live = od.costs.live_bytes
@@ -93,8 +110,10 @@ def cv_options(k: int, lm: LoadedModel, system: System, precision: str) -> list[
         mem = weights + 2.0 * float(live.max())  # weights, and the widest activations twice (in and out)
         links = _merge(_route_s(system, HOST, d, float(live[0])), _route_s(system, d, HOST, float(live[-1])))
         lat = transfer_s(system, HOST, d, float(live[0])) + od.frame_s + transfer_s(system, d, HOST, float(live[-1]))
+        joules = (_cv_energy(system, d, od, 0, n) + _route_j(system, HOST, d, float(live[0]))
+                  + _route_j(system, d, HOST, float(live[-1])))
         opts.append(Option(k, (d,), {d: od.frame_s}, {d: mem}, links, lat, f"whole on {d} ({od.precision})",
-                           {"kind": "cv", "precision": od.precision, "pieces": [[d, 0, len(m.nodes)]]}))
+                           {"kind": "cv", "precision": od.precision, "pieces": [[d, 0, len(m.nodes)]]}, joules))
     for a, b in itertools.permutations(system.die_names, 2):
         if not system.graph.has_edge(a, b):
             continue
@@ -107,16 +126,19 @@ def cv_options(k: int, lm: LoadedModel, system: System, precision: str) -> list[
                b: float(wb[cut:].sum()) + 2.0 * float(live[cut:].max())}
         links = _merge(_route_s(system, HOST, a, float(live[0])), _route_s(system, a, b, float(live[cut])),
                        _route_s(system, b, HOST, float(live[-1])))
+        joules = (_cv_energy(system, a, oa, 0, cut) + _cv_energy(system, b, on_die(m, system, b, precision), cut, n)
+                  + _route_j(system, HOST, a, float(live[0])) + _route_j(system, a, b, float(live[cut]))
+                  + _route_j(system, b, HOST, float(live[-1])))
         opts.append(Option(k, (a, b), {a: sp.pieces[0].compute_s, b: sp.pieces[1].compute_s}, mems, links,
                            sp.latency_s, f"nodes 0-{cut - 1} on {a}, {cut}-{len(m.nodes) - 1} on {b} ({sp.precision})",
                            {"kind": "cv", "precision": sp.precision,
-                            "pieces": [[a, 0, cut], [b, cut, len(m.nodes)]]}))
+                            "pieces": [[a, 0, cut], [b, cut, len(m.nodes)]]}, joules))
     return opts
 
 
 def llm_options(k: int, lm: LoadedModel, system: System, precision: str) -> list[Option]:
     from ..ir.graph import Workload as Step
-    from ..ir.graph import kv_cache_bytes, workspace_bytes
+    from ..ir.graph import kv_cache_bytes, op_costs, workspace_bytes
     from ..ir.llm import build_llm_graph
     from ..sim.perf import stage_cost
 
@@ -140,9 +162,17 @@ def llm_options(k: int, lm: LoadedModel, system: System, precision: str) -> list
         links = _merge(_route_s(system, HOST, d, 8.0 + 8.0 * dm.prompt_tokens / dm.output_tokens),
                        _route_s(system, d, HOST, 8.0))
         lat = pre.time_s + step.time_s  # the first token of a request on an idle die
+        from ..sim.energy import ops_energy_j
+
+        cd = op_costs(g, recipe, Step.decode(context, dm.batch), kv_el, kv_el)
+        cp = op_costs(g, recipe, Step.prefill(dm.prompt_tokens, 1), kv_el, kv_el)
+        joules = sum(ops_energy_j(system, d, float(c.weight_flop.sum()), float(c.act_flop.sum()),
+                                  float(c.read_bytes.sum()), r.weight_precision, r.act_precision, set()) / per
+                     for c, per in ((cd, dm.batch), (cp, dm.output_tokens)))
         opts.append(Option(k, (d,), {d: per_token}, {d: mem}, links, lat,
                            f"whole on {d} ({recipe.default.name}, batch {dm.batch})",
-                           {"kind": "llm", "precision": recipe.default.precision, "format": recipe.default.name}))
+                           {"kind": "llm", "precision": recipe.default.precision, "format": recipe.default.name},
+                           joules))
     return opts
 
 
@@ -192,7 +222,7 @@ def with_extra_die(p: Problem, like: str) -> Problem:
         ren = {like: new}
         extra.append(Option(o.model, (new,), {new: o.die_s[like]}, {new: o.mem_bytes[like]},
                             {tuple(ren.get(n, n) for n in lk): s for lk, s in o.link_s.items()},  # type: ignore[misc]
-                            o.latency_s, o.label.replace(like, new), o.detail))
+                            o.latency_s, o.label.replace(like, new), o.detail, o.energy_j))
     mem = dict(zip(p.dies, p.memory_bytes))
     return Problem(p.models, p.demand, p.priority, (*p.dies, new), (*p.memory_bytes, mem[like]),
                    (*p.options, *extra), p.units)

@@ -64,6 +64,24 @@ class Energy:
         return self.compute_j_per_token + self.dram_j_per_token + self.link_j_per_token
 
 
+def pj_per_op(system: System, die: str, precision: str, assumed: set[str]) -> float:
+    """The die's pJ per operation at `precision`; an assumed default (named in `assumed`) where it gives none."""
+    return _pj(system, die, precision, assumed)
+
+
+def ops_energy_j(system: System, die: str, weight_flop: float, act_flop: float, read_bytes: float,
+                 weight_precision: str, act_precision: str, assumed: set[str]) -> float:
+    """Dynamic joules of some work on a die: FLOP at their precisions' pJ, DRAM bytes at the memory's."""
+    return (weight_flop * _pj(system, die, weight_precision, assumed) + act_flop * _pj(system, die, act_precision,
+                                                                                         assumed)
+            + read_bytes * memory_pj_per_byte(system, die)) * 1e-12
+
+
+def static_w(system: System) -> float:
+    """The host's and every die's static power."""
+    return system.host.static_w + sum(system.die_type(d).power.static_w for d in system.die_names)
+
+
 def _pj(system: System, die: str, precision: str, assumed: set[str]) -> float:
     dt = system.die_type(die)
     figures: dict[str, float] = {str(k): float(v) for k, v in dt.power.pj_per_op.items()}
@@ -135,4 +153,4 @@ def plan_energy(plan: Plan, prediction: Prediction, graph: Graph, system: System
                   max(peak, power), static_w, system.fanless_w, tuple(dies), tuple(sorted(assumed)))
 
 
-__all__ = ["Energy", "DieEnergy", "plan_energy", "ASSUMED_PJ_PER_OP", "route_j_per_byte", "memory_pj_per_byte"]
+__all__ = ["Energy", "DieEnergy", "plan_energy", "pj_per_op", "ops_energy_j", "static_w", "ASSUMED_PJ_PER_OP", "route_j_per_byte", "memory_pj_per_byte"]
