@@ -10,6 +10,7 @@ The `chipfuse` command is a thin shell over these functions.
 from .core import (
                    alias_of,
                    calibrate,
+                   cost,
                    load_model,
                    load_plan,
                    load_system,
@@ -41,7 +42,7 @@ from .results import (
 )
 from .workload_run import StreamRow, WorkloadRun, run_workload
 
-__all__ = ["alias_of", "calibrate", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
+__all__ = ["alias_of", "calibrate", "cost", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
            "required_bandwidth_bytes_per_s", "run", "this_host_prediction", "mixed_precision", "quantize_report",
            "trace", "scaling", "plot_scaling", "plot_trace", "place", "plot_placement", "PlaceResult", "DemandError", "run_workload", "WorkloadRun",
            "StreamRow",

@@ -277,3 +277,11 @@ def presets() -> PresetList:
                        "hidden": c.hidden_size, "heads": c.num_heads, "kv_heads": c.num_kv_heads,
                        "vocab": c.vocab_size, "tied": c.tied_embeddings, "source": entry.get("source", "")})
     return PresetList(tuple(systems), tuple(models))
+
+
+def cost(system: str | Path):
+    """The bill of materials of `system` (a preset or file), line by line with sources, and the talk's three
+    development paths (hw/cost.py)."""
+    from ..hw.cost import development_paths, system_cost
+
+    return system_cost(load_system(system)), development_paths()

@@ -174,6 +174,23 @@ def place(
 
 @app.command()
 @friendly
+def cost(
+    system: str = typer.Option(..., "--system", "-s", help=SYSTEM_HELP),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the lines as JSON here"),
+):
+    """What a system costs to build (bill of materials, each line's source) and to develop (the talk's paths)."""
+    _writable(json_path)
+    bom, paths = api.cost(system)
+    render.cost(bom, paths)
+    if json_path:
+        _write_json(json_path, {"system": bom.system, "bom_usd": bom.bom_usd,
+                                "lines": [{"item": x.item, "usd": x.usd, "source": x.source} for x in bom.lines],
+                                "development": [{"what": d.what, "usd": list(d.usd), "months": d.months,
+                                                 "source": d.source} for d in paths]})
+
+
+@app.command()
+@friendly
 def scale(
     model: str = typer.Option(..., "--model", "-m", help="catalogue name, config.json path or .gguf path"),
     system: str = typer.Option(..., "--system", "-s", help=SYSTEM_HELP),

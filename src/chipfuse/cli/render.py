@@ -303,3 +303,18 @@ def workload_run(res) -> None:
     say("Predicted for the system placed on; on emulated dies, measure them first (`chipfuse probe --dies N "
         "--threads 1 --out host.yaml`, then --system host.yaml) for a prediction of these dies. Skipped: arrivals "
         "not sent because every deployment of the model was full.")
+
+
+def cost(bom, paths) -> None:
+    """`chipfuse cost`: the bill of materials and the development paths."""
+    t = _table(f"{bom.system}: bill of materials", [("item", "left"), "USD", ("source", "left")],
+               caption=f"total {bom.bom_usd:.2f} USD a unit (parts in volume; no margin, no enclosure)")
+    for line in bom.lines:
+        t.add_row(line.item, f"{line.usd:.2f}", line.source)
+    console.print(t)
+    d = _table("development: the talk's three paths to a new product", [("path", "left"), "USD", "months",
+                                                                       ("source", "left")])
+    for p in paths:
+        usd = f"{p.usd[0] / 1e6:g}M" if p.usd[0] == p.usd[1] else f"{p.usd[0] / 1e6:g}-{p.usd[1] / 1e6:g}M"
+        d.add_row(p.what, usd, f"{p.months:g}", p.source)
+    console.print(d)
