@@ -82,6 +82,12 @@ def plan(p, title: str | None = None) -> None:
                 f"{pred.decode_tokens_per_s:.1f} tokens/s, {e.peak_power_w:.1f} W peak: "
                 + (f"fanless (within {e.fanless_w:g} W)" if e.fanless else f"needs a fan (over {e.fanless_w:g} W)")
                 + (f"; assumed: {', '.join(e.assumed)}" if e.assumed else ""))
+        sd = pred.shared_dram
+        if sd is not None:
+            say(f"shared DRAM: the display ({sd.display}, {sd.display_gb_per_s:.2f} GB/s) and the other masters "
+                f"({sd.other_gb_per_s:g} GB/s) take the host's DRAM from the dies: "
+                f"{pred.decode_tokens_per_s:.1f} tokens/s here, {sd.decode_tokens_per_s_alone:.1f} with the DRAM "
+                f"to themselves, {sd.decode_tokens_per_s_4k60:.1f} with a 4K60 display")
         for sp in pred.stages:
             say(f"  - {sp.reason}")
         for n in pred.notes:

@@ -217,6 +217,17 @@ class EnergyPrediction(_M):
     assumed: list[str] = Field(default_factory=list, description="figures taken from chipfuse's assumed defaults")
 
 
+class SharedDramEffect(_M):
+    """What the host's other DRAM masters cost dies that share its DRAM (sim/predict.py)."""
+
+    display: str = Field(description="the system's display, as described (width x height at refresh)")
+    display_gb_per_s: float = Field(ge=0, description="its scan-out traffic")
+    other_gb_per_s: float = Field(ge=0, description="camera, ISP, GPU, ... as described")
+    decode_tokens_per_s_alone: float = Field(gt=0, description="decode rate if the dies had the DRAM to themselves")
+    decode_tokens_per_s_4k60: float = Field(ge=0, description="decode rate with a 3840 x 2160 x 4 B display at 60 Hz "
+                                                              "instead (the other masters as described)")
+
+
 class Prediction(_M):
     ttft_s: float = Field(gt=0)
     decode_tokens_per_s: float = Field(gt=0, description="aggregate over the batch")
@@ -228,6 +239,8 @@ class Prediction(_M):
     notes: list[str] = []
     energy: EnergyPrediction | None = Field(None, description="energy per token and power; null in plans made "
                                                               "before chipfuse predicted them")
+    shared_dram: SharedDramEffect | None = Field(None, description="for dies sharing the host's DRAM: what the "
+                                                                   "display and the other masters cost; else null")
 
 
 class Plan(_M):

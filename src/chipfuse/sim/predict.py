@@ -82,7 +82,8 @@ def predict(plan: Plan, graph: Graph | None = None, system: System | None = None
     graph = graph or build_llm_graph(cfg)
     try:
         pred = _predict(plan, graph, system)
-        return pred.model_copy(update={"energy": _energy(plan, pred, graph, system)})
+        return pred.model_copy(update={"energy": _energy(plan, pred, graph, system),
+                                       "shared_dram": _shared_dram(plan, graph, system)})
     except (ValidationError, ZeroDivisionError, OverflowError) as err:
         raise ChipfuseError(f"{system.name}: the performance model gives no usable figures for this plan "
                             f"({_first_problem(err)}); a rate, size or latency in the system description is "
@@ -98,6 +99,27 @@ def _energy(plan: Plan, pred: Prediction, graph: Graph, system: System):
                             dram_j_per_token=e.dram_j_per_token, link_j_per_token=e.link_j_per_token,
                             static_j_per_token=e.static_j_per_token, power_w=e.power_w, peak_power_w=e.peak_power_w,
                             fanless_w=e.fanless_w, fanless=e.fanless, assumed=list(e.assumed))
+
+
+def _shared_dram(plan: Plan, graph: Graph, system: System):
+    """For a plan with dies on the host's DRAM: its decode rate with no other master, and with a 4K60 display."""
+    from ..plan.plan import SharedDramEffect
+
+    if not any(system.die_type(st.die).memory.shared for st in plan.stages):
+        return None
+    t = system.host.traffic
+
+    def rate(**traffic) -> float:
+        host = system.host.model_copy(update={"traffic": t.model_copy(update=traffic)})
+        return _predict(plan, graph, system.model_copy(update={"host": host})).decode_tokens_per_s
+
+    display = t.display_width_px * t.display_height_px * t.bytes_per_pixel * t.refresh_hz
+    return SharedDramEffect(
+        display=f"{t.display_width_px} x {t.display_height_px} at {t.refresh_hz:g} Hz" if display else "none",
+        display_gb_per_s=display / GB, other_gb_per_s=t.other_gb_per_s,
+        decode_tokens_per_s_alone=rate(display_width_px=0, display_height_px=0, other_gb_per_s=0.0),
+        decode_tokens_per_s_4k60=rate(display_width_px=3840, display_height_px=2160, bytes_per_pixel=4,
+                                      refresh_hz=60.0))
 
 
 def _first_problem(err: Exception) -> str:
