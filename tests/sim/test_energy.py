@@ -75,3 +75,9 @@ def test_the_fanless_verdict_and_the_plan_file(tmp_path):
     assert e is not None and e.fanless == (e.power_w <= e.fanless_w) and e.fanless_w == 10
     p.save(tmp_path / "p.json")
     assert api.load_plan(tmp_path / "p.json").prediction.energy == e
+
+
+def test_the_roofline_picture_is_drawn(tmp_path):
+    p = api.plan("smollm2-135m", "talk-heavy-2die-pcie", "int4", context=512, split="pipeline")
+    out = api.plot_roofline(p, tmp_path / "roof.png")
+    assert out.stat().st_size > 20_000

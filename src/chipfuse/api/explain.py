@@ -205,3 +205,67 @@ def plot_trace(traced, path: str | Path, which: str = "decode") -> Path:
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     return Path(path)
+
+
+def plot_roofline(plan, path: str | Path) -> Path:
+    """A PNG of each die's roofline with the plan's ops on it: FLOP per byte read (x) against the FLOP/s each op
+    reaches (y), for one decode step (dots) and the prefill (crosses), under the die's compute roof (at the
+    weights' precision) and its memory slope. Written atomically; returns the path."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from ..frontends.config import ModelConfig
+    from ..hw.spec import System
+    from ..io import write_atomic
+    from ..ir.graph import Workload, op_costs
+    from ..ir.llm import build_llm_graph
+    from ..plan.plan import stage_positions
+    from ..quant.formats import PRECISION_BYTES, get_format
+    from ..sim.perf import die_rates, op_times, roofline_s
+    from ..sim.predict import shard_parts
+
+    system = System.model_validate(plan.system)
+    graph = build_llm_graph(ModelConfig.model_validate(plan.model.config))
+    wl = plan.workload
+    kv = PRECISION_BYTES[get_format(wl.kv_precision).precision]
+    positions = stage_positions(plan.stages)
+    seqs = -(-wl.batch // min(wl.batch, len(positions)))
+    stages = list(enumerate(plan.stages))[:4]
+    fig = Figure(figsize=(5.2 * len(stages), 4.2), dpi=110)
+    colours = {"matmul": "tab:blue", "attention": "tab:red", "embedding": "tab:purple", "norm": "tab:green",
+               "elementwise": "tab:olive"}
+    for k, (i, st) in enumerate(stages):
+        ax = fig.add_subplot(1, len(stages), k + 1)
+        recipe = plan.stage_recipe(i)
+        r = die_rates(system, st.die, recipe.default)
+        g = graph.sharded(shard_parts(graph, st)) if st.shard else graph
+        mask = np.isin(g.op_block, list(range(*st.blocks)))
+        kinds = [op.kind for op, m in zip(g.ops, mask) if m]
+        for w, marker, label in ((Workload.decode(wl.context, seqs), "o", "decode"),
+                                 (Workload.prefill(wl.prompt_tokens, 1), "x", "prefill")):
+            c = op_costs(g, recipe, w, r.act_element_bytes, kv)
+            comp, _ = op_times(c, r)
+            t = roofline_s(comp, c.read_bytes, r.bytes_per_s)[mask]
+            flop = (c.weight_flop + c.act_flop)[mask]
+            rb = c.read_bytes[mask]
+            keep = (flop > 0) & (rb > 0) & (t > 0)
+            for kind in sorted(set(kinds)):
+                sel = keep & np.array([x == kind for x in kinds])
+                if sel.any():
+                    ax.scatter(flop[sel] / rb[sel], flop[sel] / t[sel], marker=marker, s=18, color=colours[kind],
+                               label=f"{kind} ({label})", alpha=0.7)
+        xs = np.logspace(-2, 4, 200)
+        ax.plot(xs, np.minimum(xs * r.bytes_per_s, r.weight_flop_per_s), color="black", lw=1.2,
+                label=f"roof: {r.weight_flop_per_s / 1e12:.1f} TFLOP/s, {r.bytes_per_s / 1e9:.0f} GB/s")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("FLOP per byte read")
+        ax.set_ylabel("FLOP/s reached")
+        ax.set_title(f"{st.die} ({r.weight_precision}), blocks {st.blocks[0]}-{st.blocks[1] - 1}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"{plan.model.name} on {plan.system.get('name', '?')}: each op of a step on its die's roofline",
+                 fontsize=11)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return Path(path)

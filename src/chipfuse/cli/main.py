@@ -121,9 +121,11 @@ def plan(
     trace: Optional[Path] = typer.Option(None, help="write the prefill and one decode step as a Chrome/Perfetto "
                                                     "trace (JSON) here, and show the step as text bars per die"),
     trace_plot: Optional[Path] = typer.Option(None, help=TRACE_PLOT_HELP),
+    roofline_plot: Optional[Path] = typer.Option(None, help="write a PNG of each die's roofline with the plan's ops "
+                                                            "on it (decode and prefill; up to 4 stages)"),
 ):
     """Split a model over a system's dies and predict its speed."""
-    _writable(json_path, trace, trace_plot)
+    _writable(json_path, trace, trace_plot, roofline_plot)
     _note_alias(model)
     p = api.plan(model, system, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
                  kv_precision=kv_precision, dies=dies, strict=strict, recipe=recipe, quantized=quantized,
@@ -138,6 +140,8 @@ def plan(
         render.gantt(tr)
         if trace_plot:
             render.say(f"picture of the decode step written to {api.plot_trace(tr, trace_plot)}")
+    if roofline_plot:
+        render.say(f"rooflines written to {api.plot_roofline(p, roofline_plot)}")
     if json_path:
         p.save(json_path)
         render.say(f"plan written to {json_path}")
