@@ -74,7 +74,7 @@ def test_an_onnx_file_with_an_unknown_op_and_a_model_too_big_for_any_die(tmp_pat
     w.write_text("models:\n  - name: det\n    onnx: ocr-det\n    rate: -2\n")
     cli = subprocess.run([sys.executable, "-m", "chipfuse.cli.main", "place", "-w", str(w), "-s", "talk-4die-d2d"],
                          capture_output=True, text=True, timeout=120)
-    assert cli.returncode == 2 and "models[0].rate: Input should be greater than 0" in cli.stderr
+    assert cli.returncode == 2 and "models[0].rate: Input should be greater than or equal to 0.000001" in cli.stderr
 
 
 def test_placement_files_that_are_not_placements(tmp_path):

@@ -29,7 +29,7 @@ def test_a_good_workload_gives_each_model_its_demand():
 
 
 @pytest.mark.parametrize("data, message", [
-    (_with(**{"0__rate": -1}), r"models\[0\]\.rate: Input should be greater than 0"),
+    (_with(**{"0__rate": -1}), r"models\[0\]\.rate: Input should be greater than or equal to 0.000001"),
     (_with(**{"0__rate": float("nan")}), r"models\[0\]\.rate: .*finite"),
     (_with(**{"0__rate": True}), r"models\[0\]\.rate"),
     (_with(**{"1__fed_by": {"model": "dett", "per_item": 2}}), r"fed_by names 'dett'.*did you mean 'det'"),

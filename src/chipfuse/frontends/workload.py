@@ -52,7 +52,7 @@ def _finite(v: float, what: str) -> float:
 
 class Feed(_Strict):
     model: str = Field(description="the model whose output this one reads")
-    per_item: float = Field(gt=0, le=1e6, description="items of this model per item of the feeding one")
+    per_item: float = Field(ge=1e-6, le=1e6, description="items of this model per item of the feeding one")
 
     @field_validator("per_item", mode="before")
     @classmethod
@@ -66,7 +66,8 @@ class ModelDemand(_Strict):
     llm: str | None = Field(None, description="a catalogue name, a config.json or a GGUF")
     frame: tuple[int, ...] | None = Field(None, description="a vision model's input shape (default: its own)")
     precision: str | None = Field(None, description="vision: fp32 fp16 bf16 int8 (default fp16); LLM: also int4")
-    rate: float | None = Field(None, gt=0, le=1e7, description="items per second: frames, or generated tokens")
+    rate: float | None = Field(None, ge=1e-6, le=1e7, description="items per second: frames, or generated tokens "
+                                                                  "(1e-6 .. 1e7)")
     fed_by: Feed | None = None
     latency_ms: float | None = Field(None, gt=0, le=1e7)
     priority: float = Field(1.0, gt=0, le=1e6)
@@ -136,6 +137,11 @@ class Workload(_Strict):
                 if cur.name in seen:
                     raise ValueError(f"models feed each other in a loop: {' <- '.join(seen + [cur.name])}")
                 seen.append(cur.name)
+        for m in self.models:
+            d = self.demand(m.name)
+            if not 1e-6 <= d <= 1e7:
+                raise ValueError(f"model {m.name}: its feeds ask {d:.3g} items per second; keep each model's "
+                                 "demand within 1e-6 .. 1e7 (lower a rate or a per_item)")
         return self
 
     def demand(self, name: str) -> float:

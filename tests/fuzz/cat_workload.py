@@ -1,0 +1,171 @@
+"""Fuzz category: workload YAML files, mutated from a real one (a small CNN's ONNX file, a fed model and SmolLM2).
+
+Each case is the bytes of a workload file: YAML-text mutations (weird numbers, truncation, deep nesting,
+non-UTF-8 bytes, the wrong top level) or structure mutations (weird values anywhere, dropped or unknown
+keys, feeds that loop or name nobody, impossible rates, huge frames). `check` places it on talk-4die-d2d
+as `chipfuse place` does: a clear refusal, or a placement whose figures are all finite and non-negative.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from hypothesis import strategies as st
+
+from .harness import container_of, places
+
+NAME = "workload YAML"
+WEIRD_VALUES = (float("inf"), float("nan"), -1, 0, 1e-300, 10**20, 1e300, True, None, "x", [], {}, [1, 3, 0, 5],
+                [1, 3, 100000, 100000], "det", "cnn", {"model": "cnn", "per_item": 0}, {"model": "chat"}, 2**63)
+WEIRD_TOKENS = (".inf", ".nan", "-1", "0", "1e400", "true", "null", '"12"', "[]", "{}", "1" + "0" * 400, "~")
+
+
+@lru_cache(maxsize=1)
+def _base() -> str:
+    """A real workload's YAML, its vision model a small CNN written once to a temporary folder."""
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from cv_helpers import small_cnn
+
+    folder = Path(tempfile.mkdtemp(prefix="chipfuse-fuzz-workload-"))
+    cnn = small_cnn(folder / "cnn.onnx")
+    return yaml.safe_dump({"name": "fuzz", "models": [
+        {"name": "cnn", "onnx": str(cnn), "frame": [1, 3, 64, 64], "precision": "int8", "rate": 30},
+        {"name": "cnn2", "onnx": str(cnn), "frame": [1, 3, 32, 32], "fed_by": {"model": "cnn", "per_item": 4},
+         "latency_ms": 50},
+        {"name": "chat", "llm": "smollm2", "precision": "int4", "rate": 20, "prompt_tokens": 128,
+         "output_tokens": 32, "batch": 2, "priority": 2}]}, sort_keys=False)
+
+
+def _anywhere(d: dict, rnd: random.Random) -> None:
+    paths = [p for p, _ in places(d) if p]
+    path = rnd.choice(paths)
+    parent, key = container_of(d, path), path[-1]
+    op = rnd.random()
+    if op < 0.7:
+        parent[key] = rnd.choice(WEIRD_VALUES)
+    elif op < 0.85:
+        del parent[key]
+    elif isinstance(parent, dict):
+        parent[f"{key}x"] = 1
+
+
+def _models_op(d: dict, rnd: random.Random) -> None:
+    models = d["models"]
+    op = rnd.choice(["loop", "self", "nobody", "dup", "empty", "many", "huge_rate", "tiny_rate", "frame", "both",
+                     "neither", "precision", "prompt", "scale", "scale", "scale", "priority"])
+    m = rnd.choice(models)
+    if op == "scale":  # a plausible edit: another rate, another share of the feed
+        if "rate" in m:
+            m["rate"] = rnd.choice([0.01, 0.5, 3, 100, 5000])
+        else:
+            m["fed_by"]["per_item"] = rnd.choice([0.1, 1, 30])
+    elif op == "priority":
+        m["priority"] = rnd.choice([0.01, 1, 100])
+    elif op == "loop":
+        models[0]["fed_by"] = {"model": "cnn2", "per_item": 1}
+        models[0].pop("rate", None)
+    elif op == "self":
+        m["fed_by"] = {"model": m["name"], "per_item": 1}
+        m.pop("rate", None)
+    elif op == "nobody":
+        models[1]["fed_by"]["model"] = rnd.choice(["cnn3", "", "CNN"])
+    elif op == "dup":
+        models.append(dict(m))
+    elif op == "empty":
+        d["models"] = []
+    elif op == "many":
+        d["models"] = [dict(models[0], name=f"m{i}") for i in range(rnd.choice([65, 1000]))]
+    elif op == "huge_rate":
+        m["rate"] = rnd.choice([1e6, 1e7, 9e6])
+        m.pop("fed_by", None)
+    elif op == "tiny_rate":
+        m["rate"] = rnd.choice([1e-9, 1e-300, 5e-324])
+        m.pop("fed_by", None)
+    elif op == "frame":
+        m["frame"] = rnd.choice([[1, 3, 8192, 8192], [1, 3, 1, 1], [1, 3, 2, 2], [8, 3, 64, 64], [1, 4, 64, 64]])
+    elif op == "both":
+        m["onnx"], m["llm"] = "ocr-det", "smollm2"
+    elif op == "neither":
+        m.pop("onnx", None), m.pop("llm", None)
+    elif op == "precision":
+        m["precision"] = rnd.choice(["int4", "fp8", "int3", "", "fp32"])
+    else:
+        m["prompt_tokens"], m["output_tokens"] = rnd.choice([(1, 1), (10**6, 10**6), (0, 5), (5000, 1)])
+
+
+def _text_op(text: str, rnd: random.Random) -> str:
+    op = rnd.choice(["number", "number", "truncate", "deep", "top", "alias"])
+    if op == "number":
+        nums = [i for i, line in enumerate(text.splitlines()) if any(c.isdigit() for c in line)]
+        lines = text.splitlines()
+        if nums:
+            i = rnd.choice(nums)
+            head = lines[i].split(":")[0]
+            lines[i] = f"{head}: {rnd.choice(WEIRD_TOKENS)}"
+        return "\n".join(lines)
+    if op == "truncate":
+        return text[:rnd.randrange(len(text) + 1)]
+    if op == "deep":
+        n = rnd.choice([50, 1000, 100_000])
+        return text.replace("rate: 30", "rate: " + "[" * n + "1" + "]" * n, 1)
+    if op == "top":
+        return rnd.choice(["[]", "0", "null", "''", "models: 5", "models: {}", "", "- 1\n- 2", "!!python/object:os.system x"])
+    return "a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n" + text
+
+
+@st.composite
+def _case(draw) -> bytes:
+    rnd = draw(st.randoms(use_true_random=False))
+    text = _base()
+    if draw(st.sampled_from(["structure"] * 6 + ["text"] * 4)) == "structure":
+        d = yaml.safe_load(text)
+        for op in draw(st.lists(st.sampled_from([_models_op, _models_op, _anywhere]), min_size=1, max_size=3)):
+            try:
+                op(d, rnd)
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+                pass
+        text = yaml.safe_dump(d, sort_keys=False)
+    else:
+        for _ in range(draw(st.integers(1, 2))):
+            text = _text_op(text, rnd)
+    raw = text.encode("utf-8")
+    if draw(st.sampled_from([False] * 19 + [True])):
+        i = rnd.randrange(len(raw) + 1)
+        raw = raw[:i] + b"\xff" + raw[i:]
+    return raw
+
+
+def strategy():
+    return _case()
+
+
+def _bad(x) -> bool:
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return False
+    if isinstance(x, (int, float)):
+        return not math.isfinite(x) or x < 0
+    if isinstance(x, dict):
+        return any(_bad(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return any(_bad(v) for v in x)
+    return False
+
+
+def check(case: bytes) -> str:
+    """Place the workload file on talk-4die-d2d like `chipfuse place`."""
+    from chipfuse import api
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "workload.yaml"
+        path.write_bytes(case)
+        res = api.place(path, "talk-4die-d2d", time_limit_s=2.0)
+    data = res.to_json()
+    if _bad(data) or not res.lam >= 0 or (res.met and any(m.served < m.demand * (1 - 1e-6) for m in res.models)):
+        return "impossible"
+    return "ok"
