@@ -8,7 +8,6 @@ missing blocks, empty stages, unknown dies, wrong types). `check` loads it and p
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import tempfile
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from chipfuse.plan.plan import Plan
 from chipfuse.sim.predict import predict
 
-from .harness import container_of, impossible_figures, places
+from .harness import bad_numbers, impossible_figures, mutate_anywhere
 
 NAME = "plan JSON"
 PRESETS = ("talk-4die-d2d", "talk-heavy-2die-pcie", "talk-light-usb")
@@ -79,19 +78,7 @@ TEXT_MUTATIONS = (_replace_number, _replace_number, _replace_number, _truncate, 
 # --- structure mutations ----------------------------------------------------------------------------
 
 def _anywhere(d: dict, rnd: random.Random) -> None:
-    """A weird value, a deletion or an unknown key at a random place."""
-    paths = [p for p, _ in places(d) if p]
-    if not paths:
-        return
-    path = rnd.choice(paths)
-    parent, key = container_of(d, path), path[-1]
-    op = rnd.random()
-    if op < 0.7:
-        parent[key] = rnd.choice(WEIRD_VALUES)
-    elif op < 0.85:
-        del parent[key]
-    elif isinstance(parent, dict):
-        parent[f"{key}x"] = 1
+    mutate_anywhere(d, rnd, WEIRD_VALUES)
 
 
 def _stages_op(d: dict, rnd: random.Random) -> None:
@@ -194,18 +181,7 @@ def strategy():
 
 def _bad_prediction(pred) -> bool:
     """Non-finite or negative figures, or no decode speed."""
-    def walk(x) -> bool:
-        if isinstance(x, bool) or x is None or isinstance(x, str):
-            return False
-        if isinstance(x, (int, float)):
-            return not math.isfinite(x) or x < 0
-        if isinstance(x, dict):
-            return any(walk(v) for v in x.values())
-        if isinstance(x, list):
-            return any(walk(v) for v in x)
-        return False
-
-    return walk(pred.model_dump()) or not pred.decode_tokens_per_s > 0 or not pred.ttft_s > 0
+    return bool(bad_numbers(pred.model_dump())) or not pred.decode_tokens_per_s > 0 or not pred.ttft_s > 0
 
 
 def check(case: bytes) -> str:

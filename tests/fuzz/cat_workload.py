@@ -8,7 +8,6 @@ as `chipfuse place` does: a clear refusal, or a placement whose figures are all 
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import yaml
 from hypothesis import strategies as st
 
-from .harness import container_of, places
+from .harness import bad_numbers, mutate_anywhere
 
 NAME = "workload YAML"
 WEIRD_VALUES = (float("inf"), float("nan"), -1, 0, 1e-300, 10**20, 1e300, True, None, "x", [], {}, [1, 3, 0, 5],
@@ -43,16 +42,7 @@ def _base() -> str:
 
 
 def _anywhere(d: dict, rnd: random.Random) -> None:
-    paths = [p for p, _ in places(d) if p]
-    path = rnd.choice(paths)
-    parent, key = container_of(d, path), path[-1]
-    op = rnd.random()
-    if op < 0.7:
-        parent[key] = rnd.choice(WEIRD_VALUES)
-    elif op < 0.85:
-        del parent[key]
-    elif isinstance(parent, dict):
-        parent[f"{key}x"] = 1
+    mutate_anywhere(d, rnd, WEIRD_VALUES)
 
 
 def _models_op(d: dict, rnd: random.Random) -> None:
@@ -145,18 +135,6 @@ def strategy():
     return _case()
 
 
-def _bad(x) -> bool:
-    if isinstance(x, bool) or x is None or isinstance(x, str):
-        return False
-    if isinstance(x, (int, float)):
-        return not math.isfinite(x) or x < 0
-    if isinstance(x, dict):
-        return any(_bad(v) for v in x.values())
-    if isinstance(x, (list, tuple)):
-        return any(_bad(v) for v in x)
-    return False
-
-
 def check(case: bytes) -> str:
     """Place the workload file on talk-4die-d2d like `chipfuse place`."""
     from chipfuse import api
@@ -166,6 +144,6 @@ def check(case: bytes) -> str:
         path.write_bytes(case)
         res = api.place(path, "talk-4die-d2d", time_limit_s=2.0)
     data = res.to_json()
-    if _bad(data) or not res.lam >= 0 or (res.met and any(m.served < m.demand * (1 - 1e-6) for m in res.models)):
+    if bad_numbers(data) or not res.lam >= 0 or (res.met and any(m.served < m.demand * (1 - 1e-6) for m in res.models)):
         return "impossible"
     return "ok"

@@ -97,27 +97,25 @@ def run_category(mod, n: int, timeout_s: float = 20.0, seed: int | None = 0) -> 
     return rep
 
 
+def bad_numbers(x, path: str = "") -> list[str]:
+    """Every non-finite or negative number in a nested mapping/list, by its path."""
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return []
+    if isinstance(x, (int, float)):
+        return [] if math.isfinite(x) and x >= 0 else [f"{path} = {x!r}"]
+    if isinstance(x, dict):
+        return [b for k, v in x.items() for b in bad_numbers(v, f"{path}.{k}")]
+    if isinstance(x, (list, tuple)):
+        return [b for i, v in enumerate(x) for b in bad_numbers(v, f"{path}[{i}]")]
+    return []
+
+
 def impossible_figures(plan) -> list[str]:
     """What is impossible in a plan that claims to fit: non-finite or negative numbers, a stage that
     uses more memory than its die has, no decode speed."""
-    bad: list[str] = []
-
-    def walk(x, path: str) -> None:
-        if isinstance(x, bool) or x is None or isinstance(x, str):
-            return
-        if isinstance(x, (int, float)):
-            if not math.isfinite(x) or x < 0:
-                bad.append(f"{path} = {x!r}")
-        elif isinstance(x, dict):
-            for k, v in x.items():
-                walk(v, f"{path}.{k}")
-        elif isinstance(x, (list, tuple)):
-            for i, v in enumerate(x):
-                walk(v, f"{path}[{i}]")
-
     dump = plan.model_dump(mode="python")
     dump.pop("system", None)  # the input, already validated on its own
-    walk(dump, "plan")
+    bad = bad_numbers(dump, "plan")
     for st in plan.stages:
         if st.used_bytes > st.memory_bytes:
             bad.append(f"stage {st.index} on {st.die} uses {st.used_bytes} of {st.memory_bytes} bytes")
@@ -139,6 +137,22 @@ def places(node, prefix=()):
     elif isinstance(node, list):
         for i, v in enumerate(node):
             yield from places(v, (*prefix, i))
+
+
+def mutate_anywhere(d: dict, rnd, weird_values) -> None:
+    """A weird value, a deletion or an unknown key at a random place of a parsed input."""
+    paths = [p for p, _ in places(d) if p]
+    if not paths:
+        return
+    path = rnd.choice(paths)
+    parent, key = container_of(d, path), path[-1]
+    op = rnd.random()
+    if op < 0.7:
+        parent[key] = rnd.choice(weird_values)
+    elif op < 0.85:
+        del parent[key]
+    elif isinstance(parent, dict):
+        parent[f"{key}x"] = 1
 
 
 def container_of(data, path):
