@@ -243,8 +243,6 @@ def solve(p: Problem, time_limit_s: float = EXACT_TIME_LIMIT_S) -> Solution:
         if exact or lam > best_lam:
             best_x, best_lam = x, lam
             method = "milp" if exact else "milp-time-limit"
-        elif method == "heuristic" and lam >= best_lam:
-            method = "heuristic"
     elif n <= HEURISTIC_FIRST:  # the MILP found nothing in time: the heuristic's answer
         best_x, best_lam = greedy(p)
         method = "heuristic" if any(best_x) else "infeasible"

@@ -138,8 +138,9 @@ def cv_options(k: int, lm: LoadedModel, system: System, precision: str) -> list[
 
 def llm_options(k: int, lm: LoadedModel, system: System, precision: str) -> list[Option]:
     from ..ir.graph import Workload as Step
-    from ..ir.graph import kv_cache_bytes, op_costs, workspace_bytes
+    from ..ir.graph import block_weight_bytes, kv_cache_bytes, op_costs, workspace_bytes
     from ..ir.llm import build_llm_graph
+    from ..sim.energy import ops_energy_j
     from ..sim.perf import stage_cost
 
     dm = lm.demand
@@ -147,25 +148,22 @@ def llm_options(k: int, lm: LoadedModel, system: System, precision: str) -> list
     blocks = range(g.n_blocks)
     context = dm.prompt_tokens + dm.output_tokens
     fmt = get_format(DEFAULT_FORMAT[precision])
+    dec, pref = Step.decode(context, dm.batch), Step.prefill(dm.prompt_tokens, 1)
     opts = []
     for d in system.die_names:
         recipe = die_recipe(system, d, Recipe.of(fmt))
         r = die_rates(system, d, recipe.default)
         kv_el = r.act_element_bytes
-        step = stage_cost(g, system, d, blocks, recipe, Step.decode(context, dm.batch), kv_el, HOST, 8.0 * dm.batch)
-        pre = stage_cost(g, system, d, blocks, recipe, Step.prefill(dm.prompt_tokens, 1), kv_el, HOST, 8.0)
+        cd = op_costs(g, recipe, dec, kv_el, kv_el)  # once each: the time and the energy both read them
+        cp = op_costs(g, recipe, pref, kv_el, kv_el)
+        step = stage_cost(g, system, d, blocks, recipe, dec, kv_el, HOST, 8.0 * dm.batch, cd)
+        pre = stage_cost(g, system, d, blocks, recipe, pref, kv_el, HOST, 8.0, cp)
         per_token = step.time_s / dm.batch + pre.time_s / dm.output_tokens
-        from ..ir.graph import block_weight_bytes
-
         mem = float(block_weight_bytes(g, recipe).sum() + kv_cache_bytes(g, kv_el, context, dm.batch).sum()
                     + workspace_bytes(g, blocks, min(dm.prompt_tokens, 512), dm.batch, kv_el))
         links = _merge(_route_s(system, HOST, d, 8.0 + 8.0 * dm.prompt_tokens / dm.output_tokens),
                        _route_s(system, d, HOST, 8.0))
         lat = pre.time_s + step.time_s  # the first token of a request on an idle die
-        from ..sim.energy import ops_energy_j
-
-        cd = op_costs(g, recipe, Step.decode(context, dm.batch), kv_el, kv_el)
-        cp = op_costs(g, recipe, Step.prefill(dm.prompt_tokens, 1), kv_el, kv_el)
         joules = sum(ops_energy_j(system, d, float(c.weight_flop.sum()), float(c.act_flop.sum()),
                                   float(c.read_bytes.sum()), r.weight_precision, r.act_precision, set()) / per
                      for c, per in ((cd, dm.batch), (cp, dm.output_tokens)))
@@ -211,20 +209,16 @@ def lower_precision(lm: LoadedModel, system: System) -> str | None:
 
 
 def with_extra_die(p: Problem, like: str) -> Problem:
-    """The problem with one more die like `like`: the same memory and options, on links of its own."""
+    """The problem with one more die like `like` (or like the die it copies): the same memory and ways to run
+    models whole on it, on links of its own."""
     base = like.rstrip("+")
     new = next(base + "+" * k for k in range(1, len(p.dies) + 2) if base + "+" * k not in p.dies)
-    extra = []
-    for o in p.options:
-        if o.dies != (base,):
-            continue
-        like = base
-        ren = {like: new}
-        extra.append(Option(o.model, (new,), {new: o.die_s[like]}, {new: o.mem_bytes[like]},
-                            {tuple(ren.get(n, n) for n in lk): s for lk, s in o.link_s.items()},  # type: ignore[misc]
-                            o.latency_s, o.label.replace(like, new), o.detail, o.energy_j))
+    extra = [Option(o.model, (new,), {new: o.die_s[base]}, {new: o.mem_bytes[base]},
+                    {tuple(new if n == base else n for n in lk): s for lk, s in o.link_s.items()},  # type: ignore[misc]
+                    o.latency_s, o.label.replace(base, new), o.detail, o.energy_j)
+             for o in p.options if o.dies == (base,)]
     mem = dict(zip(p.dies, p.memory_bytes))
-    return Problem(p.models, p.demand, p.priority, (*p.dies, new), (*p.memory_bytes, mem[like]),
+    return Problem(p.models, p.demand, p.priority, (*p.dies, new), (*p.memory_bytes, mem[base]),
                    (*p.options, *extra), p.units)
 
 

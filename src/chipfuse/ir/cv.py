@@ -412,10 +412,8 @@ def cv_costs(model: CVModel, info: dict[str, TensorInfo], fmt: Format, act_bytes
             if len(node.inputs) > 2 and node.inputs[2]:
                 af[i] = out.elements
         elif node.op in ("MatMul", "Gemm"):
-            b = info[node.inputs[1]]
             k = x.shape[-1] if node.op == "MatMul" or not node.attrs.get("transA") else x.shape[0]
             (wf if node.inputs[1] in held else af)[i] = 2.0 * out.elements * k
-            del b
         elif node.op == "GlobalAveragePool":
             af[i] = x.elements
         elif node.op in ("AveragePool", "MaxPool"):

@@ -56,14 +56,12 @@ def _pad_for(x: torch.Tensor, attrs: dict, value: float = 0.0) -> tuple[torch.Te
 
 def _slice(x: torch.Tensor, starts, ends, axes, steps) -> torch.Tensor:
     index: list[slice] = [slice(None)] * x.dim()
-    flips = []
     for st, en, ax, sp in zip(starts, ends, axes, steps):
         ax = int(ax) % x.dim()
         st, en, sp = int(max(min(st, 2**62), -2**62)), int(max(min(en, 2**62), -2**62)), int(sp)
         if sp < 0:
             idx = list(range(*slice(st, en, sp).indices(x.shape[ax])))
             x = x.index_select(ax, torch.tensor(idx, dtype=torch.long)) if idx else x.narrow(ax, 0, 0)
-            flips.append(ax)
             continue
         index[ax] = slice(st, en, sp)
     return x[tuple(index)]

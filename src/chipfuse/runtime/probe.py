@@ -56,33 +56,6 @@ def measure_tops(precision: str, m: int = 256, n: int = 1536, k: int = 576) -> f
     return 2 * m * n * k / _best(lambda: lin(x), 10) / 1e12
 
 
-def _conv_stack(layers: int, channels: int, side: int, tiny: bool = False):
-    """A vision model built in code: `layers` mobile-style blocks (a depthwise 3x3 convolution, then a 1x1 one
-    and a 3x3 one across channels, each with ReLU); or, `tiny`, `layers` ReLUs on 8 numbers."""
-    import numpy as np
-
-    from ..ir.cv import CVModel, CVNode
-
-    rng = np.random.default_rng(0)
-    nodes, consts, x = [], {}, "x"
-    for i in range(layers):
-        if tiny:
-            nodes.append(CVNode(f"relu{i}", "Relu", (x,), (f"r{i}",)))
-            x = f"r{i}"
-            continue
-        for kind, shape, attrs in (("dw", (channels, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": channels}),
-                                   ("pw", (channels, channels, 1, 1), {}),
-                                   ("full", (channels, channels, 3, 3), {"pads": [1, 1, 1, 1]})):
-            w, b = f"{kind}{i}.w", f"{kind}{i}.b"
-            consts[w] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
-            consts[b] = np.zeros(channels, np.float32)
-            nodes.append(CVNode(f"{kind}{i}", "Conv", (x, w, b), (f"{kind}{i}.c",), attrs))
-            nodes.append(CVNode(f"{kind}{i}.relu", "Relu", (f"{kind}{i}.c",), (f"{kind}{i}.r",)))
-            x = f"{kind}{i}.r"
-    shape = (1, 8, 1, 1) if tiny else (1, channels, side, side)
-    return CVModel("probe", nodes, consts, "x", shape, (x,), shape)
-
-
 def _mobile_stack(blocks: int, channels: int, side: int):
     """A vision model built in code, shaped like the mobile CNNs chipfuse runs: per block a depthwise 3x3
     convolution, a 1x1 one, hard-swish (HardSigmoid x input), a dense 3x3 one and a residual Add."""

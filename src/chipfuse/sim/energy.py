@@ -64,15 +64,10 @@ class Energy:
         return self.compute_j_per_token + self.dram_j_per_token + self.link_j_per_token
 
 
-def pj_per_op(system: System, die: str, precision: str, assumed: set[str]) -> float:
-    """The die's pJ per operation at `precision`; an assumed default (named in `assumed`) where it gives none."""
-    return _pj(system, die, precision, assumed)
-
-
 def ops_energy_j(system: System, die: str, weight_flop: float, act_flop: float, read_bytes: float,
                  weight_precision: str, act_precision: str, assumed: set[str]) -> float:
     """Dynamic joules of some work on a die: FLOP at their precisions' pJ, DRAM bytes at the memory's."""
-    return (weight_flop * _pj(system, die, weight_precision, assumed) + act_flop * _pj(system, die, act_precision,
+    return (weight_flop * pj_per_op(system, die, weight_precision, assumed) + act_flop * pj_per_op(system, die, act_precision,
                                                                                          assumed)
             + read_bytes * memory_pj_per_byte(system, die)) * 1e-12
 
@@ -82,7 +77,8 @@ def static_w(system: System) -> float:
     return system.host.static_w + sum(system.die_type(d).power.static_w for d in system.die_names)
 
 
-def _pj(system: System, die: str, precision: str, assumed: set[str]) -> float:
+def pj_per_op(system: System, die: str, precision: str, assumed: set[str]) -> float:
+    """The die's pJ per operation at `precision`; an assumed default (named in `assumed`) where it gives none."""
     dt = system.die_type(die)
     figures: dict[str, float] = {str(k): float(v) for k, v in dt.power.pj_per_op.items()}
     got = figures.get(precision)
@@ -123,8 +119,8 @@ def plan_energy(plan: Plan, prediction: Prediction, graph: Graph, system: System
             g = graph.sharded(shard_parts(graph, st)) if st.shard else graph
             c = op_costs(g, recipe, dec, r.act_element_bytes, kv_element_bytes)
             mask = np.isin(g.op_block, list(range(*st.blocks)))
-            compute = (float(c.weight_flop[mask].sum()) * _pj(system, st.die, r.weight_precision, assumed)
-                       + float(c.act_flop[mask].sum()) * _pj(system, st.die, r.act_precision, assumed)) * 1e-12
+            compute = (float(c.weight_flop[mask].sum()) * pj_per_op(system, st.die, r.weight_precision, assumed)
+                       + float(c.act_flop[mask].sum()) * pj_per_op(system, st.die, r.act_precision, assumed)) * 1e-12
             dram = float(c.read_bytes[mask].sum()) * memory_pj_per_byte(system, st.die) * 1e-12
             sent = out_bytes(graph, st.blocks[1], seqs, r.act_element_bytes) if k == 0 else 0.0  # one copy onward
             link = sum(sent * route_j_per_byte(system, st.die, d, sent) for d in nxt)
@@ -136,21 +132,21 @@ def plan_energy(plan: Plan, prediction: Prediction, graph: Graph, system: System
                 link += 2 * layers * 2 * (n - 1) / n * vec * route_j_per_byte(system, st.die, peer, vec)
             dies.append(DieEnergy(st.die, compute, dram, link, system.die_type(st.die).power.static_w))
     tokens_per_s = prediction.decode_tokens_per_s
-    static_w = system.host.static_w + sum(system.die_type(d).power.static_w for d in system.die_names)
+    base_w = static_w(system)
     per = 1.0 / seqs  # a micro-batch's step makes `seqs` tokens
     compute_t = sum(d.compute_j for d in dies) * per
     dram_t = sum(d.dram_j for d in dies) * per
     link_t = sum(d.link_j for d in dies) * per
-    static_t = static_w / tokens_per_s
-    peak = static_w
+    static_t = base_w / tokens_per_s
+    peak = base_w
     for d in system.die_names:
         dt = system.die_type(d)
         known = [p for p in dt.tops if p in dt.power.pj_per_op] or list(dt.tops)  # the precisions it has figures for
-        peak += max(dt.tops[p] * 1e12 * dt.compute_efficiency * _pj(system, d, p, assumed) * 1e-12 for p in known)
+        peak += max(dt.tops[p] * 1e12 * dt.compute_efficiency * pj_per_op(system, d, p, assumed) * 1e-12 for p in known)
         peak += system.die_bandwidth_bytes_per_s(d) * memory_pj_per_byte(system, d) * 1e-12
-    power = (compute_t + dram_t + link_t) * tokens_per_s + static_w
+    power = (compute_t + dram_t + link_t) * tokens_per_s + base_w
     return Energy(compute_t + dram_t + link_t + static_t, compute_t, dram_t, link_t, static_t, power,
-                  max(peak, power), static_w, system.fanless_w, tuple(dies), tuple(sorted(assumed)))
+                  max(peak, power), base_w, system.fanless_w, tuple(dies), tuple(sorted(assumed)))
 
 
 __all__ = ["Energy", "DieEnergy", "plan_energy", "pj_per_op", "ops_energy_j", "static_w", "ASSUMED_PJ_PER_OP", "route_j_per_byte", "memory_pj_per_byte"]
