@@ -227,9 +227,10 @@ class _Stops:
     def push(self, piece: str) -> tuple[str, bool]:
         """(text now safe to send, whether a stop string ended the answer)."""
         self.text += piece
-        hits = [i for i in (self.text.find(s, max(0, self.sent - self.hold)) for s in self.stops) if i >= 0]
-        if hits:
-            end = min(hits)
+        found = [(i + len(s), i) for s, i in ((s, self.text.find(s, max(0, self.sent - self.hold))) for s in self.stops)
+                 if i >= 0]
+        if found:  # the stop string completed first ends the answer, whatever the pieces: a longer one that began
+            end = min(found)[1]  # earlier but would end later was never generated (the answer stopped before)
             out, self.text = self.text[self.sent:end], self.text[:end]
             self.sent = end
             return out, True
