@@ -164,7 +164,41 @@ def plot_scaling(report: ScalingReport, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=_image_format(path)))
+    return Path(path)
+
+
+def _image_format(path: str | Path) -> str:
+    """svg for a .svg path, else png."""
+    return "svg" if str(path).lower().endswith(".svg") else "png"
+
+
+def plot_memory(plan, path: str | Path) -> Path:
+    """Memory per die of a plan: weights, KV cache and workspace stacked against each die's capacity.
+    PNG, or SVG for a .svg path; written atomically; returns the path."""
+    from matplotlib.figure import Figure
+
+    from ..io import write_atomic
+    from ..units import GiB
+
+    st = plan.stages
+    labels = [s.die for s in st]
+    parts = (("weights", [s.weight_bytes for s in st], "tab:blue"), ("KV cache", [s.kv_bytes for s in st], "tab:orange"),
+             ("workspace", [s.workspace_bytes for s in st], "tab:green"))
+    fig = Figure(figsize=(max(4.0, 1.3 * len(st) + 2), 3.8), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    bottom = [0.0] * len(st)
+    for name, vals, colour in parts:
+        gib = [v / GiB for v in vals]
+        ax.bar(labels, gib, bottom=bottom, color=colour, label=name)
+        bottom = [b + g for b, g in zip(bottom, gib)]
+    ax.scatter(labels, [s.memory_bytes / GiB for s in st], marker="_", s=900, color="black", label="capacity")
+    ax.set_ylabel("GiB")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{plan.model.name} at {plan.model.precision} on {plan.system.get('name', '?')}: memory per die",
+                 fontsize=9)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=_image_format(path)))
     return Path(path)
 
 
@@ -203,7 +237,7 @@ def plot_trace(traced, path: str | Path, which: str = "decode") -> Path:
     fig.legend(handles=[Patch(color=KIND_COLOURS[k], label=k) for k in kinds], fontsize=7, loc="lower center",
                ncol=len(kinds), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=_image_format(path)))
     return Path(path)
 
 
@@ -267,5 +301,5 @@ def plot_roofline(plan, path: str | Path) -> Path:
     fig.suptitle(f"{plan.model.name} on {plan.system.get('name', '?')}: each op of a step on its die's roofline",
                  fontsize=11)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=_image_format(path)))
     return Path(path)

@@ -149,6 +149,44 @@ def plan(
 
 @app.command()
 @friendly
+def explore(
+    space: Path = typer.Option(..., "--space", help="design-space YAML: SoCs, die types, die counts, links, "
+                                                    "memories, packaging, precisions (docs/explore.md)"),
+    models: Optional[str] = typer.Option(None, "--models", "-m", help="models to plan for, comma-separated: "
+                                                                       "catalogue names or config.json paths"),
+    target: Optional[str] = typer.Option(None, help='what a design must reach, e.g. "decode>=10,power<=10" '
+                                                    "(metrics: decode, ttft, power, peak, energy, cost)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for points.csv, pareto.csv, the plots (PNG and "
+                                                           "SVG) and the front's designs as system files"),
+    workers: Optional[int] = typer.Option(None, help="processes on this machine (default: every core)"),
+    ray: Optional[str] = typer.Option(None, help='fan the sweep out over a Ray cluster at this address ("local" '
+                                                 "starts one here); needs chipfuse[ray]"),
+    accuracy: Optional[Path] = typer.Option(None, help="a `chipfuse quantize --json` report: its KL per format "
+                                                       "becomes a fourth objective for the model it measured"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the summary as JSON here"),
+):
+    """Which system should we build? Sweep a design space, keep what meets the target, show the Pareto fronts."""
+    _writable(json_path)
+    if workers is not None and not 1 <= workers <= 256:
+        raise ChipfuseError(f"--workers {workers}: give 1 to 256 processes")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else []
+    with Steps() as prog:
+        try:
+            res = api.explore(space, names, target=target, out_dir=out, workers=workers, ray=ray, accuracy=accuracy,
+                              progress=prog)
+        except api.TargetError as err:
+            res = err.result
+            render.explore(res)
+            if json_path:
+                _write_json(json_path, res.to_json())
+            raise
+    render.explore(res)
+    if json_path:
+        _write_json(json_path, res.to_json())
+
+
+@app.command()
+@friendly
 def place(
     workload: Path = typer.Option(..., "--workload", "-w", help="workload YAML: models and their demands "
                                                                "(docs/placement.md; examples/hospital.yaml)"),

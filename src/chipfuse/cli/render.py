@@ -324,3 +324,40 @@ def cost(bom, paths) -> None:
         usd = f"{p.usd[0] / 1e6:g}M" if p.usd[0] == p.usd[1] else f"{p.usd[0] / 1e6:g}-{p.usd[1] / 1e6:g}M"
         d.add_row(p.what, usd, f"{p.months:g}", p.source)
     console.print(d)
+
+
+def explore(res) -> None:
+    """`chipfuse explore`: how many configurations ran and met the target, the cheapest per model, the designs
+    that cover every model, the fronts' size, why the rest failed, and the files written."""
+    say(f"{res.space}: {res.configurations:,} configurations in {res.seconds:.1f} s ({res.workers}); "
+        f"{res.running:,} run, {res.meeting:,} meet {res.target}")
+    if res.cheapest:
+        t = _table("cheapest per model meeting the target", ["model", "design", "precision", "split",
+                                                              "decode tok/s", "TTFT s", "power W", "cost USD"],
+                   justify="left")
+        for p in res.cheapest:
+            t.add_row(p.model, p.design, p.precision, p.split, f"{p.decode_tokens_per_s:.1f}", f"{p.ttft_s:.2f}",
+                      f"{p.power_w:.1f}" + ("" if p.fanless else " (fan)"), f"{p.cost_usd:.0f}")
+        console.print(t)
+    if res.covering:
+        t = _table("designs meeting the target for every model", ["design", "cost USD", "slowest tok/s",
+                                                                   "highest W", "precisions"], justify="left")
+        for c in res.covering:
+            t.add_row(c.design, f"{c.cost_usd:.0f}", f"{c.slowest_decode_tokens_per_s:.1f}",
+                      f"{c.highest_power_w:.1f}", ", ".join(f"{m} {p} {x}" for m, p, x in c.precisions))
+        console.print(t)
+    elif res.meeting and len({p.model for p in res.cheapest}) > 1:
+        say("no single design meets the target for every model")
+    if res.front:
+        by = {}
+        for p in res.front:
+            by[p.model] = by.get(p.model, 0) + 1
+        say("Pareto fronts (cost, power, speed" + (", accuracy" if any(p.accuracy is not None for p in res.front)
+                                                   else "") + "): " + ", ".join(f"{m} {n}" for m, n in by.items()))
+    if res.rejected:
+        t = _table("why the others were rejected", ["configurations", "reason"], justify="left")
+        for why, n in res.rejected:
+            t.add_row(f"{n:,}", why)
+        console.print(t)
+    for f in res.files:
+        say(f"written: {f}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..hw.spec import HOST, System
+from ..hw.spec import HOST, DieType, System
 from ..ir.graph import Graph, Workload, op_costs
 from ..plan.plan import Plan, Prediction, stage_positions
 from ..quant.formats import PRECISION_BYTES, get_format
@@ -77,16 +77,26 @@ def static_w(system: System) -> float:
     return system.host.static_w + sum(system.die_type(d).power.static_w for d in system.die_names)
 
 
-def pj_per_op(system: System, die: str, precision: str, assumed: set[str]) -> float:
-    """The die's pJ per operation at `precision`; an assumed default (named in `assumed`) where it gives none."""
-    dt = system.die_type(die)
-    figures: dict[str, float] = {str(k): float(v) for k, v in dt.power.pj_per_op.items()}
-    got = figures.get(precision)
+def type_pj_per_op(dt: DieType, type_name: str, precision: str, assumed: set[str]) -> float:
+    """A die type's pJ per operation at `precision`; an assumed default (named in `assumed`) where it gives none."""
+    got = dt.power.pj_per_op.get(precision)  # type: ignore[call-overload]
     if got is None:
-        kind = next(d.type for d in system.dies if d.name == die)
-        assumed.add(f"{kind}: {precision} {ASSUMED_PJ_PER_OP[precision]} pJ/op")
+        assumed.add(f"{type_name}: {precision} {ASSUMED_PJ_PER_OP[precision]} pJ/op")
         return ASSUMED_PJ_PER_OP[precision]
     return float(got)
+
+
+def pj_per_op(system: System, die: str, precision: str, assumed: set[str]) -> float:
+    """The die's pJ per operation at `precision`; an assumed default (named in `assumed`) where it gives none."""
+    kind = next(d.type for d in system.dies if d.name == die)
+    return type_pj_per_op(system.die_type(die), kind, precision, assumed)
+
+
+def type_peak_compute_w(dt: DieType, type_name: str, assumed: set[str]) -> float:
+    """A die type's compute power at its peak rate, in the precision it has energy figures for that draws most."""
+    known = [p for p in dt.tops if p in dt.power.pj_per_op] or list(dt.tops)
+    return max(dt.tops[p] * 1e12 * dt.compute_efficiency * type_pj_per_op(dt, type_name, p, assumed) * 1e-12
+               for p in known)
 
 
 def memory_pj_per_byte(system: System, die: str) -> float:
@@ -140,13 +150,12 @@ def plan_energy(plan: Plan, prediction: Prediction, graph: Graph, system: System
     static_t = base_w / tokens_per_s
     peak = base_w
     for d in system.die_names:
-        dt = system.die_type(d)
-        known = [p for p in dt.tops if p in dt.power.pj_per_op] or list(dt.tops)  # the precisions it has figures for
-        peak += max(dt.tops[p] * 1e12 * dt.compute_efficiency * pj_per_op(system, d, p, assumed) * 1e-12 for p in known)
+        kind = next(x.type for x in system.dies if x.name == d)
+        peak += type_peak_compute_w(system.die_type(d), kind, assumed)
         peak += system.die_bandwidth_bytes_per_s(d) * memory_pj_per_byte(system, d) * 1e-12
     power = (compute_t + dram_t + link_t) * tokens_per_s + base_w
     return Energy(compute_t + dram_t + link_t + static_t, compute_t, dram_t, link_t, static_t, power,
                   max(peak, power), base_w, system.fanless_w, tuple(dies), tuple(sorted(assumed)))
 
 
-__all__ = ["Energy", "DieEnergy", "plan_energy", "pj_per_op", "ops_energy_j", "static_w", "ASSUMED_PJ_PER_OP", "route_j_per_byte", "memory_pj_per_byte"]
+__all__ = ["Energy", "DieEnergy", "plan_energy", "pj_per_op", "type_pj_per_op", "type_peak_compute_w", "ops_energy_j", "static_w", "ASSUMED_PJ_PER_OP", "route_j_per_byte", "memory_pj_per_byte"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..hw.spec import HOST, Precision, System
+from ..hw.spec import HOST, DieType, Precision, System
 from ..ir.graph import Graph, OpCosts, Workload, block_sums, op_costs
 from ..quant.formats import DEFAULT_FORMAT, FALLBACK, PRECISION_BYTES, Format, Recipe, get_format
 from ..units import TERA
@@ -33,20 +33,29 @@ class DieRates:
         return PRECISION_BYTES[self.act_precision]
 
 
+def type_supported(dt: DieType, precision: str) -> Precision:
+    """The precision a die type runs for a requested one: itself, or the nearest it has."""
+    if precision in dt.tops:
+        return precision
+    return next(p for p in FALLBACK[precision] if p in dt.tops)
+
+
 def supported(system: System, die: str, precision: str) -> Precision:
     """The precision the die runs for a requested one: itself, or the nearest it has."""
-    tops = system.die_type(die).tops
-    if precision in tops:
-        return precision
-    return next(p for p in FALLBACK[precision] if p in tops)
+    return type_supported(system.die_type(die), precision)
+
+
+def type_format(dt: DieType, fmt: Format) -> Format:
+    """The weight format a die type holds: `fmt` if it computes in or expands that precision, else the fallback's."""
+    if fmt.precision in dt.weight_only:
+        return fmt
+    p = type_supported(dt, fmt.precision)
+    return fmt if p == fmt.precision else get_format(DEFAULT_FORMAT[p])
 
 
 def die_format(system: System, die: str, fmt: Format) -> Format:
     """The weight format a die holds: `fmt` if it computes in or expands that precision, else the fallback's."""
-    if fmt.precision in system.die_type(die).weight_only:
-        return fmt
-    p = supported(system, die, fmt.precision)
-    return fmt if p == fmt.precision else get_format(DEFAULT_FORMAT[p])
+    return type_format(system.die_type(die), fmt)
 
 
 def die_recipe(system: System, die: str, recipe: Recipe) -> Recipe:
@@ -57,13 +66,16 @@ def die_recipe(system: System, die: str, recipe: Recipe) -> Recipe:
     return recipe.map(lambda f: die_format(system, die, f))
 
 
-def die_rates(system: System, die: str, fmt: Format) -> DieRates:
-    dt = system.die_type(die)
-    wp = supported(system, die, fmt.precision)
-    ap = supported(system, die, dt.activation_precision)
+def type_rates(dt: DieType, bytes_per_s: float, fmt: Format, die: str = "") -> DieRates:
+    """A die type's roofline rates for weights in `fmt`, reading its DRAM at `bytes_per_s`."""
+    wp = type_supported(dt, fmt.precision)
+    ap = type_supported(dt, dt.activation_precision)
     eff = dt.compute_efficiency
-    return DieRates(die, wp, ap, dt.tops[wp] * TERA * eff, dt.tops[ap] * TERA * eff,
-                    system.die_bandwidth_bytes_per_s(die), dt.op_overhead_s)
+    return DieRates(die, wp, ap, dt.tops[wp] * TERA * eff, dt.tops[ap] * TERA * eff, bytes_per_s, dt.op_overhead_s)
+
+
+def die_rates(system: System, die: str, fmt: Format) -> DieRates:
+    return type_rates(system.die_type(die), system.die_bandwidth_bytes_per_s(die), fmt, die)
 
 
 def op_times(c: OpCosts, r: DieRates) -> tuple[np.ndarray, np.ndarray]:
@@ -132,5 +144,5 @@ def host_in_bytes(tokens: int) -> float:
     return 4.0 * tokens
 
 
-__all__ = ["DieRates", "StageCost", "die_rates", "die_format", "die_recipe", "supported", "op_times", "roofline_s", "block_times",
+__all__ = ["DieRates", "StageCost", "die_rates", "type_rates", "type_format", "type_supported", "die_format", "die_recipe", "supported", "op_times", "roofline_s", "block_times",
            "transfer_s", "stage_cost", "required_bandwidth_bytes_per_s", "out_bytes", "host_in_bytes", "HOST"]
