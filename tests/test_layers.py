@@ -14,7 +14,7 @@ from pathlib import Path
 
 import chipfuse
 
-PURE = ("chipfuse.hw", "chipfuse.ir", "chipfuse.compile", "chipfuse.plan", "chipfuse.sim")
+PURE = ("chipfuse.hw", "chipfuse.ir", "chipfuse.compile", "chipfuse.plan", "chipfuse.sim", "chipfuse.explore")
 RUNTIME_DIR = Path(chipfuse.__file__).parent / "runtime"
 FORBIDDEN = ("chipfuse.compile", "chipfuse.sim")
 

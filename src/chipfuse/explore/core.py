@@ -311,9 +311,7 @@ class Core:
         step = host.overhead_per_token_s + rt.scatter_dec_s + dec_s + rt.dec_links_s
         ttft = host.overhead_per_token_s + rt.scatter_pre_s + pre_s + rt.pre_links_s
         rate = 1.0 / step
-        static = host.static_w + d.dies * g.dt.power.static_w
         dynamic = g.compute_j + g.read_bytes_dec * pj_byte * 1e-12 + rt.link_j_per_token
-        power = dynamic * rate + static
         return self._figures(d, g, fr, host, rate, ttft, dynamic, self.all_bws(fr, d, bws), pj_byte, die_usd,
                              mem_opt, need, cap_bytes, k)
 
@@ -382,8 +380,8 @@ class Core:
             n_b = g.graph.n_blocks
             out = []
             for comp, rb in ((sh.comp_dec, sh.rb_dec), (sh.comp_pre, sh.rb_pre)):
-                ph = np.bincount(sh.slot, weights=np.maximum(comp, rb / bw), minlength=2 * n_b).reshape(n_b, 2)
-                ph[:, 0] += g.overhead_s
+                ph = np.bincount(sh.slot, weights=np.maximum(comp, rb / bw), minlength=2 * n_b).astype(float)
+                ph = ph.reshape(n_b, 2) + np.array([g.overhead_s, 0.0])
                 out.append(ph)
             got = sh.phases[bw] = (out[0], out[1])
         return got

@@ -27,7 +27,7 @@ import difflib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
@@ -69,7 +69,7 @@ class LinkOption(Strict):
         return self
 
 
-SocOption = Annotated[Union[Annotated[HostSoC, Tag("soc")], Annotated[str, Tag("preset")]],
+SocOption = Annotated[Annotated[HostSoC, Tag("soc")] | Annotated[str, Tag("preset")],
                       Discriminator(lambda v: "preset" if isinstance(v, str) else "soc")]
 
 
@@ -134,7 +134,7 @@ class Space(Strict):
             except SpecError:
                 close = difflib.get_close_matches(p, list(FORMATS), n=1)
                 raise ValueError(f"unknown precision {p!r}" + (f"; did you mean {close[0]}?" if close else "")
-                                 + f" (formats: {', '.join(FORMATS)})")
+                                 + f" (formats: {', '.join(FORMATS)})") from None
         return v
 
     def host(self, soc: str) -> HostSoC:

@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,8 @@ class Table:
         return len(self.design)
 
     def figures(self, i: int) -> Figures:
-        return Figures(**{k: (int(v[i]) if k == "dies_used" else float(v[i])) for k, v in self.values.items()},
-                       problem=str(self.problem[i]))
+        v = {k: float(a[i]) for k, a in self.values.items() if k in FIGURES and k != "dies_used"}
+        return Figures(**v, dies_used=int(self.values["dies_used"][i]), problem=str(self.problem[i]))  # type: ignore[arg-type]
 
 
 SPLITS = ("pipeline", "tensor")
@@ -87,7 +88,7 @@ def sweep(space: Space, models: Sequence[tuple[str, ModelConfig]], *, workers: i
     workers = max(1, workers or os.cpu_count() or 1)
     parts = _chunks(len(ds), max(1, min(len(ds), workers * 8 if workers > 1 or ray_address else 8)))
     done = 0
-    results: list[list[tuple]] = [[] for _ in parts]
+    results: list[list[tuple]] = [list() for _ in parts]
 
     def got(i: int, rows: list[tuple]) -> None:
         nonlocal done
@@ -110,11 +111,12 @@ def sweep(space: Space, models: Sequence[tuple[str, ModelConfig]], *, workers: i
             for fut in as_completed(futs):
                 got(futs[fut], fut.result())
     rows = [row for part in results for row in part]
-    cols = list(zip(*rows)) if rows else [[] for _ in range(_LEAD + len(FIGURES))]
+    cols: list = list(zip(*rows)) if rows else [() for _ in range(_LEAD + len(FIGURES))]
     values = {k: np.asarray(cols[_LEAD + j], dtype=float) for j, k in enumerate(FIGURES) if k != "problem"}
     ints = [np.asarray(cols[j], dtype=np.int64) for j in range(_LEAD)]
-    return Table(tuple(ds), tuple(n for n, _ in models), tuple(space.precisions), SPLITS, *ints, values,
-                 np.asarray(cols[_LEAD + FIGURES.index("problem")], dtype=object))
+    return Table(tuple(ds), tuple(n for n, _ in models), tuple(space.precisions), SPLITS, design=ints[0],
+                 model=ints[1], precision=ints[2], split=ints[3], values=values,
+                 problem=np.asarray(cols[_LEAD + FIGURES.index("problem")], dtype=object))
 
 
 def _run_ray(space, ds, models, parts, address: str, got) -> None:
@@ -129,7 +131,7 @@ def _run_ray(space, ds, models, parts, address: str, got) -> None:
         else:
             ray.init(address=address, log_to_driver=False)
     try:
-        task = ray.remote(_chunk)
+        task: Any = ray.remote(_chunk)
         space_ref, models_ref = ray.put(space), ray.put(list(models))
         pending = {task.remote(space_ref, r.start, ds[r.start:r.stop], models_ref): i for i, r in enumerate(parts)}
         while pending:
@@ -179,8 +181,8 @@ def closest(t: Table, target: Sequence[Bound]) -> int | None:
 def pareto(t: Table, mask: np.ndarray, objectives: Sequence[tuple[str, str]]) -> np.ndarray:
     """Indices of the configurations in `mask` that no other in `mask` beats on every objective (field, min|max),
     per model: the Pareto front by the paretoset library."""
-    import pandas as pd
-    from paretoset import paretoset
+    import pandas as pd  # type: ignore[import-untyped]
+    from paretoset import paretoset  # type: ignore[import-untyped]
 
     out = []
     for m in range(len(t.models)):
