@@ -185,17 +185,21 @@ def plot_memory(plan, path: str | Path) -> Path:
     labels = [s.die for s in st]
     parts = (("weights", [s.weight_bytes for s in st], "tab:blue"), ("KV cache", [s.kv_bytes for s in st], "tab:orange"),
              ("workspace", [s.workspace_bytes for s in st], "tab:green"))
-    fig = Figure(figsize=(max(4.0, 1.3 * len(st) + 2), 3.8), dpi=110)
+    fig = Figure(figsize=(max(5.5, 1.3 * len(st) + 3), 4.0), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(len(st)))
     bottom = [0.0] * len(st)
     for name, vals, colour in parts:
         gib = [v / GiB for v in vals]
-        ax.bar(labels, gib, bottom=bottom, color=colour, label=name)
+        ax.bar(xs, gib, bottom=bottom, color=colour, label=name, width=0.6)
         bottom = [b + g for b, g in zip(bottom, gib)]
-    ax.scatter(labels, [s.memory_bytes / GiB for s in st], marker="_", s=900, color="black", label="capacity")
+    ax.hlines([s.memory_bytes / GiB for s in st], [x - 0.4 for x in xs], [x + 0.4 for x in xs], color="black",
+              lw=2, label="capacity")
+    ax.set_xticks(xs, labels)
     ax.set_ylabel("GiB")
-    ax.legend(fontsize=7)
-    ax.set_title(f"{plan.model.name} at {plan.model.precision} on {plan.system.get('name', '?')}: memory per die",
+    ax.set_ylim(0, max(s.memory_bytes for s in st) / GiB * 1.25)
+    ax.legend(fontsize=7, loc="upper right", ncols=4)
+    ax.set_title(f"{plan.model.name} at {plan.model.precision}: memory per die\n{plan.system.get('name', '?')}",
                  fontsize=9)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format=_image_format(path)))

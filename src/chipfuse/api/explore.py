@@ -313,10 +313,12 @@ def _num(x: float) -> str:
 
 
 def plot_fronts(t, ok: np.ndarray, front_idx: np.ndarray, stem: str | Path, target: str) -> list[str]:
-    """Cost against tokens/s and power against tokens/s: every configuration meeting the target (grey), each
-    model's Pareto front (coloured, joined). PNG and SVG; returns the paths."""
+    """Cost against tokens/s and power against tokens/s: every configuration meeting the target (grey), and per
+    model the front of that pair (the cheapest, or least power, for each speed: a step line) over the points
+    of the three-objective front (dots). PNG and SVG; returns the paths."""
     from matplotlib.figure import Figure
 
+    from ..explore.sweep import pareto
     from ..io import write_atomic
 
     fig = Figure(figsize=(12, 4.8), dpi=110)
@@ -324,20 +326,25 @@ def plot_fronts(t, ok: np.ndarray, front_idx: np.ndarray, stem: str | Path, targ
     x_all = t.values["decode_tokens_per_s"]
     for k, (field, label) in enumerate((("cost_usd", "bill of materials (USD)"), ("power_w", "average power (W)"))):
         ax = fig.add_subplot(1, 2, k + 1)
-        ax.scatter(x_all[ok], t.values[field][ok], s=3, color="0.8", rasterized=True, label="meets the target")
+        ax.scatter(x_all[ok], t.values[field][ok], s=3, color="0.82", rasterized=True, label="meets the target")
+        two = pareto(t, ok, [(field, "min"), ("decode_tokens_per_s", "max")])
         for m in range(len(t.models)):
-            idx = front_idx[t.model[front_idx] == m]
-            if not len(idx):
-                continue
-            idx = idx[np.argsort(x_all[idx])]
             c = colours[m % len(colours)]
-            ax.plot(x_all[idx], t.values[field][idx], "o-", ms=4, lw=1, color=c, label=f"{t.models[m]}: front")
+            idx = front_idx[t.model[front_idx] == m]
+            if len(idx):
+                ax.scatter(x_all[idx], t.values[field][idx], s=10, color=c, alpha=0.5)
+            line = two[t.model[two] == m]
+            if len(line):
+                line = line[np.argsort(x_all[line])]
+                ax.step(x_all[line], t.values[field][line], where="pre", marker="o", ms=4, lw=1.3, color=c,
+                        label=f"{t.models[m]}")
         ax.set_xscale("log")
         ax.set_xlabel("decode tokens/s (one stream)")
         ax.set_ylabel(label)
+        ax.set_title(f"{label.split(' (')[0]} against speed: each model's front", fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(f"Pareto fronts over cost, power and speed (target {target})", fontsize=11)
+    fig.suptitle(f"Pareto fronts (target {target}); dots: the front over cost, power and speed together", fontsize=11)
     fig.tight_layout()
     paths = []
     for fmt in PLOT_FORMATS:
@@ -348,20 +355,20 @@ def plot_fronts(t, ok: np.ndarray, front_idx: np.ndarray, stem: str | Path, targ
 
 
 def _best_design_plots(sp, result: ExploreResult, cfgs, out: Path) -> list[str]:
-    """The cheapest point meeting the target for the first model, planned in full: each die's roofline with
-    the model's ops on it, and memory per die."""
+    """The cheapest point meeting the target for the model that needs the most dies (the last such model),
+    planned in full: each die's roofline with the model's ops on it, and memory per die."""
     from ..compile.compiler import compile_plan
     from ..explore.space import Design, design_system
     from .explain import plot_memory, plot_roofline
 
     if not result.cheapest:
         return []
-    p = result.cheapest[0]
+    p = max(reversed(result.cheapest), key=lambda x: x.dies)  # the most dies: the most to see
     d = Design(p.soc, p.die_type, p.dies, p.link, p.memory, p.substrate or None)
     cfg = dict(cfgs)[p.model]
     wl = sp.workload
     plan = compile_plan(cfg, design_system(sp, d), p.precision, context=wl.context, prompt_tokens=wl.prompt_tokens,
-                        batch=1, kv_precision=wl.kv_precision, split="pipeline")
+                        batch=1, kv_precision=wl.kv_precision, split=p.split)
     paths = []
     for fmt in PLOT_FORMATS:
         paths.append(str(plot_roofline(plan, out / f"roofline.{fmt}")))
