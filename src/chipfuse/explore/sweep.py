@@ -127,9 +127,9 @@ def _run_ray(space, ds, models, parts, address: str, got) -> None:
     started = not ray.is_initialized()
     if started:
         if address == "local":
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         else:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     try:
         task: Any = ray.remote(_chunk)
         space_ref, models_ref = ray.put(space), ray.put(list(models))
