@@ -57,6 +57,29 @@ class Covering:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """The fastest configuration meeting the target for one value of the compared options (None: none meets)."""
+
+    option: str  # e.g. "link=pcie-chain" or "soc=a55-4k, memory=shared-3g"
+    best: Point | None
+    meeting: int
+    running: int
+
+
+@dataclass(frozen=True)
+class DevelopmentPath:
+    """One way to cover every model explored, in development cost and months (hw/cost.py's figures)."""
+
+    what: str
+    tapeouts: int
+    package_respins: int
+    usd: tuple[float, float]
+    months_first: float  # until the first product
+    months_next: float  # for each further model size
+    designs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ExploreResult:
     space: str
     target: str
@@ -71,6 +94,8 @@ class ExploreResult:
     rejected: tuple[tuple[str, int], ...]  # (reason, configurations), commonest first
     closest: str | None  # when nothing meets the target: the nearest point and what it misses by
     files: tuple[str, ...]
+    compared: tuple[Comparison, ...] = ()  # with `compare`: the best per value of those options
+    development: tuple[DevelopmentPath, ...] = ()  # with several models: one SoC per size, or one SoC + chiplets
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -87,12 +112,14 @@ class TargetError(ChipfuseError):
 def explore(space: str | Path, models: Sequence[str] = (), *, target: str | None = None,
             out_dir: str | Path | None = None, workers: int | None = None, ray: str | None = None,
             accuracy: str | Path | None = None, plots: bool = True, progress: Progress | None = None,
-            require_met: bool = True) -> ExploreResult:
+            require_met: bool = True, compare: str | Sequence[str] | None = None) -> ExploreResult:
     """Sweep `space` (a space YAML file) for `models` (catalogue names or config.json paths, added to the
     space's own), keep the configurations meeting `target` ("decode>=10,power<=10"), and write
     points.csv (every configuration, with why it was rejected), pareto.csv, the fronts' plots and the
     front's designs as system files into `out_dir`. With `require_met`, a target nobody meets raises
-    TargetError naming the closest configuration (its `.result` holds the rest)."""
+    TargetError naming the closest configuration (its `.result` holds the rest). `compare` (options among
+    soc, die_type, dies, link, memory, substrate, precision, split, model) adds the fastest configuration
+    meeting the target for each value of those options, and a plot of them."""
     from ..explore.space import load_space
     from ..explore.sweep import meets, pareto, reasons, sweep
     from ..explore.target import parse_target
@@ -100,6 +127,7 @@ def explore(space: str | Path, models: Sequence[str] = (), *, target: str | None
 
     status = status_of(progress)
     bounds = parse_target(target)
+    keys = _compare_keys(compare)
     sp = load_space(space)
     names = list(dict.fromkeys([*sp.models, *models]))
     if not names:
@@ -149,7 +177,8 @@ def explore(space: str | Path, models: Sequence[str] = (), *, target: str | None
         space=sp.name, target=",".join(str(b) for b in bounds) or "none", configurations=len(table), running=running,
         meeting=int(ok.sum()), seconds=seconds, workers=f"Ray at {ray}" if ray else f"{_workers(workers)} process(es)",
         front=front, cheapest=tuple(cheapest), covering=_covering(table, ok), rejected=tuple(reasons(table, bounds)),
-        closest=None, files=())
+        closest=None, files=(), compared=_compare(table, ok, keys, sp.fanless_w) if keys else (),
+        development=_development(table, ok) if len(cfgs) > 1 else ())
     if not ok.any():
         result = _replace(result, closest=_closest_words(table, bounds, running))
     files: list[str] = []
@@ -159,6 +188,8 @@ def explore(space: str | Path, models: Sequence[str] = (), *, target: str | None
         if plots and len(front_idx):
             files += plot_fronts(table, ok, front_idx, out / "pareto", result.target)
             files += _best_design_plots(sp, result, cfgs, out)
+        if plots and result.compared:
+            files += plot_comparison(result.compared, out / "compare", result.target)
         if len(front_idx):
             files += _write_systems(sp, table, front_idx, out / "systems")
         (out / "summary.json").write_text(json.dumps(_replace(result, files=tuple(files)).to_json(), indent=1),
@@ -174,6 +205,92 @@ def _workers(workers: int | None) -> int:
     import os
 
     return workers or os.cpu_count() or 1
+
+
+COMPARABLE = ("soc", "die_type", "dies", "link", "memory", "substrate", "precision", "split", "model")
+
+
+def _compare_keys(compare: str | Sequence[str] | None) -> list[str]:
+    if not compare:
+        return []
+    keys = [k.strip() for k in (compare.split(",") if isinstance(compare, str) else compare) if k.strip()]
+    import difflib
+
+    for k in keys:
+        if k not in COMPARABLE:
+            close = difflib.get_close_matches(k, COMPARABLE, n=1)
+            raise SpecError(f"--compare {k!r}: not an option" + (f"; did you mean {close[0]}?" if close else "")
+                            + f" (options: {', '.join(COMPARABLE)})")
+    return keys
+
+
+def _option_value(t, i: int, key: str) -> str:
+    d = t.designs[t.design[i]]
+    if key == "precision":
+        return t.precisions[t.precision[i]]
+    if key == "split":
+        return t.splits[t.split[i]]
+    if key == "model":
+        return t.models[t.model[i]]
+    v = getattr(d, key)
+    return "none" if v is None else str(v)
+
+
+def _compare(t, ok: np.ndarray, keys: list[str], fanless_w: float) -> tuple[Comparison, ...]:
+    """Per value of `keys`: the fastest configuration meeting the target (cheapest on a tie), in the space's order."""
+    groups: dict[str, list[int]] = {}
+    running = t.problem == ""
+    for i in range(len(t)):
+        label = ", ".join(f"{k}={_option_value(t, i, k)}" for k in keys)
+        groups.setdefault(label, []).append(i)
+    out = []
+    for label, idx_list in groups.items():
+        idx = np.array(idx_list)
+        good = idx[ok[idx]]
+        best = None
+        if len(good):
+            j = good[np.lexsort((t.values["cost_usd"][good], -t.values["decode_tokens_per_s"][good]))[0]]
+            best = _point(t, int(j), fanless_w)
+        out.append(Comparison(label, best, int(len(good)), int(running[idx].sum())))
+    return tuple(out)
+
+
+def _development(t, ok: np.ndarray) -> tuple[DevelopmentPath, ...]:
+    """The talk's comparison for the models explored: a new SoC for each model size, against one SoC and one NPU
+    die put in a package (or on a board) per size. The chiplet path takes the SoC and die type that cover every
+    model at the least summed bill of materials (each model on its cheapest design of that pair); each further
+    package is a package respin, a further board a PCB respin."""
+    from ..hw import cost as c
+
+    n_models = len(t.models)
+    best: dict[tuple[str, str], dict[int, int]] = {}
+    for i in np.flatnonzero(ok):
+        d = t.designs[t.design[i]]
+        row = best.setdefault((d.soc, d.die_type), {})
+        m = int(t.model[i])
+        j = row.get(m)
+        if j is None or t.values["cost_usd"][i] < t.values["cost_usd"][j]:
+            row[m] = int(i)
+    full = {k: v for k, v in best.items() if len(v) == n_models}
+    lo, hi = c.SOC_TAPEOUT_USD
+    mono = DevelopmentPath(f"a new SoC for each of the {n_models} model sizes", n_models, 0,
+                           (n_models * lo, n_models * hi), c.SOC_MONTHS, c.SOC_MONTHS, ())
+    if not full:
+        return (mono,)
+    (soc, die), row = min(full.items(), key=lambda kv: sum(t.values["cost_usd"][j] for j in kv[1].values()))
+    ds = {t.designs[t.design[j]] for j in row.values()}
+    packages = {(d.dies, d.link, d.memory, d.substrate) for d in ds if d.substrate}
+    boards = {(d.dies, d.link, d.memory) for d in ds if not d.substrate}
+    respins = max(0, len(packages) - 1)
+    pcbs = max(0, len(boards) - (0 if packages else 1))
+    usd = (2 * lo + respins * c.PACKAGE_RESPIN_USD + pcbs * c.PCB_RESPIN_USD,
+           2 * hi + respins * c.PACKAGE_RESPIN_USD + pcbs * c.PCB_RESPIN_USD)
+    nxt = c.PACKAGE_RESPIN_MONTHS if respins else c.PCB_RESPIN_MONTHS
+    chiplet = DevelopmentPath(f"one SoC ({soc}) and one NPU die ({die}), {len(ds)} package/board variant(s)", 2,
+                              respins, usd, c.SOC_MONTHS, nxt,
+                              tuple(sorted(t.designs[t.design[j]].label + f" for {t.models[m]}"
+                                           for m, j in row.items())))
+    return (mono, chiplet)
 
 
 def _replace(r: ExploreResult, **kw) -> ExploreResult:
@@ -354,6 +471,39 @@ def plot_fronts(t, ok: np.ndarray, front_idx: np.ndarray, stem: str | Path, targ
     return paths
 
 
+def plot_comparison(rows: Sequence[Comparison], stem: str | Path, target: str) -> list[str]:
+    """Per compared option: the fastest configuration meeting the target (bars, tokens/s), its bill of materials
+    and power written on it. PNG and SVG; returns the paths."""
+    from matplotlib.figure import Figure
+
+    from ..io import write_atomic
+
+    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 3), 4.4), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(len(rows)))
+    rates = [r.best.decode_tokens_per_s if r.best else 0.0 for r in rows]
+    ax.bar(xs, rates, color=["tab:blue" if r.best else "0.8" for r in rows])
+    for x, r in zip(xs, rows):
+        text = (f"${r.best.cost_usd:.0f}\n{r.best.power_w:.1f} W\n{r.best.dies}x {r.best.split}" if r.best
+                else "none\nmeets")
+        ax.annotate(text, (x, rates[x]), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                    textcoords="offset points")
+    ax.set_xticks(xs, [r.option.replace(", ", "\n") for r in rows], fontsize=7, rotation=0)
+    goal = "" if target == "none" else f" meeting {target}"
+    ax.set_ylabel(f"decode tokens/s (the fastest{' meeting the target' if goal else ''})")
+    ax.set_ylim(0, max(rates + [1.0]) * 1.3)
+    ax.set_title(f"The fastest configuration{goal}, per option; its bill of materials, power and split above it",
+                 fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    paths = []
+    for fmt in PLOT_FORMATS:
+        p = Path(f"{stem}.{fmt}")
+        write_atomic(p, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt))
+        paths.append(str(p))
+    return paths
+
+
 def _best_design_plots(sp, result: ExploreResult, cfgs, out: Path) -> list[str]:
     """The cheapest point meeting the target for the model that needs the most dies (the last such model),
     planned in full: each die's roofline with the model's ops on it, and memory per die."""
@@ -393,4 +543,5 @@ def _write_systems(sp, t, front_idx: np.ndarray, folder: Path) -> list[str]:
     return paths
 
 
-__all__ = ["explore", "ExploreResult", "Point", "Covering", "TargetError", "plot_fronts"]
+__all__ = ["explore", "ExploreResult", "Point", "Covering", "Comparison", "DevelopmentPath", "TargetError",
+           "plot_fronts", "plot_comparison"]

@@ -163,6 +163,9 @@ def explore(
                                                  "starts one here); needs chipfuse[ray]"),
     accuracy: Optional[Path] = typer.Option(None, help="a `chipfuse quantize --json` report: its KL per format "
                                                        "becomes a fourth objective for the model it measured"),
+    compare: Optional[str] = typer.Option(None, help="show the fastest configuration meeting the target per value of "
+                                                     "these options (soc, die_type, dies, link, memory, substrate, "
+                                                     "precision, split, model; comma-separated)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the summary as JSON here"),
 ):
     """Which system should we build? Sweep a design space, keep what meets the target, show the Pareto fronts."""
@@ -173,7 +176,7 @@ def explore(
     with Steps() as prog:
         try:
             res = api.explore(space, names, target=target, out_dir=out, workers=workers, ray=ray, accuracy=accuracy,
-                              progress=prog)
+                              progress=prog, compare=compare)
         except api.TargetError as err:
             res = err.result
             render.explore(res)

@@ -354,6 +354,30 @@ def explore(res) -> None:
             by[p.model] = by.get(p.model, 0) + 1
         say("Pareto fronts (cost, power, speed" + (", accuracy" if any(p.accuracy is not None for p in res.front)
                                                    else "") + "): " + ", ".join(f"{m} {n}" for m, n in by.items()))
+    if res.compared:
+        t = _table("the fastest configuration meeting the target, per option", [
+            ("option", "left"), ("meet / run", "right"), ("design", "left"), ("model", "left"), ("precision", "left"),
+            ("split", "left"), ("decode tok/s", "right"), ("TTFT s", "right"), ("power W", "right"),
+            ("cost USD", "right")])
+        for c in res.compared:
+            b = c.best
+            if b is None:
+                t.add_row(c.option, f"0 / {c.running:,}", "none meets", "", "", "", "", "", "", "")
+            else:
+                t.add_row(c.option, f"{c.meeting:,} / {c.running:,}", b.design, b.model, b.precision, b.split,
+                          f"{b.decode_tokens_per_s:.1f}", f"{b.ttft_s:.3f}", f"{b.power_w:.1f}", f"{b.cost_usd:.0f}")
+        console.print(t)
+    if res.development:
+        t = _table("covering every model: development (the talk's figures; hw/cost.py)", [
+            ("path", "left"), ("tape-outs", "right"), ("package respins", "right"), ("USD", "right"),
+            ("months to the first", "right"), ("months per further size", "right")])
+        for p in res.development:
+            t.add_row(p.what, str(p.tapeouts), str(p.package_respins), f"{p.usd[0] / 1e6:.0f}-{p.usd[1] / 1e6:.0f}M",
+                      f"{p.months_first:g}", f"{p.months_next:g}")
+        console.print(t)
+        for p in res.development:
+            for line in p.designs:
+                say(f"  {line}")
     if res.rejected:
         t = _table("why the others were rejected", ["configurations", "reason"], justify="left")
         for why, n in res.rejected:
