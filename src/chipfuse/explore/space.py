@@ -233,8 +233,10 @@ def _slug(d: Design) -> str:
 
 
 def _suggest(field: str) -> str | None:
-    names = set(Space.model_fields) | set(LinkOption.model_fields) | set(Workload.model_fields)
-    names |= set(DieType.model_fields) | set(HostSoC.model_fields) | set(DieMemory.model_fields)
+    """The space's or a system file's field name closest to a misspelt one."""
+    from ..hw.load import _spec_fields
+
+    names = set(Space.model_fields) | set(LinkOption.model_fields) | set(Workload.model_fields) | set(_spec_fields())
     close = difflib.get_close_matches(str(field), sorted(names), n=1, cutoff=0.6)
     return close[0] if close else None
 
