@@ -8,6 +8,7 @@ tuples in the designs' order, so a sweep gives the same table however it was spr
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
@@ -127,9 +128,9 @@ def _run_ray(space, ds, models, parts, address: str, got) -> None:
     started = not ray.is_initialized()
     if started:
         if address == "local":
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         else:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     try:
         task: Any = ray.remote(_chunk)
         space_ref, models_ref = ray.put(space), ray.put(list(models))
