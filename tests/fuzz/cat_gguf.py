@@ -266,7 +266,7 @@ MUTATIONS = (_set_count, _set_count, _set_count, _set_type, _set_type, _set_valu
 def _case(draw) -> bytes:
     name, raw = draw(st.sampled_from(_seeds()))
     n_mutations = draw(st.sampled_from((0, 1, 1, 1, 1, 2, 2, 3)))
-    rnd = draw(st.randoms(use_true_random=False))
+    rnd = random.Random(draw(st.integers(0, 2**32 - 1)))  # Python's own draws: a replay never diverges
     spots = _seed_layout(name)
     for _ in range(n_mutations):
         raw = rnd.choice(MUTATIONS)(raw, spots, rnd)

@@ -61,21 +61,28 @@ def classify(check, case, timeout_s: float) -> tuple[str, str]:
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
+        try:
+            return _outcome(check, case)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Hang:  # also when the alarm lands while an outcome is being written down
+        return "hang", f"over {timeout_s:g} s: {_short(case)}"
+    finally:
+        signal.signal(signal.SIGALRM, old)
+
+
+def _outcome(check, case) -> tuple[str, str]:
+    try:
         out = check(case)
         if out not in ("ok", "refused", "impossible"):
             return "traceback", f"check returned {out!r} for {_short(case)}"
         return out, _short(case)
-    except _Hang:
-        return "hang", f"over {timeout_s:g} s: {_short(case)}"
     except ChipfuseError:
         return "refused", _short(case)
     except RecursionError:
         return "traceback", f"RecursionError: {_short(case)}"
     except Exception:  # noqa: BLE001 - the whole point: any other exception is a traceback
         return "traceback", f"{traceback.format_exc(limit=-3)}\ninput: {_short(case)}"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _short(case, n: int = 300) -> str:

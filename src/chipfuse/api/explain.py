@@ -199,7 +199,7 @@ def plot_memory(plan, path: str | Path) -> Path:
     ax.set_ylabel("GiB")
     ax.set_ylim(0, max(s.memory_bytes for s in st) / GiB * 1.25)
     ax.legend(fontsize=7, loc="upper right", ncols=4)
-    ax.set_title(f"{plan.model.name} at {plan.model.precision}: memory per die\n{plan.system.get('name', '?')}",
+    ax.set_title(f"{plan.model.name} at {plan.precision_label}: memory per die\n{plan.system.get('name', '?')}",
                  fontsize=9)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format=_image_format(path)))

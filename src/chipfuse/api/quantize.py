@@ -30,9 +30,15 @@ class _Loaded:
 
 
 def _formats(names) -> list:
-    from ..quant.formats import get_format
+    from ..errors import SpecError
+    from ..quant.formats import RUNNABLE, get_format
 
-    return [get_format(n.strip()) for n in names if n.strip()]
+    out = [get_format(n.strip()) for n in names if n.strip()]
+    bad = [f.name for f in out if not f.runnable]
+    if bad:
+        raise SpecError(f"--formats {', '.join(bad)}: llama.cpp's GGUF types are for planning only; chipfuse "
+                        f"quantizes to {', '.join(RUNNABLE)}")
+    return out
 
 
 def _load(model: str | Path | None, window: int, windows: int | None, prog: Progress, extra_steps: int,

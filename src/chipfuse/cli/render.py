@@ -46,7 +46,7 @@ def full_route(plan) -> list[str]:
 def plan(p, title: str | None = None) -> None:
     """The plan as a table: one row per stage, with the predicted bottleneck in words (for the plan's system)."""
     pred, target, wl = p.prediction, p.system["name"], p.workload
-    t = _table(title or f"{p.model.name} on {target} at {p.precision}",
+    t = _table(title or f"{p.model.name} on {target} at {p.precision_label}",
                [("stage", "right"), ("die", "left"), ("blocks", "left"), ("format", "left"), "weights GiB", "KV GiB",
                 "used / has GiB", "decode ms", ("bound", "left")],
                caption=f"predicted for {target}; context {wl.context} x batch {wl.batch}, "

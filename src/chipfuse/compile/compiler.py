@@ -19,6 +19,7 @@ from ..ir.llm import build_llm_graph
 from ..plan.plan import ModelEntry, Plan, SplitDecision, SplitOption, Stage, WorkloadSpec
 from ..quant.formats import FORMATS, PRECISION_BYTES, Format, Recipe, get_format
 from ..quant.formats import kv_precision as kv_supported
+from ..quant.gguf_mix import is_mix, mix_recipe
 from ..sim.perf import (
     block_times,
     die_format,
@@ -50,6 +51,14 @@ def _kv_name(kv_precision: str) -> str:
         return kv_supported(kv_precision)
     except SpecError as err:
         raise SpecError(f"--kv-precision: {err}") from None
+
+
+def stage_op_overrides(f: Recipe, graph: Graph, s: int, e: int) -> list[tuple[str, str]]:
+    """[op, format] of the recipe's per-tensor overrides (a llama.cpp mix) among the ops of blocks [s, e)."""
+    if not f.ops:
+        return []
+    mine = {op.name for op in graph.ops if s <= op.block < e}
+    return [(o, n) for o, n in f.ops if o in mine]
 
 
 def _stage_overrides(f: Recipe, s: int, e: int, n_blocks: int) -> list[tuple[int, str]]:
@@ -205,6 +214,11 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
             raise SpecError(f"{quantized_weights} holds {held.name} codes for {layers} layers; the plan asks for "
                             f"{recipe.name} on {model.num_layers} layers (leave out --precision and --recipe to "
                             "take the checkpoint's own recipe)")
+    elif is_mix(precision):
+        if head_precision is not None:
+            raise SpecError(f"--head-precision: a llama.cpp mix ({precision}) sets the head's type itself")
+        graph = graph or build_llm_graph(model)
+        recipe = mix_recipe(str(precision), graph)
     else:
         recipe = Recipe.of("int4" if precision is None else precision, head_precision)
     bad = [b for b, _ in recipe.blocks if not 1 <= b <= model.num_layers]
@@ -266,7 +280,8 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
         created_by=f"chipfuse {__version__}",
         models=[ModelEntry(id=MODEL_ID, name=model.name, source=model_source or model.name,
                            config=model.model_dump(mode="json"), precision=fmt.name, head_precision=recipe.head.name,
-                           block_formats=[(b, f) for b, f in recipe.blocks],
+                           block_formats=[(b, f) for b, f in recipe.blocks], op_formats=list(recipe.ops),
+                           mix=recipe.label or None,
                            quantized_weights=str(quantized_weights) if quantized_weights else None)],
         system=system.model_dump(mode="json"),
         workload=wl,
@@ -315,6 +330,7 @@ def _pipeline_stages(graph: Graph, system: System, prob: _Problem, model: ModelC
             has_embedding=s == 0, has_lm_head=e == graph.n_blocks, format=f.default.name,
             block_formats=_stage_overrides(f, s, e, graph.n_blocks),
             head_format=f.head.name if (s == 0 or e == graph.n_blocks) else None,
+            op_formats=stage_op_overrides(f, graph, s, e),
             weight_bytes=int(wb), kv_bytes=int(prob.kv[s:e].sum()),
             workspace_bytes=int(workspace_bytes(graph, blocks, prompt_tokens, batch, ab)),
             memory_bytes=int(system.die_memory_bytes(die)), route_in=route_in))

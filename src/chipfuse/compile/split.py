@@ -144,7 +144,7 @@ def group_stages(graph: Graph, system: System, g: _Grouping, bounds: list[tuple[
                  kv_element_bytes: float, model_id: str) -> list[Stage]:
     """The plan's stages for a grouping and its block ranges: a layers stage per lone die, a shard stage per die
     of a tensor group (its spans of KV heads, query heads, MLP columns and, with the head, vocabulary)."""
-    from .compiler import _stage_overrides
+    from .compiler import _stage_overrides, stage_op_overrides
 
     n_b = graph.n_blocks
     cfg_group = graph.meta.get("heads_per_kv", 1)
@@ -172,6 +172,7 @@ def group_stages(graph: Graph, system: System, g: _Grouping, bounds: list[tuple[
                 layers=(min(layers), max(layers)) if layers else None, has_embedding=s == 0, has_lm_head=e == n_b,
                 format=f.default.name, block_formats=_stage_overrides(f, s, e, n_b),
                 head_format=f.head.name if (s == 0 or e == n_b) else None,
+                op_formats=stage_op_overrides(f, graph, s, e),
                 weight_bytes=int(wb), kv_bytes=int(kv[i, s:e].sum()),
                 workspace_bytes=int(workspace_bytes(graph, blocks, wl.prompt_tokens, wl.batch, act)),
                 memory_bytes=int(system.die_memory_bytes(die)),

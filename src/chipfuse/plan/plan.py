@@ -78,6 +78,9 @@ class ModelEntry(_M):
                                                           "(null: int8 for int4 layers, else the layers' format)")
     block_formats: list[tuple[int, str]] = Field(
         default_factory=list, description="mixed precision: requested [block, format] overrides of `precision`")
+    op_formats: list[tuple[str, str]] = Field(
+        default_factory=list, description="a llama.cpp mix: [op, GGUF type] overrides per tensor (quant/gguf_mix.py)")
+    mix: str | None = Field(None, description="the llama.cpp mix requested (q4_k_m, ...), if one was")
     quantized_weights: str | None = Field(
         None, description="checkpoint of INT4/INT8 codes from a calibration method (chipfuse quantize --save), "
                           "made for this model's requested recipe; the workers load their layers' codes from it "
@@ -85,7 +88,11 @@ class ModelEntry(_M):
 
     def recipe(self) -> Recipe:
         """The weight formats this model was requested in (a record of the request; stages hold the decision)."""
-        return _recipe(self.precision, self.head_precision, self.block_formats)
+        r = _recipe(self.precision, self.head_precision, self.block_formats)
+        if self.op_formats or self.mix:
+            r = Recipe(r.default, r.head, r.blocks, tuple((o, get_format(f).name) for o, f in self.op_formats),
+                       self.mix or "")
+        return r
 
 
 ModelRef = ModelEntry  # the version-1 name
@@ -169,6 +176,9 @@ class Stage(_M):
         default_factory=list, description="[block, format]: this stage's layer blocks held in another format than "
                                           "`format` (after fallback), in block order")
     head_format: str | None = Field(None, description="format of the embedding / LM head table, if this stage holds one")
+    op_formats: list[tuple[str, str]] = Field(
+        default_factory=list, description="[op, format]: this stage's tensors held in another type than its block's "
+                                          "(a llama.cpp mix, after fallback)")
     weight_bytes: int = Field(ge=0, le=MAX_BYTES)
     kv_bytes: int = Field(ge=0, le=MAX_BYTES, description="KV cache at the workload's context x batch")
     workspace_bytes: int = Field(ge=0, le=MAX_BYTES)
@@ -185,7 +195,8 @@ class Stage(_M):
         """The formats this stage's die holds (head = `format` where the stage holds no embedding or head)."""
         fmt = get_format(self.format)
         head = get_format(self.head_format) if self.head_format else fmt
-        return Recipe(fmt, head, tuple((b, get_format(f).name) for b, f in self.block_formats))
+        return Recipe(fmt, head, tuple((b, get_format(f).name) for b, f in self.block_formats),
+                      tuple((o, get_format(f).name) for o, f in self.op_formats))
 
 
 class StagePrediction(_M):
@@ -281,6 +292,11 @@ class Plan(_M):
     def precision(self) -> str:
         """The single model's requested layer format."""
         return self.model.precision
+
+    @property
+    def precision_label(self) -> str:
+        """What the user asked for, in words: the llama.cpp mix's name, else the layer format."""
+        return self.model.mix or self.model.precision
 
     @property
     def head_precision(self) -> str | None:
@@ -474,6 +490,8 @@ def _held_formats(where: str, st: Stage):
         yield f"{where}.head_format", st.head_format
     for k, (_, f) in enumerate(st.block_formats):
         yield f"{where}.block_formats[{k}]", f
+    for k, (_, f) in enumerate(st.op_formats):
+        yield f"{where}.op_formats[{k}]", f
 
 
 def _requested_formats(i: int, m: ModelEntry):
@@ -483,6 +501,8 @@ def _requested_formats(i: int, m: ModelEntry):
         yield f"models[{i}].head_precision", m.head_precision
     for k, (_, f) in enumerate(m.block_formats):
         yield f"models[{i}].block_formats[{k}]", f
+    for k, (_, f) in enumerate(m.op_formats):
+        yield f"models[{i}].op_formats[{k}]", f
 
 
 def _format_problems(plan: Plan) -> list[str]:

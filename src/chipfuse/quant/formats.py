@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..errors import SpecError
 
@@ -33,6 +34,12 @@ class Format:
     per_tensor_scale: bool = False
     dtype: str = ""  # torch dtype name of the held values ("" for formats only ever predicted, never run)
     kind: int = -1  # the compiled decode path's kernel kind (csrc/decode.cpp, enum Kind); -1: none
+    block: tuple[int, int] | None = None  # GGUF-style: (weights, bytes) of one block along the input dimension
+
+    @property
+    def runnable(self) -> bool:
+        """The runtime holds and executes it (else it is for planning and prediction only)."""
+        return bool(self.dtype)
 
     @property
     def family(self) -> str:
@@ -41,6 +48,9 @@ class Format:
 
     def matrix_bytes(self, rows: int, cols: int) -> int:
         """Bytes to store a [rows, cols] weight quantised along cols (the input dimension)."""
+        if self.block is not None:
+            weights, nbytes = self.block
+            return rows * math.ceil(cols / weights) * nbytes
         data = math.ceil(rows * cols * self.bits / 8)
         if self.per_tensor_scale:
             return data + 4
@@ -72,10 +82,20 @@ def _build() -> dict[str, Format]:
     for g in (32, 64, 128):  # codes 0..15, two per byte once packed
         fmts.append(Format(f"int4-g{g}", "int4", 4, group_size=g, symmetric=False, dtype="uint8", kind=KIND_INT4))
         fmts.append(Format(f"int4-g{g}-sym", "int4", 4, group_size=g, symmetric=True, dtype="uint8", kind=KIND_INT4))
+    # llama.cpp's GGUF block types, for planning and prediction only (the runtime does not execute them): their
+    # bytes are ggml's block layouts (ggml-common.h): e.g. Q4_K packs 256 weights in 144 bytes (4-bit codes, 6-bit
+    # scales and mins per 32, an fp16 scale and min), 4.5 bits a weight; Q8_0 32 weights in 34 bytes
+    for name, prec, bits, block in (("q4_0", "int4", 4, (32, 18)), ("q4_1", "int4", 4, (32, 20)),
+                                    ("q5_0", "int4", 5, (32, 22)), ("q5_1", "int4", 5, (32, 24)),
+                                    ("q8_0", "int8", 8, (32, 34)), ("q2_k", "int4", 2, (256, 84)),
+                                    ("q3_k", "int4", 3, (256, 110)), ("q4_k", "int4", 4, (256, 144)),
+                                    ("q5_k", "int4", 5, (256, 176)), ("q6_k", "int4", 6, (256, 210))):
+        fmts.append(Format(name, prec, bits, block=block))
     return {f.name: f for f in fmts}
 
 
 FORMATS: dict[str, Format] = _build()
+RUNNABLE = [name for name, f in FORMATS.items() if f.runnable]
 # Short names: int4 is the asymmetric group-32 grid (the grid of GGUF Q4_1), fp8 is E4M3.
 ALIASES = {"int4": "int4-g32", "fp8": "fp8-e4m3", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 # For a die lacking a precision: the nearest ones to try, in order.
@@ -128,6 +148,8 @@ class Recipe:
     default: Format
     head: Format
     blocks: tuple[tuple[int, str], ...] = ()  # (block index, format name) overrides
+    ops: tuple[tuple[str, str], ...] = ()  # (op name, format name) overrides: a GGUF mix's per-tensor types
+    label: str = ""  # the mix's name (q4_k_m), if it is one
 
     @staticmethod
     def of(fmt: Format | str | Recipe, head: Format | str | None = None) -> Recipe:
@@ -150,22 +172,34 @@ class Recipe:
 
     def for_op(self, op) -> Format:
         """The format of one IR op's weight."""
+        if self.ops:
+            got = _op_table(self.ops).get(op.name)
+            if got is not None:
+                return got
         if op.kind == "embedding" or (op.kind == "matmul" and op.last_token_only):
             return self.head
         return self.for_block(op.block)
 
     def formats(self) -> set[Format]:
-        return {self.default, self.head, *(get_format(n) for _, n in self.blocks)}
+        return {self.default, self.head, *(get_format(n) for _, n in self.blocks), *(get_format(n) for _, n in self.ops)}
 
     def map(self, fn) -> Recipe:
         """The same recipe with every format passed through `fn` (e.g. a die's fallback)."""
-        return Recipe(fn(self.default), fn(self.head), tuple((b, fn(get_format(n)).name) for b, n in self.blocks))
+        return Recipe(fn(self.default), fn(self.head), tuple((b, fn(get_format(n)).name) for b, n in self.blocks),
+                      tuple((o, fn(get_format(n)).name) for o, n in self.ops), self.label)
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         extra = f"+head {self.head.name}" if self.head != self.default else ""
         mixed = f"+{len(self.blocks)} mixed" if self.blocks else ""
         return self.default.name + extra + mixed
+
+
+@lru_cache(maxsize=256)
+def _op_table(ops: tuple[tuple[str, str], ...]) -> dict[str, Format]:
+    return {o: get_format(n) for o, n in ops}
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -148,6 +148,17 @@ class _Job:
         return self._value
 
 
+def planning_only(plan: Plan) -> str | None:
+    """Why the runtime cannot hold a plan's weight formats (llama.cpp's GGUF types plan and predict only), or None."""
+    from ..quant.formats import RUNNABLE
+
+    held = {f.name for i in range(len(plan.stages)) for f in plan.stage_recipe(i).formats() if not f.runnable}
+    if not held:
+        return None
+    return (f"the plan holds {', '.join(sorted(held))}: llama.cpp's GGUF types are for planning and prediction; "
+            f"chipfuse's dies run {', '.join(RUNNABLE)} (e.g. --precision int4-g64 or int8)")
+
+
 class Device:
     """Every die of a system as one device: load a compiled plan onto the dies, generate, close.
 
@@ -168,7 +179,7 @@ class Device:
         self.marks = {"init": started_at or time.time()}  # wall-clock start-up milestones (startup_report)
         self._status = on_status or (lambda msg: None)
         self.model_path, self.config = resolve_model(model)
-        reason = plan.unsupported()
+        reason = plan.unsupported() or planning_only(plan)
         if reason:
             raise DeviceError(reason)
         self.plan = plan
