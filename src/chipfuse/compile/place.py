@@ -152,6 +152,9 @@ def _usage(p: Problem, x, r, lam: float, method: str, bound: float, t0: float) -
                 mem[d] += b
         for lk, s in o.link_s.items():
             links[lk] += ri * s
+    achieved = min((sv / d for sv, d in zip(served, p.demand)), default=lam)
+    if achieved < lam * (1 - 1e-6):  # the solver's lam was noise above what any rates give (e.g. 1e-14 for 0)
+        lam = achieved
     return Solution(lam, tuple(bool(v) for v in x), tuple(float(v) for v in r), method, bound,
                     time.perf_counter() - t0, tuple(served), busy, mem, links)
 

@@ -36,6 +36,8 @@ FAMILIES: dict[str, dict] = {
     "gemma3": {"norms_per_layer": 4, "scaled_embedding": True, "qk_norm": True},
     "gemma3_text": {"norms_per_layer": 4, "scaled_embedding": True, "qk_norm": True},
     "smollm3": {},
+    "mixtral": {},  # mixture of experts: every layer's MLP is routed experts
+    "qwen3_moe": {"qk_norm": True},
 }
 
 # Bounds far above any published model (largest today: hidden 16,384, vocab 262,208, 128 heads), low
@@ -43,7 +45,7 @@ FAMILIES: dict[str, dict] = {
 # embedded configs against the same numbers.
 LIMITS: dict[str, int] = {"hidden_size": 1 << 17, "intermediate_size": 1 << 20, "num_layers": 1024, "num_heads": 4096,
                           "num_kv_heads": 4096, "head_dim": 1 << 14, "vocab_size": 1 << 23, "max_position": 1 << 24,
-                          "norms_per_layer": 8, "sliding_window": 1 << 24}
+                          "norms_per_layer": 8, "sliding_window": 1 << 24, "num_experts": 4096}
 MAX_LAYERS = LIMITS["num_layers"]
 MAX_Q_DIM = LIMITS["intermediate_size"]  # num_heads * head_dim
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -94,6 +96,8 @@ RULES: dict[str, str] = {
     "sliding_window": _up_to("sliding_window") + " tokens, or null (left out) for no sliding window",
     "layer_windows": f"per layer, a window from 1 to {LIMITS['sliding_window']:,} tokens or null",
     "rope_theta": "a finite number above 0",
+    "num_experts": "0 (a dense model) or the routed experts per layer, up to 4,096",
+    "experts_per_token": "the experts each token uses: 1 up to num_experts (0 for a dense model)",
     "rms_norm_eps": "a finite number above 0 and below 1",
 }
 
@@ -106,6 +110,8 @@ HF_KEYS: dict[str, str] = {
     "tied_embeddings": "tie_word_embeddings",
     "layer_windows": "sliding_window",
     "family": "model_type",
+    "num_experts": "num_experts",
+    "experts_per_token": "num_experts_per_tok",
 }
 
 REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -136,6 +142,9 @@ class ModelConfig(BaseModel):
         None, description="per layer: attention window in tokens, or None for full attention")
     rope_theta: Positive = 10000.0
     rms_norm_eps: Epsilon = 1e-5
+    num_experts: int = Field(0, ge=0, le=LIMITS["num_experts"], strict=True,
+                             description="routed experts per layer (0: a dense MLP); intermediate_size is one expert's")
+    experts_per_token: int = Field(0, ge=0, le=LIMITS["num_experts"], strict=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -148,6 +157,9 @@ class ModelConfig(BaseModel):
         if self.num_heads * self.head_dim > MAX_Q_DIM:
             raise ValueError(f"num_attention_heads x head_dim = {self.num_heads * self.head_dim:,} is over the limit "
                              f"of {MAX_Q_DIM:,}; fix num_attention_heads or head_dim")
+        if (self.num_experts == 0) != (self.experts_per_token == 0) or self.experts_per_token > self.num_experts:
+            raise ValueError(f"num_experts_per_tok {self.experts_per_token} does not fit num_experts {self.num_experts}: "
+                             "a mixture of experts uses 1 up to num_experts of them per token (both 0 when dense)")
         if self.layer_windows is not None and len(self.layer_windows) != self.num_layers:
             raise ValueError(f"layer_windows has {len(self.layer_windows)} entries for {self.num_layers} layers")
         return self
@@ -155,6 +167,10 @@ class ModelConfig(BaseModel):
     def window(self, layer: int) -> int | None:
         """Attention span of a layer in tokens (None: the whole context)."""
         return self.layer_windows[layer] if self.layer_windows else None
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
 
     @property
     def q_dim(self) -> int:
@@ -304,15 +320,40 @@ def _rope_theta(cfg: dict, source: str) -> Any:
     return _opt(params, "rope_theta", 10000.0)
 
 
+def _experts(cfg: dict, mtype: str, source: str) -> tuple[Any, Any, Any]:
+    """(routed experts, experts per token, one expert's MLP width) of a mixture of experts; (0, 0, the MLP's width)
+    for a dense model. Shared experts and dense layers between the sparse ones are refused by name."""
+    if mtype not in ("mixtral", "qwen3_moe"):
+        return 0, 0, cfg["intermediate_size"]
+    experts = _opt(cfg, "num_local_experts" if mtype == "mixtral" else "num_experts")
+    per_token = _opt(cfg, "num_experts_per_tok")
+    if experts is None or per_token is None:
+        raise SpecError(f"{source}: a {mtype} config gives its experts: "
+                        f"{'num_local_experts' if mtype == 'mixtral' else 'num_experts'} and num_experts_per_tok")
+    if mtype == "qwen3_moe":
+        dense = _opt(cfg, "mlp_only_layers", []) or []
+        step = _opt(cfg, "decoder_sparse_step", 1)
+        if dense or step != 1:
+            raise SpecError(f"{source}: dense MLP layers between the expert layers (mlp_only_layers {dense!r}, "
+                            f"decoder_sparse_step {step!r}) are not modelled; every layer must be sparse")
+        if _opt(cfg, "shared_expert_intermediate_size"):
+            raise SpecError(f"{source}: shared experts are not modelled (shared_expert_intermediate_size)")
+        return experts, per_token, _opt(cfg, "moe_intermediate_size", cfg["intermediate_size"])
+    return experts, per_token, cfg["intermediate_size"]
+
+
 def _fields(cfg: dict, mtype: str, name: str, source: str, keys: dict[str, str]) -> dict:
     """The ModelConfig keyword arguments, values as given (ModelConfig checks them)."""
     traits = FAMILIES[mtype]
     heads = cfg["num_attention_heads"]
+    experts, per_token, inter = _experts(cfg, mtype, source)
     return {
         "name": name,
         "family": mtype,
         "hidden_size": cfg["hidden_size"],
-        "intermediate_size": cfg["intermediate_size"],
+        "intermediate_size": inter,
+        "num_experts": experts,
+        "experts_per_token": per_token,
         "num_layers": cfg["num_hidden_layers"],
         "num_heads": heads,
         "num_kv_heads": _opt(cfg, "num_key_value_heads", heads),

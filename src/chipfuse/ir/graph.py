@@ -51,6 +51,16 @@ class Op:
     # group's collective: attention then MLP in a layer)
     shard_axis: str = ""
     phase: int = 0
+    # mixture of experts: a matmul held `experts` times (one weight per expert), each token using `active` of them
+    experts: int = 1
+    active: int = 1
+
+    def experts_read(self, tokens: int) -> float:
+        """Experts whose weights a step of `tokens` tokens reads: all of them for a dense op; for routed experts
+        the expected number of distinct ones if each token picks `active` of `experts` uniformly."""
+        if self.experts <= 1:
+            return 1.0
+        return self.experts * (1.0 - (1.0 - self.active / self.experts) ** tokens)
 
     def shard(self, part: int, whole: int) -> Op:
         """This op as a die holding `part` of `whole` along its shard axis (the op itself if unsharded).
@@ -83,7 +93,7 @@ class Op:
             # a table is stored one row per token ([vocab, hidden]); a matmul weight [out, in]
             rows, cols = (self.in_features, self.out_features) if self.kind == "embedding" else \
                 (self.out_features, self.in_features)
-            return fmt.matrix_bytes(rows, cols) + (4 * self.out_features if self.bias else 0)
+            return self.experts * (fmt.matrix_bytes(rows, cols) + (4 * self.out_features if self.bias else 0))
         if self.kind == "norm":
             return 4 * self.dim
         return 0
@@ -212,10 +222,12 @@ def op_costs(graph: Graph, fmt: Format | Recipe, w: Workload, act_element_bytes:
         tok = w.seqs if op.last_token_only else w.tokens
         fmt = recipe.for_op(op)
         if op.kind == "matmul":
-            wf[i] = 2.0 * op.in_features * op.out_features * tok
+            wf[i] = 2.0 * op.in_features * op.out_features * tok * op.active
             # a tied head reads the same table as the embedding: same bytes, counted here
             wb[i] = op.weight_bytes(fmt)  # a tied head on another die needs its own copy
-            rb[i] = wb[i] + tok * (op.in_features + op.out_features) * act_element_bytes
+            # routed experts: only the experts the step's tokens pick are read
+            read_w = wb[i] if op.experts <= 1 else wb[i] / op.experts * op.experts_read(tok)
+            rb[i] = read_w + tok * op.active * (op.in_features + op.out_features) * act_element_bytes
         elif op.kind == "embedding":
             wb[i] = op.weight_bytes(fmt)
             rb[i] = tok * op.out_features * (fmt.bits / 8 + act_element_bytes)  # one row per token

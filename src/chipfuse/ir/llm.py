@@ -38,13 +38,19 @@ def build_llm_graph(cfg: ModelConfig) -> Graph:
         # after the attention's all-reduce every die of a group holds the whole hidden state again
         if cfg.norms_per_layer == 4:
             layer.append(Op(p + "post_attn_norm", "norm", b, (p + "o_proj",), dim=h, flop_per_element=4, phase=1))
+        e, k = max(cfg.num_experts, 1), max(cfg.experts_per_token, 1)  # routed experts (1, 1: a dense MLP)
         layer += [
             Op(p + "residual1", "elementwise", b, (prev, p + "o_proj"), dim=h, phase=1),
             Op(p + "mlp_norm", "norm", b, (p + "residual1",), dim=h, flop_per_element=4, phase=1),
-            Op(p + "gate_proj", "matmul", b, (p + "mlp_norm",), h, inter, shard_axis=MLP, phase=1),
-            Op(p + "up_proj", "matmul", b, (p + "mlp_norm",), h, inter, shard_axis=MLP, phase=1),
-            Op(p + "act_mul", "elementwise", b, (p + "gate_proj", p + "up_proj"), dim=inter, flop_per_element=5, shard_axis=MLP, phase=1),
-            Op(p + "down_proj", "matmul", b, (p + "act_mul",), inter, h, shard_axis=MLP, phase=1),
+        ]
+        if e > 1:  # the router scores every expert for each token (every die of a group runs it whole)
+            layer.append(Op(p + "router", "matmul", b, (p + "mlp_norm",), h, e, phase=1))
+        layer += [
+            Op(p + "gate_proj", "matmul", b, (p + "mlp_norm",), h, inter, shard_axis=MLP, phase=1, experts=e, active=k),
+            Op(p + "up_proj", "matmul", b, (p + "mlp_norm",), h, inter, shard_axis=MLP, phase=1, experts=e, active=k),
+            Op(p + "act_mul", "elementwise", b, (p + "gate_proj", p + "up_proj"), dim=inter * k, flop_per_element=5,
+               shard_axis=MLP, phase=1),
+            Op(p + "down_proj", "matmul", b, (p + "act_mul",), inter, h, shard_axis=MLP, phase=1, experts=e, active=k),
         ]
         if cfg.norms_per_layer == 4:
             layer.append(Op(p + "post_mlp_norm", "norm", b, (p + "down_proj",), dim=h, flop_per_element=4, phase=1))
@@ -61,4 +67,5 @@ def build_llm_graph(cfg: ModelConfig) -> Graph:
     out_features = {0: h, hb: cfg.vocab_size, **{i + 1: h for i in range(cfg.num_layers)}}
     widths = {"kv_heads": cfg.num_kv_heads, "mlp_columns": inter, "vocab": cfg.vocab_size}
     return Graph(cfg.name, ops, blocks, out_features, meta={"family": cfg.family, "kind": "llm", "shard_widths": widths,
+                                                     "experts": cfg.num_experts,
                                                      "heads_per_kv": int(cfg.num_heads) // int(cfg.num_kv_heads)})

@@ -179,6 +179,9 @@ class Device:
         self.marks = {"init": started_at or time.time()}  # wall-clock start-up milestones (startup_report)
         self._status = on_status or (lambda msg: None)
         self.model_path, self.config = resolve_model(model)
+        if getattr(self.config, "is_moe", False):
+            raise DeviceError(f"{self.config.name} is a mixture of experts: chipfuse plans and predicts it "
+                              "(`chipfuse plan`), and its dies run dense models only")
         reason = plan.unsupported() or planning_only(plan)
         if reason:
             raise DeviceError(reason)
