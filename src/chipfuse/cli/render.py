@@ -46,6 +46,8 @@ def full_route(plan) -> list[str]:
 def plan(p, title: str | None = None) -> None:
     """The plan as a table: one row per stage, with the predicted bottleneck in words (for the plan's system)."""
     pred, target, wl = p.prediction, p.system["name"], p.workload
+    if "; borrowed " in str(p.system.get("description", "")):  # a device from a handful of facts (hw/quick.py)
+        say(f"device: {p.system['description']}")
     t = _table(title or f"{p.model.name} on {target} at {p.precision_label}",
                [("stage", "right"), ("die", "left"), ("blocks", "left"), ("format", "left"), "weights GiB", "KV GiB",
                 "used / has GiB", "decode ms", ("bound", "left")],

@@ -54,6 +54,11 @@ def format_validation_error(source: str, err: ValidationError, data: object = No
 
 
 def parse_system(data: object, source: str) -> System:
+    from .quick import is_quick, parse_quick
+
+    if is_quick(data):  # a device from a handful of facts (hw/quick.py)
+        assert isinstance(data, dict)
+        return parse_quick(data, source)
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a system file is a YAML mapping with host, die_types, dies and links")
     try:
