@@ -7,6 +7,7 @@ lists, swapped values). `check` loads it like the CLI and compiles two models on
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 import tempfile
@@ -154,7 +155,7 @@ def _mutate_structure(data: dict, rnd: random.Random) -> None:
     parent, key = container_of(data, path), path[-1]
     op = rnd.choice(["value", "value", "value", "delete", "copy", "swap", "unknown", "grow"])
     if op == "value":
-        parent[key] = rnd.choice(WEIRD_VALUES)
+        parent[key] = copy.deepcopy(rnd.choice(WEIRD_VALUES))  # never the shared object
     elif op == "delete":
         del parent[key]
     elif op == "copy" and isinstance(parent, list):

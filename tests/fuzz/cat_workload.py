@@ -8,6 +8,7 @@ as `chipfuse place` does: a clear refusal, or a placement whose figures are all 
 
 from __future__ import annotations
 
+import copy
 import random
 import sys
 import tempfile
@@ -66,11 +67,11 @@ def _models_op(d: dict, rnd: random.Random) -> None:
     elif op == "nobody":
         models[1]["fed_by"]["model"] = rnd.choice(["cnn3", "", "CNN"])
     elif op == "dup":
-        models.append(dict(m))
+        models.append(copy.deepcopy(m))
     elif op == "empty":
         d["models"] = []
     elif op == "many":
-        d["models"] = [dict(models[0], name=f"m{i}") for i in range(rnd.choice([65, 1000]))]
+        d["models"] = [{**copy.deepcopy(models[0]), "name": f"m{i}"} for i in range(rnd.choice([65, 1000]))]
     elif op == "huge_rate":
         m["rate"] = rnd.choice([1e6, 1e7, 9e6])
         m.pop("fed_by", None)

@@ -12,6 +12,7 @@ The harness runs `check` under a wall-clock alarm: an input that takes longer is
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import traceback
@@ -155,7 +156,7 @@ def mutate_anywhere(d: dict, rnd, weird_values) -> None:
     parent, key = container_of(d, path), path[-1]
     op = rnd.random()
     if op < 0.7:
-        parent[key] = rnd.choice(weird_values)
+        parent[key] = copy.deepcopy(rnd.choice(weird_values))  # never the shared object: no cycles, no carry-over
     elif op < 0.85:
         del parent[key]
     elif isinstance(parent, dict):
