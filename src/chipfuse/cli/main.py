@@ -20,7 +20,7 @@ from .ui import Steps, console, err_console, status
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="chipfuse: plan, predict and run LLMs split over AI-chiplet NPU dies.")
 
-SYSTEM_HELP = "preset name or system YAML path"
+SYSTEM_HELP = "preset name, system YAML path, or a five-line device file (docs/hardware.md)"
 RUN_MODEL_HELP = "smollm2 (embedded default), a .gguf file or a HF folder"
 RECIPE_HELP = "per-layer formats from `chipfuse quantize --recipe-out`"
 TRACE_PLOT_HELP = "write a PNG of the decode step here: a row per die, link and all-reduce, spans coloured by kind"
@@ -102,7 +102,8 @@ def plan(
     model: str = typer.Option(..., "--model", "-m", help="catalogue name, config.json path or .gguf path"),
     system: str = typer.Option(..., "--system", "-s", help=SYSTEM_HELP),
     precision: Optional[str] = typer.Option(None, help="weight format: int4 (= int4-g32, the default), int4-g128-sym, "
-                                                        "int8, fp8, fp16, bf16, fp32, ..."),
+                                                        "int8, fp8, fp16, bf16, fp32, ...; or a llama.cpp type or mix "
+                                                        "to plan with its real bytes (q4_k_m, q5_k_m, q8_0, ...)"),
     context: int = typer.Option(4096, help="tokens per sequence (prompt + generated) the KV cache must hold"),
     batch: int = typer.Option(1, help="concurrent sequences (at least 1)"),
     prompt_tokens: int = typer.Option(512, help="prompt length in tokens for time to first token (1..context)"),
