@@ -32,6 +32,8 @@ def test_a_good_workload_gives_each_model_its_demand():
     (_with(**{"0__rate": -1}), r"models\[0\]\.rate: Input should be greater than or equal to 0.000001"),
     (_with(**{"0__rate": float("nan")}), r"models\[0\]\.rate: .*finite"),
     (_with(**{"0__rate": True}), r"models\[0\]\.rate"),
+    (_with(**{"0__rate": 10 ** 400}), r"models\[0\]\.rate: .*finite"),  # too large for a float (fuzzing found it)
+    (_with(**{"1__fed_by": {"model": "det", "per_item": 10 ** 400}}), r"per_item: .*finite"),
     (_with(**{"1__fed_by": {"model": "dett", "per_item": 2}}), r"fed_by names 'dett'.*did you mean 'det'"),
     (_with(**{"0__llm": "smollm2"}), r"exactly one of `onnx`"),
     (_with(**{"2__precision": "int3"}), r"precision 'int3' is not one of"),

@@ -45,7 +45,11 @@ class _Strict(BaseModel):
 
 
 def _finite(v: float, what: str) -> float:
-    if isinstance(v, bool) or not math.isfinite(v):
+    try:
+        ok = not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float is no real rate either
+        ok = False
+    if not ok:
         raise ValueError(f"{what} must be a finite number")
     return v
 
