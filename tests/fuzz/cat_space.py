@@ -13,10 +13,9 @@ import random
 import tempfile
 from pathlib import Path
 
-import yaml
 from hypothesis import strategies as st
 
-from .harness import bad_numbers, mutate_anywhere
+from .harness import bad_numbers, mutate_anywhere, yaml_mutant
 
 NAME = "space YAML"
 WEIRD_VALUES = (float("inf"), float("nan"), -1, 0, 1e-300, 10**20, 1e300, True, None, "x", [], {}, [0], [65],
@@ -140,25 +139,7 @@ def _text_op(text: str, rnd: random.Random) -> str:
 
 @st.composite
 def _case(draw) -> bytes:
-    rnd = random.Random(draw(st.integers(0, 2**32 - 1)))  # Python's own draws: a replay never diverges
-    text = BASE
-    if draw(st.sampled_from(["structure"] * 6 + ["text"] * 4)) == "structure":
-        d = yaml.safe_load(text)
-        ops = [_plausible, _plausible, _plausible, _options_op, _options_op, _anywhere]
-        for op in draw(st.lists(st.sampled_from(ops), min_size=1, max_size=3)):
-            try:
-                op(d, rnd)
-            except (KeyError, TypeError, AttributeError, IndexError, ValueError):
-                pass
-        text = yaml.safe_dump(d, sort_keys=False)
-    else:
-        for _ in range(draw(st.integers(1, 2))):
-            text = _text_op(text, rnd)
-    raw = text.encode("utf-8")
-    if draw(st.sampled_from([False] * 19 + [True])):
-        i = rnd.randrange(len(raw) + 1)
-        raw = raw[:i] + b"\xff" + raw[i:]
-    return raw
+    return yaml_mutant(draw, BASE, [_plausible, _plausible, _plausible, _options_op, _options_op, _anywhere], _text_op)
 
 
 def strategy():

@@ -147,6 +147,35 @@ def places(node, prefix=()):
             yield from places(v, (*prefix, i))
 
 
+def yaml_mutant(draw, base_text: str, structure_ops: list, text_op) -> bytes:
+    """One mutant of a YAML input, for a category's composite strategy: 6 in 10 edit the parsed structure with 1-3
+    of `structure_ops` (each `op(d, rnd)`), the rest edit the text with `text_op(text, rnd)` once or twice; 1 in
+    20 then gets a non-UTF-8 byte. One seed is drawn and Python's generator does the rest: a replay never diverges."""
+    import random
+
+    import yaml
+    from hypothesis import strategies as st
+
+    rnd = random.Random(draw(st.integers(0, 2**32 - 1)))
+    text = base_text
+    if draw(st.sampled_from(["structure"] * 6 + ["text"] * 4)) == "structure":
+        d = yaml.safe_load(text)
+        for op in draw(st.lists(st.sampled_from(structure_ops), min_size=1, max_size=3)):
+            try:
+                op(d, rnd)
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+                pass
+        text = yaml.safe_dump(d, sort_keys=False)
+    else:
+        for _ in range(draw(st.integers(1, 2))):
+            text = text_op(text, rnd)
+    raw = text.encode("utf-8")
+    if draw(st.sampled_from([False] * 19 + [True])):
+        i = rnd.randrange(len(raw) + 1)
+        raw = raw[:i] + b"\xff" + raw[i:]
+    return raw
+
+
 def mutate_anywhere(d: dict, rnd, weird_values) -> None:
     """A weird value, a deletion or an unknown key at a random place of a parsed input."""
     paths = [p for p, _ in places(d) if p]

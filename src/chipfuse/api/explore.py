@@ -429,6 +429,18 @@ def _num(x: float) -> str:
     return "" if x != x else f"{x:.6g}"
 
 
+def _save(fig, stem: str | Path) -> list[str]:
+    """The figure as PNG and SVG beside each other, each written atomically; their paths."""
+    from ..io import write_atomic
+
+    paths = []
+    for fmt in PLOT_FORMATS:
+        p = Path(f"{stem}.{fmt}")
+        write_atomic(p, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt))
+        paths.append(str(p))
+    return paths
+
+
 def plot_fronts(t, ok: np.ndarray, front_idx: np.ndarray, stem: str | Path, target: str) -> list[str]:
     """Cost against tokens/s and power against tokens/s: every configuration meeting the target (grey), and per
     model the front of that pair (the cheapest, or least power, for each speed: a step line) over the points
@@ -436,7 +448,6 @@ def plot_fronts(t, ok: np.ndarray, front_idx: np.ndarray, stem: str | Path, targ
     from matplotlib.figure import Figure
 
     from ..explore.sweep import pareto
-    from ..io import write_atomic
 
     fig = Figure(figsize=(12, 4.8), dpi=110)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
@@ -463,12 +474,7 @@ def plot_fronts(t, ok: np.ndarray, front_idx: np.ndarray, stem: str | Path, targ
         ax.legend(fontsize=7)
     fig.suptitle(f"Pareto fronts (target {target}); dots: the front over cost, power and speed together", fontsize=11)
     fig.tight_layout()
-    paths = []
-    for fmt in PLOT_FORMATS:
-        p = Path(f"{stem}.{fmt}")
-        write_atomic(p, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt))
-        paths.append(str(p))
-    return paths
+    return _save(fig, stem)
 
 
 def plot_comparison(rows: Sequence[Comparison], stem: str | Path, target: str) -> list[str]:
@@ -476,7 +482,6 @@ def plot_comparison(rows: Sequence[Comparison], stem: str | Path, target: str) -
     and power written on it. PNG and SVG; returns the paths."""
     from matplotlib.figure import Figure
 
-    from ..io import write_atomic
 
     fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 3), 4.4), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
@@ -496,12 +501,7 @@ def plot_comparison(rows: Sequence[Comparison], stem: str | Path, target: str) -
                  fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    paths = []
-    for fmt in PLOT_FORMATS:
-        p = Path(f"{stem}.{fmt}")
-        write_atomic(p, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt))
-        paths.append(str(p))
-    return paths
+    return _save(fig, stem)
 
 
 def _best_design_plots(sp, result: ExploreResult, cfgs, out: Path) -> list[str]:
