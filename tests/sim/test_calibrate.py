@@ -38,3 +38,27 @@ def test_presets_hold_the_fitted_factors_and_beat_the_defaults():
         med = sorted(abs(e) for e in r.errors["decode"])[len(r.errors["decode"]) // 2]
         dmed = sorted(abs(e) for e in r.default_errors["decode"])[len(r.default_errors["decode"]) // 2]
         assert med <= dmed + 1e-9
+
+
+def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
+    """Leave-one-device-out and leave-one-family-out errors come from fits that never saw the left-out points:
+    a fit on the other families predicts a family no better (in the squared log error both minimise) than its own."""
+    import math
+
+    from chipfuse.sim.calibrate import _err, family_of, fit
+
+    pts, _ = build_points()
+    results, _ = calibrate(pts)
+    for r in results:
+        for kind in ("decode", "prefill"):
+            assert len(r.lodo_errors[kind]) == len(r.errors[kind])
+            assert len(r.lofo_errors[kind]) == len(r.errors[kind])
+        mine = [p for p in pts if family_of(p.m.device) == r.family]
+        others = fit([p for p in pts if family_of(p.m.device) != r.family])
+        assert [_err(p, others) for p in mine if p.kind == "decode"] == pytest.approx(r.lofo_errors["decode"])
+        own = (r.mem_eff, r.comp_eff, r.overhead_s)
+
+        def sq(x, pts=mine):
+            return sum(math.log(p.predict_s(*x) / p.measured_s) ** 2 for p in pts)
+
+        assert sq(others) >= sq(own) * (1 - 1e-6)

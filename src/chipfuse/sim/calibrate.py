@@ -218,6 +218,8 @@ class FamilyResult:
     errors: dict[str, list[float]]  # kind -> signed relative errors, in-sample
     loo_errors: dict[str, list[float]]  # kind -> signed relative errors, leave-one-out
     default_errors: dict[str, list[float]]  # with the spec's default factors (0.75, 0.5, 2 us)
+    lodo_errors: dict[str, list[float]] = field(default_factory=dict)  # each device predicted by a fit without it
+    lofo_errors: dict[str, list[float]] = field(default_factory=dict)  # the family predicted by the other families' fit
 
 
 def _err(p: Point, x: tuple[float, float, float]) -> float:
@@ -225,6 +227,10 @@ def _err(p: Point, x: tuple[float, float, float]) -> float:
 
 
 def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], list[str]]:
+    """Each family's fitted factors and its errors: in-sample, leave-one-out (a point), leave-one-device-out (a
+    device predicted by its family's fit without it, or by every other device's when it is the family's only one)
+    and leave-one-family-out (the family predicted by one fit of all the other families): the last two say how far
+    to trust a prediction for a device, or a kind of device, the data file does not hold."""
     skipped: list[str] = []
     if points is None:
         points, skipped = build_points()
@@ -237,15 +243,62 @@ def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], li
         errs: dict[str, list[float]] = {"decode": [], "prefill": []}
         loo: dict[str, list[float]] = {"decode": [], "prefill": []}
         dflt: dict[str, list[float]] = {"decode": [], "prefill": []}
+        lodo: dict[str, list[float]] = {"decode": [], "prefill": []}
+        lofo: dict[str, list[float]] = {"decode": [], "prefill": []}
         for i, p in enumerate(pts):
             errs[p.kind].append(_err(p, x))
             dflt[p.kind].append(_err(p, (0.75, 0.5, 2e-6)))
             rest = pts[:i] + pts[i + 1:]
             if rest:
                 loo[p.kind].append(_err(p, fit(rest)))
-        results.append(FamilyResult(fam, sorted({p.m.device for p in pts}), len(errs["decode"]), len(errs["prefill"]),
-                                    *x, errs, loo, dflt))
+        devices = sorted({p.m.device for p in pts})
+        for d in devices:
+            mine = [p for p in pts if p.m.device == d]
+            pool = [p for p in pts if p.m.device != d] or [p for p in points if p.m.device != d]
+            if pool:
+                xd = fit(pool)
+                for p in mine:
+                    lodo[p.kind].append(_err(p, xd))
+        others = [p for p in points if family_of(p.m.device) != fam]
+        if others:
+            xf = fit(others)
+            for p in pts:
+                lofo[p.kind].append(_err(p, xf))
+        results.append(FamilyResult(fam, devices, len(errs["decode"]), len(errs["prefill"]), *x, errs, loo, dflt,
+                                    lodo, lofo))
     return results, skipped
+
+
+def _p90(a: list[float]) -> float:
+    s = sorted(a)
+    return s[min(len(s) - 1, max(0, math.ceil(0.9 * len(s)) - 1))]
+
+
+def _mp(xs: list[float]) -> str:
+    """Median / p90 of absolute relative errors, in percent."""
+    if not xs:
+        return "-"
+    a = [abs(v) for v in xs]
+    return f"{100 * statistics.median(a):.0f}% / {100 * _p90(a):.0f}%"
+
+
+def generalisation_table(results: list[FamilyResult]) -> str:
+    """In-sample, leave-one-device-out and leave-one-family-out errors per family and over all of them."""
+    lines = ["| family | decode in-sample | decode leave-one-device-out | decode leave-one-family-out | "
+             "prefill in-sample | prefill leave-one-device-out | prefill leave-one-family-out |",
+             "|---|---|---|---|---|---|---|"]
+    alls: dict[str, list[float]] = {}
+    for r in results:
+        row = []
+        for kind in ("decode", "prefill"):
+            for name, src in (("in", r.errors), ("lodo", r.lodo_errors), ("lofo", r.lofo_errors)):
+                xs = src.get(kind, [])
+                alls.setdefault(f"{kind}-{name}", []).extend(xs)
+                row.append(_mp(xs))
+        lines.append(f"| {r.family} | " + " | ".join(row) + " |")
+    lines.append("| **all** | " + " | ".join(_mp(alls.get(f"{k}-{n}", [])) for k in ("decode", "prefill")
+                                          for n in ("in", "lodo", "lofo")) + " |")
+    return "\n".join(lines)
 
 
 def _stat(xs: list[float]) -> str:
@@ -268,7 +321,11 @@ def markdown_report(results: list[FamilyResult], skipped: list[str], n_records: 
             f"{r.overhead_s * 1e6:.1f} us | {_stat(r.errors['decode'])} | {_stat(r.errors['prefill'])} | "
             f"{_stat(r.loo_errors['decode'])} | {_stat(r.loo_errors['prefill'])} | {_stat(r.default_errors['decode'])} |")
     used = sum(r.n_decode + r.n_prefill for r in results)
-    lines += ["", f"{n_records} published records, {used} points used (a record may give a decode and a prefill point)."]
+    lines += ["", f"{n_records} published records, {used} points used (a record may give a decode and a prefill point).",
+              "", "How far to trust a prediction for a device, or a kind of device, the file does not hold: the error "
+              "(median / p90 of |predicted / measured tokens/s - 1|) in-sample, with each device left out of its "
+              "family's fit (a family's only device: left out of every fit), and with the whole family left out "
+              "(predicted by one fit of all the other families).", "", generalisation_table(results)]
     if skipped:
         lines += ["", "Records not used:", *[f"- {s}" for s in sorted(set(skipped))]]
     return "\n".join(lines)
