@@ -56,7 +56,7 @@ def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
         mine = [p for p in pts if family_of(p.m.device) == r.family]
         others = fit([p for p in pts if family_of(p.m.device) != r.family])
         assert [_err(p, others) for p in mine if p.kind == "decode"] == pytest.approx(r.lofo_errors["decode"])
-        own = (r.mem_eff, r.comp_eff, r.overhead_s)
+        own = (r.mem_eff, r.comp_eff, r.overhead_s, r.prefill_eff)
 
         def sq(x, pts=mine):
             return sum(math.log(p.predict_s(*x) / p.measured_s) ** 2 for p in pts)

@@ -55,3 +55,15 @@ def test_pipeline_speeds_up_compute_bound_prefill_throughput(system_factory):
     four = compile_plan(cfg, system_factory(4, **slow), "int4", context=512, batch=64, prompt_tokens=128).prediction
     assert one.stages[0].bound == "compute"
     assert four.decode_tokens_per_s > 2.5 * one.decode_tokens_per_s
+
+
+def test_a_prefill_compute_efficiency_changes_the_prompt_not_the_decode(system_factory):
+    """An engine whose prompt path reaches more of the peak: the time to first token falls in proportion to the
+    compute-bound prefill, the decode step (memory-bound) does not move."""
+    model = load_model_config("llama-3.2-1b")
+    base = system_factory(1, capacity_gib=32, compute_efficiency=0.2)
+    fast = system_factory(1, capacity_gib=32, compute_efficiency=0.2, prefill_compute_efficiency=0.8)
+    a = compile_plan(model, base, "fp16", context=1024, prompt_tokens=512).prediction
+    b = compile_plan(model, fast, "fp16", context=1024, prompt_tokens=512).prediction
+    assert b.decode_tokens_per_s == pytest.approx(a.decode_tokens_per_s, rel=1e-12)
+    assert b.ttft_s < 0.5 * a.ttft_s

@@ -44,7 +44,7 @@ from ..ir.llm import build_llm_graph
 from ..quant.formats import PRECISION_BYTES, Recipe, get_format
 from ..sim.collectives import scatter_from_host_s
 from ..sim.energy import route_j_per_byte, type_peak_compute_w, type_pj_per_op
-from ..sim.perf import host_in_bytes, out_bytes, transfer_s, type_format, type_rates
+from ..sim.perf import host_in_bytes, is_prefill, out_bytes, transfer_s, type_format, type_rates
 from ..units import GiB
 from .space import Design, Space, frame_system, with_memory
 
@@ -217,6 +217,7 @@ class Core:
         want = Recipe.of(precision)
         recipe = want.map(lambda f: type_format(dt, f))
         r = type_rates(dt, 1.0, recipe.default)
+        rp = type_rates(dt, 1.0, recipe.default, prefill=is_prefill(Step.prefill(self.prompt, 1)))
         dec = op_costs(graph, recipe, Step.decode(self.context, 1), r.act_element_bytes, self.kv_bytes)
         pre = op_costs(graph, recipe, Step.prefill(self.prompt, 1), r.act_element_bytes, self.kv_bytes)
         n_b = graph.n_blocks
@@ -227,7 +228,7 @@ class Core:
                      + float(dec.act_flop.sum()) * type_pj_per_op(dt, type_name, r.act_precision, assumed)) * 1e-12
         g = _Group(graph, recipe, dt, r.act_element_bytes,
                    dec.weight_flop / r.weight_flop_per_s + dec.act_flop / r.act_flop_per_s, dec.read_bytes,
-                   pre.weight_flop / r.weight_flop_per_s + pre.act_flop / r.act_flop_per_s, pre.read_bytes,
+                   pre.weight_flop / rp.weight_flop_per_s + pre.act_flop / rp.act_flop_per_s, pre.read_bytes,
                    r.op_overhead_s, mem, workspace_bytes(graph, range(1, n_b - 1), self.prompt, 1, r.act_element_bytes),
                    tied_shared_bytes(graph, recipe, range(n_b)), compute_j, float(dec.read_bytes.sum()), type_name)
         self.groups[key] = g
@@ -360,6 +361,7 @@ class Core:
         if got is None:
             sg = g.graph.sharded(part)
             r = type_rates(g.dt, 1.0, g.recipe.default)
+            rp = type_rates(g.dt, 1.0, g.recipe.default, prefill=is_prefill(Step.prefill(self.prompt, 1)))
             dec = op_costs(sg, g.recipe, Step.decode(self.context, 1), r.act_element_bytes, self.kv_bytes)
             pre = op_costs(sg, g.recipe, Step.prefill(self.prompt, 1), r.act_element_bytes, self.kv_bytes)
             assumed: set[str] = set()
@@ -367,7 +369,7 @@ class Core:
                   + float(dec.act_flop.sum()) * type_pj_per_op(g.dt, g.type_name, r.act_precision, assumed)) * 1e-12
             got = _Shard(sg.op_block * 2 + np.array([op.phase for op in sg.ops]),
                          dec.weight_flop / r.weight_flop_per_s + dec.act_flop / r.act_flop_per_s, dec.read_bytes,
-                         pre.weight_flop / r.weight_flop_per_s + pre.act_flop / r.act_flop_per_s, pre.read_bytes,
+                         pre.weight_flop / rp.weight_flop_per_s + pre.act_flop / rp.act_flop_per_s, pre.read_bytes,
                          block_weight_bytes(sg, g.recipe), kv_cache_bytes(sg, self.kv_bytes, self.context, 1), cj,
                          float(dec.read_bytes.sum()))
             g.shards[key] = got

@@ -26,8 +26,8 @@ from ..errors import SpecError
 from .spec import Strict, System, _Tops
 
 QUICK_KEYS = {"device", "tops", "dram", "family", "engine", "count", "link"}
-DEFAULT_FACTORS = {"compute_efficiency": 0.5, "op_overhead_s": 2e-6, "dram_efficiency": 0.75,
-                   "activation_precision": "fp16", "weight_only": []}
+DEFAULT_FACTORS: dict[str, Any] = {"compute_efficiency": 0.5, "prefill_compute_efficiency": None, "op_overhead_s": 2e-6,
+                   "dram_efficiency": 0.75, "activation_precision": "fp16", "weight_only": []}
 
 
 class QuickDram(Strict):
@@ -87,7 +87,8 @@ def _borrowed(q: QuickDevice) -> tuple[dict[str, Any], str]:
     dt = s.die_type(s.die_names[0])
     mem = dt.memory.own or s.host.dram
     usable = [p for p in dt.weight_only if p not in q.tops]
-    return ({"compute_efficiency": dt.compute_efficiency, "op_overhead_s": dt.op_overhead_s,
+    return ({"compute_efficiency": dt.compute_efficiency, "prefill_compute_efficiency": dt.prefill_compute_efficiency,
+             "op_overhead_s": dt.op_overhead_s,
              "dram_efficiency": mem.efficiency, "activation_precision": dt.activation_precision,
              "weight_only": usable}, f"preset {name} (fitted by `chipfuse calibrate`)")
 
@@ -101,12 +102,15 @@ def expand(q: QuickDevice) -> System:
     die_type = {"description": f"{q.device}: the engine's compute ({', '.join(f'{k} {v:g}' for k, v in q.tops.items())} "
                                "TOPS)",
                 "tops": dict(q.tops), "weight_only": f["weight_only"], "compute_efficiency": f["compute_efficiency"],
+                "prefill_compute_efficiency": f["prefill_compute_efficiency"],
                 "op_overhead_s": f["op_overhead_s"], "activation_precision": act}
     reserved = min(1.0, q.dram.capacity_gib / 8)
     what = (f"{q.device}" + (f" x {q.count} over {q.link}" if q.count > 1 else "")
             + (f", engine {q.engine}" if q.engine else "")
             + f"; borrowed compute efficiency {f['compute_efficiency']:g}, DRAM efficiency {f['dram_efficiency']:g}, "
-              f"{f['op_overhead_s'] * 1e6:g} us per layer, activations in {act} from {origin}")
+              + (f"prefill compute efficiency {f['prefill_compute_efficiency']:g}, "
+                 if f["prefill_compute_efficiency"] else "")
+              + f"{f['op_overhead_s'] * 1e6:g} us per layer, activations in {act} from {origin}")
     sources = {"die_types.engine": f"quick device: TOPS as given; factors from {origin}",
                "host.dram": f"quick device: {q.dram.bandwidth_gb_per_s:g} GB/s and {q.dram.capacity_gib:g} GiB as given; efficiency "
                             f"from {origin}"}

@@ -336,6 +336,9 @@ class DieType(Strict):
     nvm: NVM | None = None
     power: DiePower = DiePower()
     compute_efficiency: float = Field(0.5, gt=0, le=1, description="fraction of peak a matmul achieves")
+    prefill_compute_efficiency: float | None = Field(
+        None, gt=0, le=1, description="fraction of peak a prompt's (many-token) matmuls achieve, where an engine's "
+                                      "prefill path differs from its decode path (default: compute_efficiency)")
     op_overhead_s: float = Field(2e-6, ge=0, description="fixed cost per layer step (dispatch, sync)")
     activation_precision: Precision = Field("fp16", description="precision of attention and activations")
     vision: VisionPath | None = Field(None, description="vision ops' own rates, if not tops x compute_efficiency "

@@ -112,9 +112,11 @@ class Point:
     blocks: int = 0
     fixed_s: float = 0.0  # links and host overhead (not fitted)
 
-    def predict_s(self, mem_eff: float, comp_eff: float, overhead_s: float) -> float:
+    def predict_s(self, mem_eff: float, comp_eff: float, overhead_s: float, prefill_eff: float | None = None) -> float:
+        """Predicted seconds at these factors; a prefill point computes at `prefill_eff` when one is given."""
         bw = die_read_bytes_per_s(self.peak_bytes_per_s, mem_eff, self.other_bytes_per_s, self.share, self.cap_bytes_per_s)
-        return float(roofline_s(self.comp1 / comp_eff, self.read_bytes, max(bw, 1.0)).sum()) + \
+        eff = prefill_eff if self.kind == "prefill" and prefill_eff else comp_eff
+        return float(roofline_s(self.comp1 / eff, self.read_bytes, max(bw, 1.0)).sum()) + \
             self.blocks * overhead_s + self.fixed_s
 
 
@@ -196,14 +198,25 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
     return points, skipped
 
 
-def fit(points: list[Point]) -> tuple[float, float, float]:
-    """(DRAM efficiency, compute efficiency, seconds per block) minimising squared log error."""
+Factors = tuple[float, float, float, float | None]  # DRAM eff., compute eff., s per block, prefill compute eff.
+
+
+def fit(points: list[Point]) -> Factors:
+    """(DRAM efficiency, compute efficiency, seconds per block, prefill compute efficiency) minimising squared log
+    error; the prefill efficiency is fitted on its own where there are prefill points (an engine's prompt path
+    batches tokens into large matmuls its decode path never runs), else None (the decode one applies)."""
+    prefill = any(p.kind == "prefill" for p in points)
+
     def resid(x):
         me, ce, oh = x[0], x[1], x[2] * 1e-6
-        return [math.log(p.predict_s(me, ce, oh) / p.measured_s) for p in points]
+        pe = x[3] if prefill else None
+        return [math.log(p.predict_s(me, ce, oh, pe) / p.measured_s) for p in points]
 
-    res = least_squares(resid, x0=[0.6, 0.4, 5.0], bounds=([0.05, 0.005, 0.0], [1.0, 1.0, 2000.0]))
-    return float(res.x[0]), float(res.x[1]), float(res.x[2] * 1e-6)
+    lo, hi, x0 = [0.05, 0.005, 0.0], [1.0, 1.0, 2000.0], [0.6, 0.4, 5.0]
+    if prefill:
+        lo, hi, x0 = lo + [0.005], hi + [1.0], x0 + [0.4]
+    res = least_squares(resid, x0=x0, bounds=(lo, hi))
+    return float(res.x[0]), float(res.x[1]), float(res.x[2] * 1e-6), (float(res.x[3]) if prefill else None)
 
 
 @dataclass
@@ -215,6 +228,7 @@ class FamilyResult:
     mem_eff: float
     comp_eff: float
     overhead_s: float
+    prefill_eff: float | None  # None: no prefill points, the decode compute efficiency applies
     errors: dict[str, list[float]]  # kind -> signed relative errors, in-sample
     loo_errors: dict[str, list[float]]  # kind -> signed relative errors, leave-one-out
     default_errors: dict[str, list[float]]  # with the spec's default factors (0.75, 0.5, 2 us)
@@ -222,7 +236,7 @@ class FamilyResult:
     lofo_errors: dict[str, list[float]] = field(default_factory=dict)  # the family predicted by the other families' fit
 
 
-def _err(p: Point, x: tuple[float, float, float]) -> float:
+def _err(p: Point, x: tuple) -> float:
     return p.measured_s / p.predict_s(*x) - 1.0  # relative error of predicted tokens/s
 
 
@@ -310,14 +324,15 @@ def _stat(xs: list[float]) -> str:
 
 def markdown_report(results: list[FamilyResult], skipped: list[str], n_records: int) -> str:
     lines = [
-        "| family | devices | points (decode + prefill) | fitted DRAM eff. | fitted compute eff. | per-block cost | "
-        "decode error, median / worst | prefill error, median / worst | leave-one-out decode | leave-one-out prefill | "
-        "decode error with defaults |",
+        "| family | devices | points (decode + prefill) | fitted DRAM eff. | fitted compute eff. (decode / prefill) | "
+        "per-block cost | decode error, median / worst | prefill error, median / worst | leave-one-out decode | "
+        "leave-one-out prefill | decode error with defaults |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.family} | {', '.join(r.devices)} | {r.n_decode} + {r.n_prefill} | {r.mem_eff:.2f} | {r.comp_eff:.3f} | "
+            f"| {r.family} | {', '.join(r.devices)} | {r.n_decode} + {r.n_prefill} | {r.mem_eff:.2f} | {r.comp_eff:.3f} / "
+            f"{'-' if r.prefill_eff is None else f'{r.prefill_eff:.3f}'} | "
             f"{r.overhead_s * 1e6:.1f} us | {_stat(r.errors['decode'])} | {_stat(r.errors['prefill'])} | "
             f"{_stat(r.loo_errors['decode'])} | {_stat(r.loo_errors['prefill'])} | {_stat(r.default_errors['decode'])} |")
     used = sum(r.n_decode + r.n_prefill for r in results)
@@ -353,6 +368,10 @@ def apply_to_presets(results: list[FamilyResult]) -> list[str]:
             else:
                 text = re.sub(r"(\n  dram: \{[^}\n]*?efficiency: )[0-9.]+", rf"\g<1>{r.mem_eff:.3f}", text, count=1)
             text = re.sub(r"(\n(\s+)compute_efficiency: )[0-9.]+", rf"\g<1>{r.comp_eff:.3f}", text, count=1)
+            text = re.sub(r"\n\s+prefill_compute_efficiency: [0-9.]+", "", text, count=1)
+            if r.prefill_eff is not None:
+                text = re.sub(r"(\n(\s+)compute_efficiency: [0-9.]+)",
+                              rf"\g<1>\n\g<2>prefill_compute_efficiency: {r.prefill_eff:.3f}", text, count=1)
             if re.search(r"\n\s+op_overhead_s: ", text):
                 text = re.sub(r"(\n\s+op_overhead_s: )[0-9.eE+-]+", rf"\g<1>{r.overhead_s:.3g}", text, count=1)
             else:
@@ -363,6 +382,11 @@ def apply_to_presets(results: list[FamilyResult]) -> list[str]:
             text = re.sub(rf"(\n  {re.escape(src_ce)}: ).*", rf'\g<1>"{note}"', text, count=1)
             if f"  {src_oh}:" not in text:
                 text = re.sub(rf"(\n  {re.escape(src_ce)}: .*)", rf'\g<1>\n  {src_oh}: "{note}"', text, count=1)
+            src_pe = f"die_types.{dt_name}.prefill_compute_efficiency"
+            text = re.sub(rf"\n  {re.escape(src_pe)}: .*", "", text, count=1)
+            if r.prefill_eff is not None:
+                text = re.sub(rf"(\n  {re.escape(src_ce)}: .*)", rf'\g<1>\n  {src_pe}: "{note} on its prefill points"',
+                              text, count=1)
             mem_note = "(DRAM efficiency " + note + ")"
             text = text.replace("efficiency 0.75 is a placeholder for the calibration fit", "").replace(";  (", "; (")
             if mem_note not in text:

@@ -95,8 +95,8 @@ def pj_per_op(system: System, die: str, precision: str, assumed: set[str]) -> fl
 def type_peak_compute_w(dt: DieType, type_name: str, assumed: set[str]) -> float:
     """A die type's compute power at its peak rate, in the precision it has energy figures for that draws most."""
     known = [p for p in dt.tops if p in dt.power.pj_per_op] or list(dt.tops)
-    return max(dt.tops[p] * 1e12 * dt.compute_efficiency * type_pj_per_op(dt, type_name, p, assumed) * 1e-12
-               for p in known)
+    eff = max(dt.compute_efficiency, dt.prefill_compute_efficiency or 0.0)  # the busier of its two paths
+    return max(dt.tops[p] * 1e12 * eff * type_pj_per_op(dt, type_name, p, assumed) * 1e-12 for p in known)
 
 
 def memory_pj_per_byte(system: System, die: str) -> float:

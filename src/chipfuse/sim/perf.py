@@ -66,16 +66,22 @@ def die_recipe(system: System, die: str, recipe: Recipe) -> Recipe:
     return recipe.map(lambda f: die_format(system, die, f))
 
 
-def type_rates(dt: DieType, bytes_per_s: float, fmt: Format, die: str = "") -> DieRates:
-    """A die type's roofline rates for weights in `fmt`, reading its DRAM at `bytes_per_s`."""
+def type_rates(dt: DieType, bytes_per_s: float, fmt: Format, die: str = "", prefill: bool = False) -> DieRates:
+    """A die type's roofline rates for weights in `fmt`, reading its DRAM at `bytes_per_s`; `prefill`: for a step of
+    many new tokens, at the die's prefill compute efficiency where it states one."""
     wp = type_supported(dt, fmt.precision)
     ap = type_supported(dt, dt.activation_precision)
-    eff = dt.compute_efficiency
+    eff = dt.prefill_compute_efficiency if prefill and dt.prefill_compute_efficiency else dt.compute_efficiency
     return DieRates(die, wp, ap, dt.tops[wp] * TERA * eff, dt.tops[ap] * TERA * eff, bytes_per_s, dt.op_overhead_s)
 
 
-def die_rates(system: System, die: str, fmt: Format) -> DieRates:
-    return type_rates(system.die_type(die), system.die_bandwidth_bytes_per_s(die), fmt, die)
+def die_rates(system: System, die: str, fmt: Format, prefill: bool = False) -> DieRates:
+    return type_rates(system.die_type(die), system.die_bandwidth_bytes_per_s(die), fmt, die, prefill)
+
+
+def is_prefill(w: Workload) -> bool:
+    """A step of several new tokens per sequence runs the engine's prefill path."""
+    return w.new_tokens > 1
 
 
 def op_times(c: OpCosts, r: DieRates) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +127,7 @@ class StageCost:
 def stage_cost(graph: Graph, system: System, die: str, blocks: range, recipe: Recipe, w: Workload,
                kv_element_bytes: float, next_node: str, out_bytes: float, costs: OpCosts | None = None) -> StageCost:
     """One stage's time for one step of `w`, its die holding `recipe` (already resolved: Plan.stage_recipe)."""
-    r = die_rates(system, die, recipe.default)
+    r = die_rates(system, die, recipe.default, is_prefill(w))
     c = costs if costs is not None else op_costs(graph, recipe, w, r.act_element_bytes, kv_element_bytes)
     comp, mem = op_times(c, r)
     mask = np.isin(graph.op_block, list(blocks))
@@ -144,5 +150,5 @@ def host_in_bytes(tokens: int) -> float:
     return 4.0 * tokens
 
 
-__all__ = ["DieRates", "StageCost", "die_rates", "type_rates", "type_format", "type_supported", "die_format", "die_recipe", "supported", "op_times", "roofline_s", "block_times",
+__all__ = ["DieRates", "StageCost", "die_rates", "is_prefill", "type_rates", "type_format", "type_supported", "die_format", "die_recipe", "supported", "op_times", "roofline_s", "block_times",
            "transfer_s", "stage_cost", "required_bandwidth_bytes_per_s", "out_bytes", "host_in_bytes", "HOST"]

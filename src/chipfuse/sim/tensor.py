@@ -18,7 +18,7 @@ from ..hw.spec import System
 from ..ir.graph import Graph, Workload, block_weight_bytes, kv_cache_bytes, op_costs
 from ..quant.formats import Recipe
 from .collectives import allreduce
-from .perf import DieRates, die_rates, op_times, roofline_s
+from .perf import DieRates, die_rates, is_prefill, op_times, roofline_s
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def group_step(graph: Graph, system: System, dies: list[str], parts: list[dict[s
     comp_b, mem_b, read_b = (np.zeros((len(dies), n_b)) for _ in range(3))
     act = 0.0
     for i, (die, part, recipe) in enumerate(zip(dies, parts, recipes)):
-        r = die_rates(system, die, recipe.default)
+        r = die_rates(system, die, recipe.default, is_prefill(w))
         act = max(act, r.act_element_bytes)
         key = (replace(r, die=""), tuple(sorted(part.items())), recipe, w, kv_element_bytes)
         figures = cache.get(key) if cache is not None else None
