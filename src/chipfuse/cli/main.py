@@ -161,7 +161,7 @@ def explore(
                                                            "SVG) and the front's designs as system files"),
     workers: Optional[int] = typer.Option(None, help="processes on this machine (default: every core)"),
     ray: Optional[str] = typer.Option(None, help='fan the sweep out over a Ray cluster at this address ("local" '
-                                                 "starts one here); needs chipfuse[ray]"),
+                                                 "starts one here); needs the ray extra"),
     accuracy: Optional[Path] = typer.Option(None, help="a `chipfuse quantize --json` report: its KL per format "
                                                        "becomes a fourth objective for the model it measured"),
     compare: Optional[str] = typer.Option(None, help="show the fastest configuration meeting the target per value of "
