@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from .harness import bad_numbers, mutate_anywhere, yaml_mutant
+from .harness import bad_numbers, mutate_anywhere, yaml_mutant, yaml_text_op
 
 NAME = "space YAML"
 WEIRD_VALUES = (float("inf"), float("nan"), -1, 0, 1e-300, 10**20, 1e300, True, None, "x", [], {}, [0], [65],
@@ -118,23 +118,11 @@ def _plausible(d: dict, rnd: random.Random) -> None:
         d["fanless_w"] = rnd.choice([0.5, 5, 1000])
 
 
+TOPS = ["[]", "0", "null", "''", "socs: 5", "socs: {}", "", "- 1\n- 2", "!!python/object:os.system x"]
+
+
 def _text_op(text: str, rnd: random.Random) -> str:
-    op = rnd.choice(["number", "number", "truncate", "deep", "top", "alias"])
-    lines = text.splitlines()
-    if op == "number":
-        nums = [i for i, line in enumerate(lines) if any(c.isdigit() for c in line) and ":" in line]
-        if nums:
-            i = rnd.choice(nums)
-            lines[i] = f"{lines[i].split(':')[0]}: {rnd.choice(WEIRD_TOKENS)}"
-        return "\n".join(lines)
-    if op == "truncate":
-        return text[:rnd.randrange(len(text) + 1)]
-    if op == "deep":
-        n = rnd.choice([50, 1000, 100_000])
-        return text.replace("die_counts: [1, 2, 4]", "die_counts: " + "[" * n + "1" + "]" * n, 1)
-    if op == "top":
-        return rnd.choice(["[]", "0", "null", "''", "socs: 5", "socs: {}", "", "- 1\n- 2", "!!python/object:os.system x"])
-    return "a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n" + text
+    return yaml_text_op(text, rnd, WEIRD_TOKENS, ("die_counts: [1, 2, 4]", "die_counts"), TOPS)
 
 
 @st.composite

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from hypothesis import strategies as st
 
-from .harness import bad_numbers, mutate_anywhere, yaml_mutant
+from .harness import bad_numbers, mutate_anywhere, yaml_mutant, yaml_text_op
 
 NAME = "workload YAML"
 WEIRD_VALUES = (float("inf"), float("nan"), -1, 0, 1e-300, 10**20, 1e300, True, None, "x", [], {}, [1, 3, 0, 5],
@@ -90,24 +90,11 @@ def _models_op(d: dict, rnd: random.Random) -> None:
         m["prompt_tokens"], m["output_tokens"] = rnd.choice([(1, 1), (10**6, 10**6), (0, 5), (5000, 1)])
 
 
+TOPS = ["[]", "0", "null", "''", "models: 5", "models: {}", "", "- 1\n- 2", "!!python/object:os.system x"]
+
+
 def _text_op(text: str, rnd: random.Random) -> str:
-    op = rnd.choice(["number", "number", "truncate", "deep", "top", "alias"])
-    if op == "number":
-        nums = [i for i, line in enumerate(text.splitlines()) if any(c.isdigit() for c in line)]
-        lines = text.splitlines()
-        if nums:
-            i = rnd.choice(nums)
-            head = lines[i].split(":")[0]
-            lines[i] = f"{head}: {rnd.choice(WEIRD_TOKENS)}"
-        return "\n".join(lines)
-    if op == "truncate":
-        return text[:rnd.randrange(len(text) + 1)]
-    if op == "deep":
-        n = rnd.choice([50, 1000, 100_000])
-        return text.replace("rate: 30", "rate: " + "[" * n + "1" + "]" * n, 1)
-    if op == "top":
-        return rnd.choice(["[]", "0", "null", "''", "models: 5", "models: {}", "", "- 1\n- 2", "!!python/object:os.system x"])
-    return "a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n" + text
+    return yaml_text_op(text, rnd, WEIRD_TOKENS, ("rate: 30", "rate"), TOPS)
 
 
 @st.composite

@@ -147,6 +147,30 @@ def places(node, prefix=()):
             yield from places(v, (*prefix, i))
 
 
+YAML_BOMB = "a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n"
+
+
+def yaml_text_op(text: str, rnd, weird_tokens, nest_at: tuple[str, str], tops: list[str]) -> str:
+    """One text edit of a YAML input: a number's value replaced by a weird token, the text cut short, a value
+    nested thousands deep (`nest_at`: the text to replace and its key), another top level, or an alias bomb."""
+    op = rnd.choice(["number", "number", "truncate", "deep", "top", "alias"])
+    lines = text.splitlines()
+    if op == "number":
+        nums = [i for i, line in enumerate(lines) if any(c.isdigit() for c in line) and ":" in line]
+        if nums:
+            i = rnd.choice(nums)
+            lines[i] = f"{lines[i].split(':')[0]}: {rnd.choice(weird_tokens)}"
+        return "\n".join(lines)
+    if op == "truncate":
+        return text[:rnd.randrange(len(text) + 1)]
+    if op == "deep":
+        n = rnd.choice([50, 1000, 100_000])
+        return text.replace(nest_at[0], f"{nest_at[1]}: " + "[" * n + "1" + "]" * n, 1)
+    if op == "top":
+        return rnd.choice(tops)
+    return YAML_BOMB + text
+
+
 def yaml_mutant(draw, base_text: str, structure_ops: list, text_op) -> bytes:
     """One mutant of a YAML input, for a category's composite strategy: 6 in 10 edit the parsed structure with 1-3
     of `structure_ops` (each `op(d, rnd)`), the rest edit the text with `text_op(text, rnd)` once or twice; 1 in
