@@ -67,3 +67,29 @@ def test_a_prefill_compute_efficiency_changes_the_prompt_not_the_decode(system_f
     b = compile_plan(model, fast, "fp16", context=1024, prompt_tokens=512).prediction
     assert b.decode_tokens_per_s == pytest.approx(a.decode_tokens_per_s, rel=1e-12)
     assert b.ttft_s < 0.5 * a.ttft_s
+
+
+def test_decode_at_the_mean_position_of_the_generated_tokens(system_factory, tmp_path):
+    """--output-tokens N predicts decode where the KV cache is on average (prompt + N/2), not at the full context;
+    the KV cache is still sized for the context. Without it, decode is the full-context worst case, as before."""
+    from chipfuse.plan.plan import Plan
+    from chipfuse.sim.predict import predict
+
+    model = load_model_config("llama-3.2-1b")
+    system = system_factory(1, capacity_gib=32)
+    full = compile_plan(model, system, "int4", context=32768, prompt_tokens=512)
+    mean = compile_plan(model, system, "int4", context=32768, prompt_tokens=512, output_tokens=256)
+    short = compile_plan(model, system, "int4", context=512 + 128, prompt_tokens=512)
+    assert mean.workload.decode_context == 640 and full.workload.decode_context == 32768
+    assert mean.prediction.decode_tokens_per_s == pytest.approx(short.prediction.decode_tokens_per_s, rel=1e-12)
+    assert mean.prediction.decode_tokens_per_s > 1.2 * full.prediction.decode_tokens_per_s
+    assert mean.prediction.ttft_s == pytest.approx(full.prediction.ttft_s, rel=1e-12)
+    assert mean.stages[0].kv_bytes == full.stages[0].kv_bytes  # memory for the whole context all the same
+    mean.save(tmp_path / "p.json")
+    back = Plan.load(tmp_path / "p.json")
+    assert back.workload.output_tokens == 256
+    assert predict(back).decode_tokens_per_s == pytest.approx(mean.prediction.decode_tokens_per_s, rel=1e-12)
+    from chipfuse.errors import SpecError
+
+    with pytest.raises(SpecError, match="--output-tokens 40000: must be between 1 and 32,256"):
+        compile_plan(model, system, "int4", context=32768, prompt_tokens=512, output_tokens=40000)

@@ -35,14 +35,15 @@ def alias_of(name: str) -> str | None:
 def plan(model, system, precision: str | None = None, *, context: int = 4096, batch: int = 1,
          prompt_tokens: int = 512, kv_precision: str = "fp16", dies: int | None = None, strict: bool = False,
          head_precision: str | None = None, recipe: str | Path | None = None, quantized: str | Path | None = None,
-         split: str = "auto", objective: str = "throughput"):
+         split: str = "auto", objective: str = "throughput", output_tokens: int | None = None):
     """Split a model over a system's dies and predict its speed -> `plan.Plan`.
 
     `split` auto (the compiler picks the fastest of the others by `objective`, throughput or latency),
     pipeline (layer ranges), tensor (every layer sharded over a group) or hybrid (tensor groups in a
     pipeline); `plan.split` records the options weighed. `model` and `system` are names/paths or already
     loaded objects; `recipe` is a per-layer recipe file (from `mixed_precision`); `quantized` a GPTQ
-    checkpoint whose recipe the plan takes."""
+    checkpoint whose recipe the plan takes. `output_tokens` predicts decode at the mean position of a request
+    generating that many tokens after its prompt (None: at the full context, the worst case)."""
     from ..compile.compiler import compile_plan
     from ..frontends.config import ModelConfig
     from ..hw.spec import System
@@ -52,7 +53,8 @@ def plan(model, system, precision: str | None = None, *, context: int = 4096, ba
     return compile_plan(cfg, sysm, fmt, head_precision=head_precision, context=context, batch=batch,
                         prompt_tokens=prompt_tokens, kv_precision=kv_precision, max_dies=dies, strict=strict,
                         model_source=str(model) if not isinstance(model, ModelConfig) else model.name,
-                        quantized_weights=str(quantized) if quantized else None, split=split, objective=objective)
+                        quantized_weights=str(quantized) if quantized else None, split=split, objective=objective,
+                        output_tokens=output_tokens)
 
 
 def _formats_asked(precision: str | None, recipe: str | Path | None):

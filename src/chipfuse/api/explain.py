@@ -279,7 +279,7 @@ def plot_roofline(plan, path: str | Path) -> Path:
         g = graph.sharded(shard_parts(graph, st)) if st.shard else graph
         mask = np.isin(g.op_block, list(range(*st.blocks)))
         kinds = [op.kind for op, m in zip(g.ops, mask) if m]
-        for w, marker, label in ((Workload.decode(wl.context, seqs), "o", "decode"),
+        for w, marker, label in ((Workload.decode(wl.decode_context, seqs), "o", "decode"),
                                  (Workload.prefill(wl.prompt_tokens, 1), "x", "prefill")):
             c = op_costs(g, recipe, w, r.act_element_bytes, kv)
             comp, _ = op_times(c, r)

@@ -107,6 +107,8 @@ def plan(
     context: int = typer.Option(4096, help="tokens per sequence (prompt + generated) the KV cache must hold"),
     batch: int = typer.Option(1, help="concurrent sequences (at least 1)"),
     prompt_tokens: int = typer.Option(512, help="prompt length in tokens for time to first token (1..context)"),
+    output_tokens: Optional[int] = typer.Option(None, help="tokens generated per request: predict decode at the mean "
+                                                          "position, prompt + output/2 (default: at the full context)"),
     kv_precision: str = typer.Option("fp16", help="KV-cache element format: fp32, fp16 or bf16"),
     dies: Optional[int] = typer.Option(None, help="use at most this many dies (1..the system's count)"),
     strict: bool = typer.Option(False, help="fail instead of falling back when a die lacks the precision"),
@@ -129,6 +131,7 @@ def plan(
     _writable(json_path, trace, trace_plot, roofline_plot)
     _note_alias(model)
     p = api.plan(model, system, precision, context=context, batch=batch, prompt_tokens=prompt_tokens,
+                 output_tokens=output_tokens,
                  kv_precision=kv_precision, dies=dies, strict=strict, recipe=recipe, quantized=quantized,
                  split=split, objective=objective)
     need = api.required_bandwidth_bytes_per_s(p, target_tokens_per_s) if target_tokens_per_s is not None else None

@@ -52,7 +52,9 @@ def plan(p, title: str | None = None) -> None:
                [("stage", "right"), ("die", "left"), ("blocks", "left"), ("format", "left"), "weights GiB", "KV GiB",
                 "used / has GiB", "decode ms", ("bound", "left")],
                caption=f"predicted for {target}; context {wl.context} x batch {wl.batch}, "
-                       f"prompt {wl.prompt_tokens} tokens, KV {wl.kv_precision}")
+                       f"prompt {wl.prompt_tokens} tokens, KV {wl.kv_precision}"
+                       + (f"; decode at position {wl.decode_context} (prompt + half of {wl.output_tokens} generated)"
+                          if wl.output_tokens else ""))
     for st, sp in zip(p.stages, pred.stages if pred else [None] * len(p.stages)):
         parts = (["embed"] if st.has_embedding else []) + ([f"L{st.layers[0]}-{st.layers[1]}"] if st.layers else []) \
             + (["head"] if st.has_lm_head else [])

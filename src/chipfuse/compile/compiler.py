@@ -77,7 +77,7 @@ class _Problem:
         k, mblocks = len(order), graph.n_blocks
         micro = min(wl.batch, k)
         self.seqs_per_micro = math.ceil(wl.batch / micro)
-        step = Workload.decode(wl.context, self.seqs_per_micro)
+        step = Workload.decode(wl.decode_context, self.seqs_per_micro)
         self.time = np.zeros((mblocks, k))
         self.mem = np.zeros((mblocks, k))
         self.cap = np.zeros(k)
@@ -177,13 +177,17 @@ def _whole(value: object, option: str, lo: int, hi: int, unit: str) -> int:
     return value
 
 
-def check_workload(model: ModelConfig, *, context: int, batch: int, prompt_tokens: int) -> None:
+def check_workload(model: ModelConfig, *, context: int, batch: int, prompt_tokens: int,
+                   output_tokens: int | None = None) -> None:
     """The workload's numbers are whole, positive and consistent with each other and the model (context first:
     a bad context is named as such, not as a prompt problem)."""
     _whole(context, "--context", 1, model.max_position, f"tokens ({model.name}'s max_position_embeddings is "
                                                          f"{model.max_position})")
     _whole(batch, "--batch", 1, MAX_BATCH, "sequences")
     _whole(prompt_tokens, "--prompt-tokens", 1, context, "tokens (at most --context)")
+    if output_tokens is not None:
+        _whole(output_tokens, "--output-tokens", 1, context - prompt_tokens,
+               f"tokens (the prompt's {prompt_tokens} and the output must fit --context {context})")
 
 
 def compile_plan(model: ModelConfig, system: System, precision: str | Format | Recipe | None = "int4", *,
@@ -191,7 +195,7 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
                  batch: int = 1, prompt_tokens: int = 512, kv_precision: str = "fp16",
                  max_dies: int | None = None, strict: bool = False, model_source: str = "",
                  graph: Graph | None = None, quantized_weights: str | None = None,
-                 split: str = "pipeline", objective: str = "throughput") -> Plan:
+                 split: str = "pipeline", objective: str = "throughput", output_tokens: int | None = None) -> Plan:
     """Split `model` over `system`'s dies and predict its speed.
 
     `split` pipeline (layer ranges), tensor (every layer sharded over a group of dies), hybrid (tensor groups
@@ -225,8 +229,9 @@ def compile_plan(model: ModelConfig, system: System, precision: str | Format | R
     if bad:
         raise SpecError(f"recipe overrides blocks {bad}: {model.name} has layer blocks 1..{model.num_layers}")
     fmt = recipe.default
-    check_workload(model, context=context, batch=batch, prompt_tokens=prompt_tokens)
-    wl = WorkloadSpec(context=context, batch=batch, prompt_tokens=prompt_tokens, kv_precision=_kv_name(kv_precision))
+    check_workload(model, context=context, batch=batch, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+    wl = WorkloadSpec(context=context, batch=batch, prompt_tokens=prompt_tokens, kv_precision=_kv_name(kv_precision),
+                      output_tokens=output_tokens)
     graph = graph or build_llm_graph(model)
     dies = system.die_names
     if max_dies is not None:

@@ -60,8 +60,8 @@ class _Grouping:
         n = len(groups)
         self.micro = min(wl.batch, n)
         self.seqs = math.ceil(wl.batch / self.micro)
-        step = Workload.decode(wl.context, self.seqs)
-        sizing = Workload.decode(wl.context, 1)
+        step = Workload.decode(wl.decode_context, self.seqs)
+        sizing = Workload.decode(wl.decode_context, 1)
         n_b = graph.n_blocks
         self.time, self.mem = np.zeros((n_b, n)), np.zeros((n_b, n))
         self.positions: list[_Position] = []

@@ -103,6 +103,17 @@ class WorkloadSpec(_M):
     batch: int = Field(gt=0, le=MAX_TOKENS, description="concurrent sequences")
     prompt_tokens: int = Field(gt=0, le=MAX_TOKENS)
     kv_precision: str = Field("fp16", description=f"KV-cache element format: {', '.join(KV_PRECISIONS)}")
+    output_tokens: int | None = Field(
+        None, gt=0, le=MAX_TOKENS, description="tokens generated per request: decode is predicted at the mean "
+                                               "position, prompt + output / 2 (null: at the full context, the worst "
+                                               "case)")
+
+    @property
+    def decode_context(self) -> int:
+        """Tokens a predicted decode step attends to: the mean position over the generated tokens, or the context."""
+        if self.output_tokens is None:
+            return self.context
+        return max(1, self.prompt_tokens + self.output_tokens // 2)
 
     @field_validator("kv_precision")
     @classmethod
@@ -118,6 +129,9 @@ class WorkloadSpec(_M):
         if self.prompt_tokens > self.context:
             raise ValueError(f"prompt_tokens {self.prompt_tokens} exceeds context {self.context}; "
                              f"the prompt must fit the context")
+        if self.output_tokens is not None and self.prompt_tokens + self.output_tokens > self.context:
+            raise ValueError(f"prompt_tokens {self.prompt_tokens} + output_tokens {self.output_tokens} exceed context "
+                             f"{self.context}; the whole conversation must fit the context")
         return self
 
 

@@ -118,7 +118,7 @@ def plan_energy(plan: Plan, prediction: Prediction, graph: Graph, system: System
     positions = stage_positions(plan.stages)
     micro = min(wl.batch, len(positions))
     seqs = math.ceil(wl.batch / micro)
-    dec = Workload.decode(wl.context, seqs)
+    dec = Workload.decode(wl.decode_context, seqs)
     assumed: set[str] = set()
     dies: list[DieEnergy] = []
     for p, pos in enumerate(positions):

@@ -149,9 +149,9 @@ def _predict(plan: Plan, graph: Graph, system: System) -> Prediction:
     n = len(positions)
     micro = min(wl.batch, n)
     seqs = math.ceil(wl.batch / micro)
-    dec = Workload.decode(wl.context, seqs)
+    dec = Workload.decode(wl.decode_context, seqs)
     pre = Workload.prefill(wl.prompt_tokens, 1)
-    one = Workload.decode(wl.context, 1)
+    one = Workload.decode(wl.decode_context, 1)
     first = [st.die for _, st in positions[0]]
     stages: list[StagePrediction] = []
     slowest, per_token = 0.0, 0.0

@@ -297,7 +297,7 @@ def build_trace(plan: Plan, system: System | None = None, graph: Graph | None = 
     micro = min(wl.batch, n)
     seqs = -(-wl.batch // micro)
     pre = b.run(Workload.prefill(wl.prompt_tokens, 1), 1, wl.prompt_tokens, wl.prompt_tokens, prefill=True)
-    dec = b.run(Workload.decode(wl.context, seqs), seqs, seqs, seqs, prefill=False)
+    dec = b.run(Workload.decode(wl.decode_context, seqs), seqs, seqs, seqs, prefill=False)
     slowest = max((x for x, _ in dec.elements), default=0.0)
     cycle = max(dec.t, micro * slowest)
     tracks = _tracks(b)
