@@ -69,3 +69,22 @@ def test_dies_sharing_dram_behind_slow_links_read_at_different_rates():
     core = Core(SPACE)
     f = core.evaluate(d, "smollm2-135m", MODELS["smollm2-135m"], "int8")
     assert f.ok and core.dp, "the split path was not taken"
+
+
+SPACE_OUT = SPACE.model_copy(update={"workload": SPACE.workload.model_copy(update={"output_tokens": 300})})
+CORE_OUT = Core(SPACE_OUT)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(d=st.sampled_from(DESIGNS), model=st.sampled_from(sorted(MODELS)), precision=st.sampled_from(SPACE.precisions),
+       tensor=st.booleans())
+def test_decode_at_the_mean_position_equals_the_planners_too(d, model, precision, tensor):
+    """With output_tokens the decode step attends to prompt + output/2 tokens, in the core as in the planner."""
+    split = "tensor" if tensor and d.dies > 1 else "pipeline"
+    fast = CORE_OUT.evaluate(d, model, MODELS[model], precision, split)
+    full = check_against_planner(SPACE_OUT, d, MODELS[model], precision, split)
+    assert fast.ok == full.ok, (fast.problem, full.problem)
+    if fast.ok:
+        for f in FIELDS:
+            assert math.isclose(getattr(fast, f), getattr(full, f), rel_tol=1e-9), f
+        assert fast.decode_tokens_per_s >= CORE.evaluate(d, model, MODELS[model], precision, split).decode_tokens_per_s

@@ -518,7 +518,7 @@ def _best_design_plots(sp, result: ExploreResult, cfgs, out: Path) -> list[str]:
     cfg = dict(cfgs)[p.model]
     wl = sp.workload
     plan = compile_plan(cfg, design_system(sp, d), p.precision, context=wl.context, prompt_tokens=wl.prompt_tokens,
-                        batch=1, kv_precision=wl.kv_precision, split=p.split)
+                        batch=1, kv_precision=wl.kv_precision, split=p.split, output_tokens=wl.output_tokens)
     paths = []
     for fmt in PLOT_FORMATS:
         paths.append(str(plot_roofline(plan, out / f"roofline.{fmt}")))

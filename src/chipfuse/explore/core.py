@@ -140,6 +140,8 @@ class Core:
         self.space = space
         wl = space.workload
         self.context, self.prompt = wl.context, wl.prompt_tokens
+        # decode attends to this many tokens: the full context, or the mean position of the generated ones
+        self.decode_context = wl.context if wl.output_tokens is None else max(1, wl.prompt_tokens + wl.output_tokens // 2)
         self.kv_bytes = PRECISION_BYTES[get_format(wl.kv_precision).precision]
         self.frames: dict[tuple, _Frame] = {}
         self.groups: dict[tuple, _Group] = {}
@@ -218,7 +220,7 @@ class Core:
         recipe = want.map(lambda f: type_format(dt, f))
         r = type_rates(dt, 1.0, recipe.default)
         rp = type_rates(dt, 1.0, recipe.default, prefill=is_prefill(Step.prefill(self.prompt, 1)))
-        dec = op_costs(graph, recipe, Step.decode(self.context, 1), r.act_element_bytes, self.kv_bytes)
+        dec = op_costs(graph, recipe, Step.decode(self.decode_context, 1), r.act_element_bytes, self.kv_bytes)
         pre = op_costs(graph, recipe, Step.prefill(self.prompt, 1), r.act_element_bytes, self.kv_bytes)
         n_b = graph.n_blocks
         mem = block_weight_bytes(graph, recipe) + kv_cache_bytes(graph, self.kv_bytes, self.context, 1)
@@ -362,7 +364,7 @@ class Core:
             sg = g.graph.sharded(part)
             r = type_rates(g.dt, 1.0, g.recipe.default)
             rp = type_rates(g.dt, 1.0, g.recipe.default, prefill=is_prefill(Step.prefill(self.prompt, 1)))
-            dec = op_costs(sg, g.recipe, Step.decode(self.context, 1), r.act_element_bytes, self.kv_bytes)
+            dec = op_costs(sg, g.recipe, Step.decode(self.decode_context, 1), r.act_element_bytes, self.kv_bytes)
             pre = op_costs(sg, g.recipe, Step.prefill(self.prompt, 1), r.act_element_bytes, self.kv_bytes)
             assumed: set[str] = set()
             cj = (float(dec.weight_flop.sum()) * type_pj_per_op(g.dt, g.type_name, r.weight_precision, assumed)
@@ -403,7 +405,7 @@ class Core:
             return out
         assert fr.system is not None
         view = fr.system.model_copy(update={"die_types": {"npu": with_memory(self.space, d)}})
-        return group_parts(g.graph, view, dies, [g.recipe] * len(dies), Step.decode(self.context, 1), self.kv_bytes)
+        return group_parts(g.graph, view, dies, [g.recipe] * len(dies), Step.decode(self.decode_context, 1), self.kv_bytes)
 
     def tensor(self, d: Design, g: _Group, fr: _Frame, host: HostSoC, bws_used: np.ndarray, cap_bytes: float,
                pj_byte: float, die_usd: float, mem_opt) -> Figures:
@@ -568,7 +570,7 @@ def check_against_planner(space: Space, d: Design, cfg: ModelConfig, precision: 
     wl = space.workload
     try:
         plan = compile_plan(cfg, system, precision, context=wl.context, prompt_tokens=wl.prompt_tokens, batch=1,
-                            kv_precision=wl.kv_precision, split=split)
+                            kv_precision=wl.kv_precision, split=split, output_tokens=wl.output_tokens)
     except ChipfuseError as err:
         return Figures(problem=f"does not fit: {err}")
     p = plan.prediction

@@ -77,11 +77,16 @@ class Workload(Strict):
     context: int = Field(2048, ge=1, le=1_048_576, description="tokens of context the KV cache holds")
     prompt_tokens: int = Field(256, ge=1, le=1_048_576)
     kv_precision: str = "fp16"
+    output_tokens: int | None = Field(None, ge=1, le=1_048_576, description="tokens generated per request: decode is "
+                                      "predicted at the mean position (default: at the full context, the worst case)")
 
     @model_validator(mode="after")
     def _prompt_in_context(self) -> Workload:
         if self.prompt_tokens > self.context:
             raise ValueError(f"prompt_tokens {self.prompt_tokens} exceeds context {self.context}")
+        if self.output_tokens is not None and self.prompt_tokens + self.output_tokens > self.context:
+            raise ValueError(f"prompt_tokens {self.prompt_tokens} + output_tokens {self.output_tokens} exceed context "
+                             f"{self.context}")
         return self
 
 
