@@ -347,14 +347,7 @@ class Core:
         """Every die's DRAM rate (the peak power counts idle dies too): the used ones', and the rest at theirs."""
         if len(used) == d.dies:
             return used
-        mem = with_memory(self.space, d).memory
-        if mem.own is not None:
-            return np.full(d.dies, used[0])
-        assert fr.system is not None and fr.host is not None and mem.shared is not None
-        h = fr.host
-        return np.array([die_read_bytes_per_s(h.dram.peak_bytes_per_s, h.dram.efficiency, h.traffic.bytes_per_s,
-                                              mem.shared.bandwidth_share, fr.system.shared_link_cap_bytes_per_s(x))
-                         for x in fr.system.die_names])
+        return np.array(list(self.die_bws(fr, d, used).values()))
 
     # ---- tensor groups -----------------------------------------------------------------------------------
     def shard(self, g: _Group, part: dict[str, int]) -> _Shard:

@@ -150,7 +150,7 @@ def meets(t: Table, target: Sequence[Bound]) -> np.ndarray:
     for b in target:
         x = t.values[b.field]
         with np.errstate(invalid="ignore"):
-            ok &= {">=": x >= b.value, "<=": x <= b.value, ">": x > b.value, "<": x < b.value}[b.op]
+            ok &= b.holds(x)
     return ok
 
 
@@ -173,7 +173,7 @@ def closest(t: Table, target: Sequence[Bound]) -> int | None:
         x = t.values[b.field][ok]
         gap = np.abs(x - b.value) / (abs(b.value) or 1.0)
         with np.errstate(invalid="ignore"):
-            held = {">=": x >= b.value, "<=": x <= b.value, ">": x > b.value, "<": x < b.value}[b.op]
+            held = b.holds(x)
         short[:, j] = np.where(held, 0.0, gap)
     order = np.lexsort((short.sum(1), short.max(1)))
     return int(ok[order[0]])

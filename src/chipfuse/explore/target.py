@@ -35,7 +35,8 @@ class Bound:
     def unit(self) -> str:
         return METRICS[self.metric][1]
 
-    def holds(self, x: float) -> bool:
+    def holds(self, x):
+        """Whether x (a number, or an array of them elementwise) is within the bound."""
         return {">=": x >= self.value, "<=": x <= self.value, ">": x > self.value, "<": x < self.value}[self.op]
 
     def shortfall(self, x: float) -> float:

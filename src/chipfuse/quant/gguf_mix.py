@@ -65,30 +65,24 @@ def mix_recipe(name: str, graph) -> Recipe:
     n = sum(1 for b in graph.blocks if b.kind == "layer")
     gqa = int(graph.meta.get("heads_per_kv", 1))
     head_type = "q8_0" if base == "q8_0" else "q6_k"
-    ops: list[tuple[str, str]] = []
+    tied = {o.tied_to for o in graph.ops if o.tied_to}
+    ops: list[tuple[str, str]] = []  # only the tensors whose type differs from what the recipe gives by default
     for op in graph.ops:
         if op.kind not in ("matmul", "embedding"):
             continue
         if op.kind == "embedding":  # a tied table is the output's; an untied one keeps the base type
-            t = head_type if op.name in {o.tied_to for o in graph.ops if o.tied_to} else base
-            cols = op.out_features
+            t, cols, usual = (head_type if op.name in tied else base), op.out_features, head_type
         elif op.last_token_only:
-            t, cols = head_type, op.in_features
+            t, cols, usual = head_type, op.in_features, head_type
         else:
             layer = graph.blocks[op.block].layer
             role = ("attn_v" if op.name.endswith("v_proj") else "ffn_down" if op.name.endswith("down_proj")
                     else "attn_output" if op.name.endswith("o_proj") else "other")
-            t, cols = _layer_type(mix, base, role, layer, n, gqa), op.in_features
-        ops.append((op.name, _fits(t, cols)))
-    default = FORMATS[base]
-    head = FORMATS[head_type]
-    keep = tuple((o, f) for o, f in ops if f != (head.name if _is_head(graph, o) else base))
-    return Recipe(default, head, (), keep, mix)
-
-
-def _is_head(graph, op_name: str) -> bool:
-    op = next(o for o in graph.ops if o.name == op_name)
-    return op.kind == "embedding" or op.last_token_only
+            t, cols, usual = _layer_type(mix, base, role, layer, n, gqa), op.in_features, base
+        got = _fits(t, cols)
+        if got != usual:
+            ops.append((op.name, got))
+    return Recipe(FORMATS[base], FORMATS[head_type], (), tuple(ops), mix)
 
 
 __all__ = ["MIXES", "is_mix", "mix_recipe"]
