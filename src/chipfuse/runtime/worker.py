@@ -157,6 +157,12 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
         serve_tasks(rank, setup)
         dist.destroy_process_group()
         return
+    if setup.get("train"):  # a die fine-tuning its layers (runtime.train_worker), not serving requests
+        from .train_worker import serve_train
+
+        serve_train(rank, setup)
+        dist.destroy_process_group()
+        return
     torch.set_num_threads(int(setup.get("threads", 1)))
     plan = Plan.model_validate(setup["plan"])
     stage = plan.stages[rank - 1]

@@ -1,0 +1,277 @@
+"""Fine-tune a model's LoRA adapters on the emulated dies: `finetune` (and `plan_finetune` to check first).
+
+    from chipfuse import api
+    r = api.finetune("examples/finetune/clinic-train.jsonl", system="talk-4die-d2d", steps=60)
+    print(r.val_loss_before, r.val_loss_after, r.adapter_dir)
+
+The job is planned before any die starts: the pipeline plan of the model on the system, every die's
+training memory (a job that does not fit is refused, with what would fit) and the simulator's step
+time and energy. The dies then train their own layers' adapters; the result is saved in the layout
+peft reads (adapter_config.json + adapter_model.safetensors), with a checkpoint a stopped run resumes
+from (adapters, AdamW state, step; the data order and dropout follow from the seed and the step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..compile.train import TARGETS, LoraSpec, TrainMemory, TrainPlanError, TrainSpec, check_fits
+from ..errors import ChipfuseError
+from ..sim.train import TrainPrediction, predict_train
+from .core import DEFAULT_SYSTEM, _formats_asked, load_system
+from .progress import Progress, status_of
+
+CHECKPOINT = "checkpoint"
+ADAPTER_CONFIG, ADAPTER_WEIGHTS, META = "adapter_config.json", "adapter_model.safetensors", "chipfuse_finetune.json"
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """What a job will hold and take before it runs: the pipeline plan, each die's memory, the predicted step."""
+
+    plan: object  # plan.Plan
+    spec: TrainSpec
+    memory: TrainMemory
+    prediction: TrainPrediction
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    adapter_dir: Path
+    dies: tuple[str, ...]
+    steps: int  # optimiser steps done in all (a resumed run counts its earlier ones)
+    start_step: int  # 0, or the step a resumed run began at
+    losses: tuple[float, ...]  # training loss per step (this run's and any earlier run's)
+    val_losses: tuple[tuple[int, float], ...]  # (step, validation loss); step 0 is the base model
+    train_examples: int
+    val_examples: int
+    tokens: int  # non-padding tokens trained on in this run
+    tokens_per_s: float  # this run's training tokens per second of steps (evaluation and start-up excluded)
+    step_s: float  # median seconds per step in this run
+    memory: TrainMemory
+    predicted: TrainPrediction
+    truncated: int
+    elapsed_s: float
+
+    @property
+    def val_loss_before(self) -> float | None:
+        return next((v for s, v in self.val_losses if s == 0), None)
+
+    @property
+    def val_loss_after(self) -> float | None:
+        return self.val_losses[-1][1] if self.val_losses else None
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then linear decay to zero at `steps` (transformers' "linear")."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    return lr * max(0.0, (steps - step) / max(1, steps - warmup))
+
+
+def plan_finetune(system=DEFAULT_SYSTEM, model=None, precision: str | None = None, spec: TrainSpec | None = None, *,
+                  dies: int | None = None, quantized: str | Path | None = None) -> FinetunePlan:
+    """The pipeline plan of `model` (a runnable model file; None: the embedded SmolLM2) on `system`, every die's
+    training memory for `spec` and the predicted step. TrainPlanError if it does not fit (what fits, said)."""
+    from ..compile.compiler import compile_plan
+    from ..hw.spec import System
+    from ..runtime.device import resolve_model
+
+    spec = spec or TrainSpec()
+    sysm = system if isinstance(system, System) else load_system(system)
+    path, cfg = resolve_model(model)
+    if getattr(cfg, "is_moe", False):
+        raise TrainPlanError(f"{cfg.name} is a mixture of experts: chipfuse fine-tunes dense models only")
+    p = compile_plan(cfg, sysm, _formats_asked(precision, None), context=spec.seq_len, batch=1,
+                     prompt_tokens=min(spec.seq_len, 512), max_dies=dies, model_source=str(path),
+                     quantized_weights=str(quantized) if quantized else None, split="pipeline")
+    from ..runtime.device import planning_only
+
+    why = p.unsupported() or planning_only(p)
+    if why:
+        raise TrainPlanError(why)
+    memory = check_fits(p, spec)
+    return FinetunePlan(p, spec, memory, predict_train(p, spec, system=sysm))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _write(path: Path, data: bytes) -> None:
+    """A file written whole or not at all (beside it, then renamed over)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_adapter(folder: Path, tensors: dict, lora: LoraSpec, base: str, meta: dict) -> None:
+    """Adapters in peft's layout (read by PeftModel.from_pretrained), plus chipfuse's notes on the job; each file
+    written whole or not at all, the weights before the config that names them."""
+    from safetensors.torch import save
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
+              "lora_dropout": lora.dropout, "target_modules": sorted(lora.targets), "bias": "none",
+              "fan_in_fan_out": False, "inference_mode": True, "base_model_name_or_path": base,
+              "modules_to_save": None, "use_rslora": False, "init_lora_weights": True}
+    _write(folder / ADAPTER_WEIGHTS, save({k: v.detach().float().contiguous() for k, v in tensors.items()
+                                           if "/" not in k}))
+    _write(folder / META, (json.dumps(meta, indent=2) + "\n").encode())
+    _write(folder / ADAPTER_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+
+
+def _replace_dir(tmp: Path, folder: Path) -> None:
+    old = folder.with_name(folder.name + f".old{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_checkpoint(out: Path, state: dict, record: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder = out / CHECKPOINT
+    tmp = folder.with_name(CHECKPOINT + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "state.safetensors"))
+    (tmp / "trainer.json").write_text(json.dumps(record, indent=2) + "\n")
+    _replace_dir(tmp, folder)
+
+
+def _load_checkpoint(out: Path, expect: dict) -> tuple[dict, dict]:
+    """(state tensors, trainer record) of `out`'s checkpoint, after checking it is this job's."""
+    from safetensors.torch import load_file
+
+    folder = out / CHECKPOINT
+    if not (folder / "trainer.json").exists():
+        raise ChipfuseError(f"--resume: {folder} holds no checkpoint (train with --save-every N, or drop --resume)")
+    record = json.loads((folder / "trainer.json").read_text())
+    differ = [k for k, v in expect.items() if record.get("job", {}).get(k) != v]
+    if differ:
+        got = record.get("job", {})
+        raise ChipfuseError("--resume: the checkpoint in " f"{folder} is of another job: " + "; ".join(
+            f"{k} was {got.get(k)!r}, now {expect[k]!r}" for k in differ) + " (give the same settings, or a new --out)")
+    return load_file(str(folder / "state.safetensors")), record
+
+
+def finetune(data: str | Path, *, system=DEFAULT_SYSTEM, model=None, precision: str | None = None,
+             out: str | Path = "chipfuse-adapter", rank: int = 8, alpha: float = 16.0, dropout: float = 0.05,
+             targets: tuple[str, ...] = TARGETS, steps: int = 100, lr: float = 2e-4, warmup: int = 0,
+             seq_len: int = 256, micro_batch: int = 4, micro_batches: int = 4, checkpointing: bool = False,
+             val: str | Path | None = None, val_fraction: float = 0.1, eval_every: int = 0, save_every: int = 0,
+             resume: bool = False, seed: int = 0, dies: int | None = None, threads: int | None = None,
+             max_grad_norm: float = 1.0, weight_decay: float = 0.0, progress: Progress | None = None,
+             on_status=None) -> FinetuneResult:
+    """Train LoRA adapters of `model` on `data` (chat JSONL or text) over `system`'s dies; save them in `out`.
+
+    Each step is `micro_batches` micro-batches of `micro_batch` sequences of at most `seq_len` tokens, pipelined
+    over the dies; the learning rate warms up over `warmup` steps and decays linearly to zero at `steps`.
+    `eval_every` (0: only before and after) and `save_every` (0: only at the end) are in steps; `resume` goes on
+    from `out`'s checkpoint."""
+    from ..runtime.device import resolve_model
+    from ..runtime.tokenizer import load_tokenizer
+    from ..runtime.train_data import eval_batches, load_dataset, split, step_examples
+    from ..runtime.train_data import collate as make_batch
+    from ..runtime.trainer import TrainSession
+
+    started = time.time()
+    bar = status_of(progress)
+    status = on_status or (lambda m: None)
+    for name, v, lo in (("steps", steps, 1), ("eval_every", eval_every, 0), ("save_every", save_every, 0),
+                        ("warmup", warmup, 0), ("seed", seed, 0)):
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= 10_000_000):
+            raise TrainPlanError(f"{name} {v!r}: give a whole number from {lo} to 10,000,000")
+    for name, v in (("lr", lr), ("max_grad_norm", max_grad_norm), ("weight_decay", weight_decay)):
+        if not (isinstance(v, int | float) and 0 <= float(v) < 1e6) or (name == "lr" and not float(v) > 0):
+            raise TrainPlanError(f"{name} {v!r}: give a {'positive' if name == 'lr' else 'non-negative'} number")
+    spec = TrainSpec(LoraSpec(rank, float(alpha), float(dropout), tuple(targets)), seq_len, micro_batch,
+                     micro_batches, checkpointing)
+    fp = plan_finetune(system, model, precision, spec, dies=dies)
+    path, _ = resolve_model(model)
+    status("reading the tokenizer and the data")
+    tok = load_tokenizer(path)
+    pad = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else 0
+    data = Path(data)
+    ds = load_dataset(data, tok, seq_len)
+    if val is not None:
+        train_ds, val_ds = ds, load_dataset(Path(val), tok, seq_len)
+    else:
+        train_ds, val_ds = split(ds, val_fraction, seed)
+    out = Path(out)
+    job = {"data": _file_digest(data), "model": str(path), "rank": rank, "alpha": float(alpha),
+           "dropout": float(dropout), "targets": sorted(targets), "seq_len": seq_len, "micro_batch": micro_batch,
+           "micro_batches": micro_batches, "seed": seed, "lr": float(lr), "warmup": warmup, "steps": steps,
+           "precision": fp.plan.stages[0].format, "dies": [st.die for st in fp.plan.stages]}
+    state, record = ({}, {}) if not resume else _load_checkpoint(out, job)
+    start = int(record.get("step", 0))
+    losses = list(record.get("losses", []))
+    val_losses = [tuple(x) for x in record.get("val_losses", [])]
+    if start >= steps:
+        raise ChipfuseError(f"--resume: the checkpoint in {out / CHECKPOINT} is already at step {start} of {steps}")
+    per_step = spec.sequences_per_step
+    vb = eval_batches(val_ds, micro_batch, micro_batches, pad) if val_ds else []
+
+    def evaluate(session) -> float:
+        total = sum(session.evaluate(b) * b.n_labels for b in vb)
+        return total / max(1, sum(b.n_labels for b in vb))
+
+    status(f"starting {len(fp.plan.stages)} die(s) for training")
+    session = TrainSession(fp.plan, path, spec, seed=seed, weight_decay=weight_decay, threads=threads or 1,
+                           on_status=status)
+    times: list[float] = []
+    tokens = 0
+    try:
+        if state:
+            session.load_state(state)
+        if vb and start == 0:
+            bar.describe("validation loss of the base model")
+            val_losses.append((0, evaluate(session)))
+        bar.start(steps - start, f"step {start + 1}/{steps}")
+        for k in range(start, steps):
+            chosen = step_examples(train_ds, k, per_step, seed)
+            batch = make_batch(chosen, micro_batch, pad)
+            t0 = time.perf_counter()
+            st = session.step(batch, k, lr_at(k, steps, lr, warmup), max_grad_norm)
+            times.append(time.perf_counter() - t0)
+            tokens += sum(len(e.ids) for e in chosen)  # padding is not counted
+            losses.append(st.loss)
+            rate = tokens / sum(times)
+            done = k + 1
+            if vb and eval_every and done % eval_every == 0 and done < steps:
+                val_losses.append((done, evaluate(session)))
+            if save_every and done % save_every == 0 and done < steps:
+                _save_checkpoint(out, session.state(), {"step": done, "job": job, "losses": losses,
+                                                        "val_losses": val_losses})
+            v = f", val {val_losses[-1][1]:.3f}" if val_losses and val_losses[-1][0] == done else ""
+            bar.advance(1, f"step {done}/{steps}: loss {st.loss:.3f}{v}, {rate:,.0f} tokens/s")
+        if vb:
+            bar.describe("validation loss after training")
+            val_losses.append((steps, evaluate(session)))
+        final = session.state()
+    finally:
+        session.close()
+    meta = {"job": job, "steps": steps, "losses": losses, "val_losses": val_losses,
+            "spec": asdict(spec), "memory_bytes": {d.die: d.total_bytes for d in fp.memory.dies}}
+    save_adapter(out, final, spec.lora, str(path), meta)
+    _save_checkpoint(out, final, {"step": steps, "job": job, "losses": losses, "val_losses": val_losses})
+    times_sorted = sorted(times)
+    return FinetuneResult(
+        adapter_dir=out, dies=tuple(st.die for st in fp.plan.stages), steps=steps, start_step=start,
+        losses=tuple(losses), val_losses=tuple((int(s), float(v)) for s, v in val_losses),
+        train_examples=len(train_ds.examples), val_examples=len(val_ds.examples) if val_ds else 0, tokens=tokens,
+        tokens_per_s=tokens / sum(times) if times else 0.0,
+        step_s=times_sorted[len(times_sorted) // 2] if times else 0.0, memory=fp.memory, predicted=fp.prediction,
+        truncated=ds.truncated, elapsed_s=time.time() - started)

@@ -1,0 +1,240 @@
+"""A LoRA fine-tuning job's plan: what each die holds while it trains, counted before any step runs.
+
+Per die: the base weights in the die's format (as the inference plan holds them), the adapters of its
+layers, their gradients and the optimiser's state, and the activations kept for the backward pass of
+the micro-batches it has in flight under the one-forward-one-backward schedule (stage s of S holds at
+most S - s of them). The activation count is each saved tensor autograd keeps for our layer (runtime/lora.py),
+summed by hand here and checked against the runtime's own saved-tensor count in the tests.
+A job that does not fit is refused with the die, the excess, and what would fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import ChipfuseError
+from ..frontends.config import ModelConfig
+from ..plan.plan import Plan
+from ..units import MiB as MIB
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+FP32 = 4
+ADAMW_STATE_VALUES = 2  # first and second moments per trainable value
+
+
+class TrainPlanError(ChipfuseError):
+    """A fine-tuning job that cannot run as asked (bad settings, or it does not fit the dies)."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters: rank r, scale alpha / r, dropout on the adapter's input, on the `targets` projections."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = TARGETS
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rank, int) and 1 <= self.rank <= 1024):
+            raise TrainPlanError(f"LoRA rank {self.rank!r}: give a whole number from 1 to 1024 (8 or 16 are usual)")
+        if not (0 < float(self.alpha) <= 1e6):
+            raise TrainPlanError(f"LoRA alpha {self.alpha!r}: give a positive number (often twice the rank)")
+        if not (0.0 <= float(self.dropout) < 1.0):
+            raise TrainPlanError(f"LoRA dropout {self.dropout!r}: give a probability in [0, 1)")
+        bad = [t for t in self.targets if t not in TARGETS]
+        if bad or not self.targets or len(set(self.targets)) != len(self.targets):
+            raise TrainPlanError(f"LoRA target modules {list(self.targets)}: choose distinct names among "
+                                 f"{', '.join(TARGETS)}")
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One optimiser step: `micro_batches` micro-batches of `micro_batch` sequences of up to `seq_len` tokens,
+    pipelined over the dies; `checkpointing` keeps only each layer's input and recomputes the rest."""
+
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    seq_len: int = 256
+    micro_batch: int = 4
+    micro_batches: int = 4
+    checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("seq_len", 2, 1 << 17), ("micro_batch", 1, 4096), ("micro_batches", 1, 4096)):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+                raise TrainPlanError(f"{name} {v!r}: give a whole number from {lo} to {hi}")
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.micro_batch * self.micro_batches
+
+
+def adapter_shapes(cfg: ModelConfig, lora: LoraSpec) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each target projection of one layer."""
+    q, kv, h, i = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
+    every = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+             "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    return {t: every[t] for t in lora.targets}
+
+
+def adapter_values_per_layer(cfg: ModelConfig, lora: LoraSpec) -> int:
+    return sum(lora.rank * (i + o) for i, o in adapter_shapes(cfg, lora).values())
+
+
+def layer_activation_values(cfg: ModelConfig, lora: LoraSpec, tokens: int, seq_len: int) -> int:
+    """Values autograd keeps for one layer's backward over `tokens` tokens in sequences of `seq_len`.
+
+    Counted from runtime/lora.py's layer, tensor by tensor: the two norms' inputs and outputs (and their
+    per-token rms), q/k/v before and after the rotary embedding, the attention output and its log-sum-exp
+    per head, the MLP's gate, up, activation and product, and each adapter's dropped-out input and its
+    rank-r middle. Scaled-dot-product attention on CPU keeps no T x T matrix (a flash kernel)."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_token = (
+        h + 1 + h  # attention norm: input, rms, output
+        + (q + 2 * kv)  # q, k, v projections' output
+        + (q + kv) * 2  # rotary: q and k in, rotated out
+        + q + cfg.num_heads  # attention output and its log-sum-exp
+        + h + 1 + h  # MLP norm: input (the residual sum), rms, output
+        + 2 * i  # gate and up outputs
+        + 2 * i  # silu(gate) and the product fed to down
+    )
+    ins = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h, "down_proj": i}
+    for t in lora.targets:
+        per_token += (ins[t] if lora.dropout > 0 else 0) + lora.rank
+    return per_token * tokens
+
+
+def head_activation_values(cfg: ModelConfig, tokens: int) -> int:
+    """The last die's final norm, logits and their log-softmax for the loss."""
+    return tokens * (2 * cfg.hidden_size + 1 + 2 * cfg.vocab_size)
+
+
+@dataclass(frozen=True)
+class DieTrainMemory:
+    die: str
+    stage: int
+    layers: int
+    base_weight_bytes: int
+    adapter_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    in_flight: int
+    memory_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.base_weight_bytes + self.adapter_bytes + self.gradient_bytes + self.optimizer_bytes + \
+            self.activation_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.memory_bytes
+
+
+@dataclass(frozen=True)
+class TrainMemory:
+    spec: TrainSpec
+    dies: tuple[DieTrainMemory, ...]
+    trainable_values: int
+
+    @property
+    def fits(self) -> bool:
+        return all(d.fits for d in self.dies)
+
+
+def _stage_layers(plan: Plan, j: int) -> int:
+    lo, hi = plan.stages[j].blocks
+    last = ModelConfig.model_validate(plan.models[0].config).num_layers
+    return max(0, min(hi, last + 1) - max(lo, 1))
+
+
+def check_trainable(plan: Plan) -> None:
+    """Plans the trainer runs: one model, each die a pipeline stage of whole layers."""
+    if len(plan.models) != 1:
+        raise TrainPlanError("fine-tuning takes a plan of one model")
+    if any(st.kind != "layers" for st in plan.stages):
+        raise TrainPlanError("tensor-split plans do not train yet: plan the dies as a pipeline "
+                             "(--split pipeline) to fine-tune")
+
+
+def train_memory(plan: Plan, spec: TrainSpec) -> TrainMemory:
+    """Every die's training memory for `spec` on a pipeline `plan` (its stage order is the pipeline's)."""
+    check_trainable(plan)
+    cfg = ModelConfig.model_validate(plan.models[0].config)
+    s_count = len(plan.stages)
+    per_layer = adapter_values_per_layer(cfg, spec.lora)
+    tokens = spec.micro_batch * spec.seq_len
+    dies = []
+    for j, st in enumerate(plan.stages):
+        n = _stage_layers(plan, j)
+        values = n * per_layer
+        in_flight = min(s_count - j, spec.micro_batches)
+        layer_acts = layer_activation_values(cfg, spec.lora, tokens, spec.seq_len)
+        if spec.checkpointing:  # each layer's input kept; one layer's activations rebuilt at a time
+            acts = in_flight * n * tokens * cfg.hidden_size + (layer_acts if n else 0)
+        else:
+            acts = in_flight * n * layer_acts
+        if st.has_lm_head:  # the loss is taken and differentiated one micro-batch at a time
+            acts += head_activation_values(cfg, tokens)
+        dies.append(DieTrainMemory(
+            die=st.die, stage=j, layers=n, base_weight_bytes=st.weight_bytes, adapter_bytes=values * FP32,
+            gradient_bytes=values * FP32, optimizer_bytes=values * FP32 * ADAMW_STATE_VALUES,
+            activation_bytes=acts * FP32, in_flight=in_flight, memory_bytes=st.memory_bytes))
+    return TrainMemory(spec, tuple(dies), per_layer * cfg.num_layers)
+
+
+def _largest(ok, hi: int) -> int | None:
+    """The largest v in [1, hi] with ok(v) (ok monotone: true up to some point), or None."""
+    if not ok(1):
+        return None
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+def check_fits(plan: Plan, spec: TrainSpec) -> TrainMemory:
+    """The plan's training memory, or TrainPlanError naming the die, the excess and what would fit."""
+    mem = train_memory(plan, spec)
+    if mem.fits:
+        return mem
+    worst = max(mem.dies, key=lambda d: d.total_bytes - d.memory_bytes)
+    over = worst.total_bytes - worst.memory_bytes
+    parts = (f"base weights {worst.base_weight_bytes / MIB:,.0f} MiB, adapters + gradients + AdamW state "
+             f"{(worst.adapter_bytes + worst.gradient_bytes + worst.optimizer_bytes) / MIB:,.0f} MiB, activations of "
+             f"{worst.in_flight} micro-batch(es) in flight {worst.activation_bytes / MIB:,.0f} MiB")
+    fixes = []
+
+    def fits(**change) -> bool:
+        try:
+            return train_memory(plan, replace(spec, **change)).fits
+        except TrainPlanError:
+            return False
+
+    mb = _largest(lambda v: fits(micro_batch=v), spec.micro_batch - 1) if spec.micro_batch > 1 else None
+    if mb:
+        fixes.append(f"--micro-batch {mb} (with --micro-batches {-(-spec.sequences_per_step // mb)} keeps "
+                     f"{spec.sequences_per_step} sequences per step)")
+    if not spec.checkpointing and fits(checkpointing=True):
+        fixes.append("--checkpointing (recompute each layer's activations in the backward pass)")
+    seq = _largest(lambda v: fits(seq_len=v), spec.seq_len - 1) if spec.seq_len > 2 else None
+    if seq and seq >= 16:
+        fixes.append(f"--seq-len {seq}")
+    if spec.lora.rank > 1:
+        r = _largest(lambda v: fits(lora=replace(spec.lora, rank=v)), spec.lora.rank - 1)
+        if r:
+            fixes.append(f"--rank {r}")
+    fixes.append("more dies (a system with more or larger dies spreads the layers thinner)")
+    raise TrainPlanError(
+        f"training does not fit {worst.die} (stage {worst.stage}, {worst.layers} layers): it needs "
+        f"{worst.total_bytes / MIB:,.0f} MiB of its {worst.memory_bytes / MIB:,.0f} MiB, {over / MIB:,.0f} MiB too "
+        f"many ({parts}). What fits: " + "; or ".join(fixes))
