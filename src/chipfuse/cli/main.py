@@ -428,6 +428,60 @@ def run(
 
 @app.command()
 @friendly
+def finetune(
+    data: Path = typer.Option(..., "--data", "-d", help="training data: chat JSONL ({\"messages\": [...]} per line; "
+                                                      "loss on the assistant's turns) or plain text (.txt, or "
+                                                      "{\"text\": ...} lines)"),
+    system: str = typer.Option(api.core.DEFAULT_SYSTEM, "--system", "-s", help=SYSTEM_HELP),
+    model: str = typer.Option("smollm2", "--model", "-m", help=RUN_MODEL_HELP),
+    precision: Optional[str] = typer.Option(None, help="the frozen base's format on the dies (default int4)"),
+    out: Path = typer.Option(Path("chipfuse-adapter"), "--out", "-o", help="folder for the adapters (peft's layout) "
+                                                                          "and the checkpoint"),
+    rank: int = typer.Option(8, help="LoRA rank r"),
+    alpha: float = typer.Option(16.0, help="LoRA alpha (the adapters' output is scaled by alpha / r)"),
+    dropout: float = typer.Option(0.05, help="dropout on the adapters' input while training"),
+    targets: str = typer.Option(",".join(api.TARGETS), help="comma-separated projections to adapt"),
+    steps: int = typer.Option(100, help="optimiser steps"),
+    lr: float = typer.Option(2e-4, help="peak learning rate (AdamW; linear decay to zero at the last step)"),
+    warmup: int = typer.Option(0, help="steps of linear warm-up"),
+    seq_len: int = typer.Option(256, "--seq-len", help="tokens per sequence at most (longer examples are cut)"),
+    micro_batch: int = typer.Option(4, "--micro-batch", help="sequences per micro-batch"),
+    micro_batches: int = typer.Option(4, "--micro-batches", help="micro-batches per step, pipelined over the dies"),
+    checkpointing: bool = typer.Option(False, "--checkpointing", help="keep only each layer's input and recompute "
+                                                                     "the rest in the backward pass (less memory)"),
+    val: Optional[Path] = typer.Option(None, help="validation data (default: --val-fraction of --data held out)"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="share of --data held out for validation"),
+    eval_every: int = typer.Option(0, "--eval-every", help="validation loss every N steps (0: before and after only)"),
+    save_every: int = typer.Option(0, "--save-every", help="checkpoint every N steps (0: at the end only)"),
+    resume: bool = typer.Option(False, "--resume", help="go on from --out's checkpoint (same settings and data)"),
+    seed: int = typer.Option(0, help="seed of the adapters' start, the data order and dropout"),
+    dies: Optional[int] = typer.Option(None, help="use at most this many dies"),
+    plan_only: bool = typer.Option(False, "--plan-only", help="show the memory plan and predicted step, train nothing"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the run's figures as JSON here"),
+):
+    """Fine-tune LoRA adapters on the emulated dies: memory planned first, the base frozen at the dies' format."""
+    _writable(json_path)
+    targets_t = tuple(t.strip() for t in targets.split(",") if t.strip())
+    spec = api.TrainSpec(api.LoraSpec(rank, alpha, dropout, targets_t), seq_len, micro_batch,
+                                  micro_batches, checkpointing)
+    fp = api.plan_finetune(system, model, precision, spec, dies=dies)
+    render.train_plan(fp)
+    if plan_only:
+        return
+    with status("starting the dies...") as st, Steps() as prog:
+        res = api.finetune(
+            data, system=system, model=model, precision=precision, out=out, rank=rank, alpha=alpha, dropout=dropout,
+            targets=targets_t, steps=steps, lr=lr, warmup=warmup, seq_len=seq_len, micro_batch=micro_batch,
+            micro_batches=micro_batches, checkpointing=checkpointing, val=val, val_fraction=val_fraction,
+            eval_every=eval_every, save_every=save_every, resume=resume, seed=seed, dies=dies, progress=prog,
+            on_status=st.update)
+    render.finetune(res)
+    if json_path:
+        _write_json(json_path, res.to_json())
+
+
+@app.command()
+@friendly
 def chat(
     system: str = typer.Option(api.core.DEFAULT_SYSTEM, "--system", "-s", help=SYSTEM_HELP),
     model: str = typer.Option("smollm2", "--model", "-m", help=RUN_MODEL_HELP),

@@ -389,3 +389,43 @@ def explore(res) -> None:
         console.print(t)
     for f in res.files:
         say(f"written: {f}")
+
+
+def train_plan(fp) -> None:
+    """A fine-tuning job's memory per die (what it holds while training) and the predicted step."""
+    mem, pred, spec = fp.memory, fp.prediction, fp.spec
+    t = _table(f"training memory per die: LoRA rank {spec.lora.rank} on {', '.join(spec.lora.targets)}",
+               [("die", "left"), "layers", "base MiB", "adapters+grads+AdamW MiB", "activations MiB",
+                "in flight", "total / has MiB", "fwd+bwd ms"],
+               caption=f"{spec.micro_batches} micro-batches of {spec.micro_batch} x {spec.seq_len} tokens per step"
+                       f"{', activation checkpointing' if spec.checkpointing else ''}; predicted for "
+                       f"{fp.plan.system['name']}: {fmt_duration(pred.step_s)} a step, {pred.tokens_per_s:,.0f} "
+                       f"tokens/s, {pred.power_w:.1f} W, bubble {pred.bubble:.0%} (1F1B)")
+    for d, s in zip(mem.dies, pred.dies):
+        t.add_row(d.die, str(d.layers), f"{d.base_weight_bytes / MiB:,.1f}",
+                  f"{(d.adapter_bytes + d.gradient_bytes + d.optimizer_bytes) / MiB:,.1f}",
+                  f"{d.activation_bytes / MiB:,.1f}", str(d.in_flight),
+                  f"{d.total_bytes / MiB:,.0f} / {d.memory_bytes / MiB:,.0f}",
+                  f"{(s.forward_s + s.backward_s) * 1e3:.2f}")
+    console.print(t)
+    say(f"trainable values: {mem.trainable_values:,} (adapters in FP32; the base stays frozen at the dies' format)")
+
+
+def finetune(res) -> None:
+    """What a fine-tuning run did: losses, validation before and after, speed measured beside predicted."""
+    first, last = res.losses[res.start_step] if len(res.losses) > res.start_step else None, res.losses[-1]
+    t = _table(f"fine-tuned on {len(res.dies)} die(s): {', '.join(res.dies)}", [("what", "left"), ("value", "right")])
+    t.add_row("steps", f"{res.start_step} -> {res.steps}" if res.start_step else str(res.steps))
+    t.add_row("training loss (first -> last step of this run)", f"{first:.3f} -> {last:.3f}" if first is not None
+              else f"{last:.3f}")
+    if res.val_losses:
+        before = f"{res.val_loss_before:.3f}" if res.val_loss_before is not None else "(earlier run)"
+        t.add_row(f"validation loss ({res.val_examples} examples) before -> after", f"{before} -> {res.val_loss_after:.3f}")
+    t.add_row("examples (train)", f"{res.train_examples:,}" + (f", {res.truncated} cut to --seq-len" if res.truncated
+                                                                 else ""))
+    t.add_row("tokens/s measured (this run's steps)", f"{res.tokens_per_s:,.0f}")
+    t.add_row("seconds per step, median", f"{res.step_s:.2f}")
+    t.add_row("whole run", fmt_duration(res.elapsed_s))
+    console.print(t)
+    say(f"adapters written to {res.adapter_dir} (peft's layout; resume with --resume, serve with "
+        f"`chipfuse run --adapter {res.adapter_dir}`)")

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import Progress
 
+from ..units import fmt_duration
+
 PIPED_WIDTH = 200  # columns for output that is not a terminal: wide enough that no figure is cut
 
 
@@ -67,7 +69,7 @@ class Steps:
     def __init__(self, every_s: float = 5.0):
         self.total, self.done, self.description, self.every_s = 0, 0, "", every_s
         self._bar: Progress | None = None
-        self._t0 = self._shown = time.monotonic()
+        self._t0 = self._shown = self._started = time.monotonic()
 
     def __enter__(self) -> Steps:
         return self
@@ -80,7 +82,8 @@ class Steps:
 
     def start(self, total: int, description: str) -> None:
         """Work of `total` steps begins."""
-        self.total, self.description = total, description
+        self.total, self.description, self.done = total, description, 0
+        self._started = time.monotonic()
         if interactive():
             self._bar = Progress(console=err_console, transient=True)
             self._bar.__enter__()
@@ -110,4 +113,10 @@ class Steps:
         now = time.monotonic()
         if force or now - self._shown >= self.every_s:
             self._shown = now
-            _stamp(self._t0, f"{self.done}/{self.total} {self.description}")
+            if not self.total:
+                _stamp(self._t0, self.description)
+                return
+            left = ""
+            if 0 < self.done < self.total:
+                left = f", about {fmt_duration((now - self._started) / self.done * (self.total - self.done))} left"
+            _stamp(self._t0, f"{self.done}/{self.total} {self.description}{left}")

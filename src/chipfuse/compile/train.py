@@ -20,7 +20,8 @@ from ..units import MiB as MIB
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 FP32 = 4
-ADAMW_STATE_VALUES = 2  # first and second moments per trainable value
+ADAMW_STATE_VALUES = 2
+MIN_SEQ = 16  # shorter sequences are not offered as a fix: too short to learn from  # first and second moments per trainable value
 
 
 class TrainPlanError(ChipfuseError):
@@ -87,33 +88,44 @@ def adapter_values_per_layer(cfg: ModelConfig, lora: LoraSpec) -> int:
     return sum(lora.rank * (i + o) for i, o in adapter_shapes(cfg, lora).values())
 
 
-def layer_activation_values(cfg: ModelConfig, lora: LoraSpec, tokens: int, seq_len: int) -> int:
-    """Values autograd keeps for one layer's backward over `tokens` tokens in sequences of `seq_len`.
+def layer_activation_bytes(cfg: ModelConfig, lora: LoraSpec, tokens: int) -> int:
+    """Bytes autograd keeps for one layer's backward over `tokens` tokens (FP32 activations).
 
-    Counted from runtime/lora.py's layer, tensor by tensor: the two norms' inputs and outputs (and their
-    per-token rms), q/k/v before and after the rotary embedding, the attention output and its log-sum-exp
-    per head, the MLP's gate, up, activation and product, and each adapter's dropped-out input and its
-    rank-r middle. Scaled-dot-product attention on CPU keeps no T x T matrix (a flash kernel)."""
+    Counted from runtime/lora.py's layer, tensor by tensor, and checked against autograd's own saved tensors
+    in the tests: each norm's input and per-token rms; the fused q/k/v output; q and k after the rotary
+    embedding; the attention output and its log-sum-exp per head (CPU attention keeps no T x T matrix);
+    the fused gate/up output and silu(gate). A frozen base product keeps nothing (no weight gradient is
+    wanted). Each adapter keeps its input (with dropout, its own dropped-out copy and the one-byte mask)
+    and its rank-r middle."""
     h, i = cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    per_token = (
-        h + 1 + h  # attention norm: input, rms, output
+    per_token = FP32 * (
+        (h + 1) * 2  # the two norms: input and rms
         + (q + 2 * kv)  # q, k, v projections' output
-        + (q + kv) * 2  # rotary: q and k in, rotated out
+        + (q + kv)  # q and k rotated
         + q + cfg.num_heads  # attention output and its log-sum-exp
-        + h + 1 + h  # MLP norm: input (the residual sum), rms, output
-        + 2 * i  # gate and up outputs
-        + 2 * i  # silu(gate) and the product fed to down
+        + 2 * i + i  # gate and up outputs, silu(gate)
     )
-    ins = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": q, "gate_proj": h, "up_proj": h, "down_proj": i}
-    for t in lora.targets:
-        per_token += (ins[t] if lora.dropout > 0 else 0) + lora.rank
+    ins = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "o", "gate_proj": "h2", "up_proj": "h2",
+           "down_proj": "act"}
+    width = {"h": h, "o": q, "h2": h, "act": i}
+    if lora.dropout > 0:  # every adapter its own mask and dropped-out input
+        per_token += sum((FP32 + 1) * width[ins[t]] for t in lora.targets)
+    else:  # adapters reading the same tensor share it; o's input is the attention output's own storage
+        per_token += sum(FP32 * width[w] for w in {ins[t] for t in lora.targets} - {"o"})
+    per_token += FP32 * lora.rank * len(lora.targets)
     return per_token * tokens
 
 
-def head_activation_values(cfg: ModelConfig, tokens: int) -> int:
-    """The last die's final norm, logits and their log-softmax for the loss."""
-    return tokens * (2 * cfg.hidden_size + 1 + 2 * cfg.vocab_size)
+def head_activation_bytes(cfg: ModelConfig, tokens: int) -> int:
+    """What the last die keeps for the loss's backward: the final norm's input and rms, the logits (FP32) and
+    their log-softmax, and the int64 targets."""
+    return tokens * (FP32 * (cfg.hidden_size + 1 + 2 * cfg.vocab_size) + 8)
+
+
+def head_transient_bytes(cfg: ModelConfig, tokens: int) -> int:
+    """Briefly alive besides: the shifted copy of the logits the loss reads, then the logits' gradient."""
+    return tokens * FP32 * cfg.vocab_size
 
 
 @dataclass(frozen=True)
@@ -177,25 +189,24 @@ def train_memory(plan: Plan, spec: TrainSpec) -> TrainMemory:
         n = _stage_layers(plan, j)
         values = n * per_layer
         in_flight = min(s_count - j, spec.micro_batches)
-        layer_acts = layer_activation_values(cfg, spec.lora, tokens, spec.seq_len)
+        layer_acts = layer_activation_bytes(cfg, spec.lora, tokens)
         if spec.checkpointing:  # each layer's input kept; one layer's activations rebuilt at a time
-            acts = in_flight * n * tokens * cfg.hidden_size + (layer_acts if n else 0)
+            acts = in_flight * n * tokens * cfg.hidden_size * FP32 + (layer_acts if n else 0)
         else:
             acts = in_flight * n * layer_acts
         if st.has_lm_head:  # the loss is taken and differentiated one micro-batch at a time
-            acts += head_activation_values(cfg, tokens)
+            acts += head_activation_bytes(cfg, tokens) + head_transient_bytes(cfg, tokens)
         dies.append(DieTrainMemory(
             die=st.die, stage=j, layers=n, base_weight_bytes=st.weight_bytes, adapter_bytes=values * FP32,
             gradient_bytes=values * FP32, optimizer_bytes=values * FP32 * ADAMW_STATE_VALUES,
-            activation_bytes=acts * FP32, in_flight=in_flight, memory_bytes=st.memory_bytes))
+            activation_bytes=acts, in_flight=in_flight, memory_bytes=st.memory_bytes))
     return TrainMemory(spec, tuple(dies), per_layer * cfg.num_layers)
 
 
-def _largest(ok, hi: int) -> int | None:
-    """The largest v in [1, hi] with ok(v) (ok monotone: true up to some point), or None."""
-    if not ok(1):
+def _largest(ok, hi: int, lo: int = 1) -> int | None:
+    """The largest v in [lo, hi] with ok(v) (ok monotone: true up to some point), or None."""
+    if hi < lo or not ok(lo):
         return None
-    lo = 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
@@ -226,13 +237,21 @@ def check_fits(plan: Plan, spec: TrainSpec) -> TrainMemory:
                      f"{spec.sequences_per_step} sequences per step)")
     if not spec.checkpointing and fits(checkpointing=True):
         fixes.append("--checkpointing (recompute each layer's activations in the backward pass)")
-    seq = _largest(lambda v: fits(seq_len=v), spec.seq_len - 1) if spec.seq_len > 2 else None
-    if seq and seq >= 16:
+    seq = _largest(lambda v: fits(seq_len=v), spec.seq_len - 1, lo=MIN_SEQ)
+    if seq:
         fixes.append(f"--seq-len {seq}")
     if spec.lora.rank > 1:
         r = _largest(lambda v: fits(lora=replace(spec.lora, rank=v)), spec.lora.rank - 1)
         if r:
             fixes.append(f"--rank {r}")
+    if not fixes:  # no one change is enough: the smallest step there is, and the longest sequences it allows
+        if fits(micro_batch=1, checkpointing=True):
+            fixes.append("--micro-batch 1 --checkpointing")
+        else:
+            seq = _largest(lambda v: fits(micro_batch=1, checkpointing=True, seq_len=v), spec.seq_len - 1,
+                           lo=MIN_SEQ)
+            if seq:
+                fixes.append(f"--micro-batch 1 --checkpointing --seq-len {seq}")
     fixes.append("more dies (a system with more or larger dies spreads the layers thinner)")
     raise TrainPlanError(
         f"training does not fit {worst.die} (stage {worst.stage}, {worst.layers} layers): it needs "

@@ -198,6 +198,8 @@ def serve_train(rank: int, setup: dict) -> None:
             return
         if cmd == "step":
             t_step = time.perf_counter()
+            for p in params:  # a step starts from zero (one kept for `grads` after apply=False included)
+                p.grad = None
             loss, busy = pipe.step(tensors["ids"], tensors["labels"], int(header["n_labels"]), int(header["step"]))
             sq = torch.tensor([grad_sq(params)], dtype=torch.float64)
             dist.all_reduce(sq)  # every rank, the host's zero included: the global norm

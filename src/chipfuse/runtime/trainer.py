@@ -9,6 +9,7 @@ the raw gradients (tests). `reference_step` is the same step in this process ove
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,9 @@ class TrainSession:
         except DeviceError:
             raise
         except Exception as e:  # noqa: BLE001 - a broken connection: say which die died and why
+            deadline = time.monotonic() + 3.0  # the watchdog needs a moment to see the death and read its log
+            while self.executor.death is None and time.monotonic() < deadline:
+                time.sleep(0.05)
             raise self.executor.error() or DeviceError(f"the training dies stopped: {e}") from None
 
     def _all(self, header: dict, tensors: dict) -> None:

@@ -59,6 +59,18 @@ class FinetuneResult:
     truncated: int
     elapsed_s: float
 
+    def to_json(self) -> dict:
+        return {"adapter_dir": str(self.adapter_dir), "dies": list(self.dies), "steps": self.steps,
+                "start_step": self.start_step, "losses": list(self.losses),
+                "val_losses": [list(v) for v in self.val_losses], "val_loss_before": self.val_loss_before,
+                "val_loss_after": self.val_loss_after, "train_examples": self.train_examples,
+                "val_examples": self.val_examples, "tokens": self.tokens, "tokens_per_s": self.tokens_per_s,
+                "step_s": self.step_s, "truncated": self.truncated, "elapsed_s": self.elapsed_s,
+                "memory": [{**asdict(d), "total_bytes": d.total_bytes} for d in self.memory.dies],
+                "predicted": {"step_s": self.predicted.step_s, "tokens_per_s": self.predicted.tokens_per_s,
+                              "bubble": self.predicted.bubble, "j_per_step": self.predicted.j_per_step,
+                              "power_w": self.predicted.power_w}}
+
     @property
     def val_loss_before(self) -> float | None:
         return next((v for s, v in self.val_losses if s == 0), None)
