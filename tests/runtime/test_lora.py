@@ -108,7 +108,7 @@ def test_planned_activation_bytes_are_what_autograd_keeps(dropout, targets):
                                              layer.mlp_norm)}
         seen: dict[int, int] = {}
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor, held=held, seen=seen) -> torch.Tensor:
             key = t.untyped_storage().data_ptr()
             if t.data_ptr() not in held and key not in seen and tuple(t.shape[:2]) != (1, 1):
                 seen[key] = t.untyped_storage().nbytes()

@@ -195,8 +195,8 @@ def finetune(data: str | Path, *, system=DEFAULT_SYSTEM, model=None, precision: 
     from `out`'s checkpoint."""
     from ..runtime.device import resolve_model
     from ..runtime.tokenizer import load_tokenizer
-    from ..runtime.train_data import eval_batches, load_dataset, split, step_examples
     from ..runtime.train_data import collate as make_batch
+    from ..runtime.train_data import eval_batches, load_dataset, split, step_examples
     from ..runtime.trainer import TrainSession
 
     started = time.time()
