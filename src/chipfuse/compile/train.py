@@ -78,7 +78,7 @@ class TrainSpec:
 
 def adapter_shapes(cfg: ModelConfig, lora: LoraSpec) -> dict[str, tuple[int, int]]:
     """(in, out) features of each target projection of one layer."""
-    q, kv, h, i = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
+    q, kv, h, i = cfg.q_dim, cfg.kv_dim, cfg.hidden_size, cfg.intermediate_size
     every = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
     return {t: every[t] for t in lora.targets}
@@ -98,7 +98,7 @@ def layer_activation_bytes(cfg: ModelConfig, lora: LoraSpec, tokens: int) -> int
     wanted). Each adapter keeps its input (with dropout, its own dropped-out copy and the one-byte mask)
     and its rank-r middle."""
     h, i = cfg.hidden_size, cfg.intermediate_size
-    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    q, kv = cfg.q_dim, cfg.kv_dim
     per_token = FP32 * (
         (h + 1) * 2  # the two norms: input and rms
         + (q + 2 * kv)  # q, k, v projections' output
