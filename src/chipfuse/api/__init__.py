@@ -25,7 +25,17 @@ from .core import (
 )
 from .explain import plot_memory, plot_roofline, plot_scaling, plot_trace, scaling, trace
 from .explore import ExploreResult, TargetError, explore
-from .finetuning import TARGETS, FinetunePlan, FinetuneResult, LoraSpec, TrainSpec, finetune, plan_finetune
+from .finetuning import (
+                   TARGETS,
+                   FinetunePlan,
+                   FinetuneResult,
+                   LoraSpec,
+                   MergeResult,
+                   TrainSpec,
+                   finetune,
+                   merge_adapter,
+                   plan_finetune,
+)
 from .place import DemandError, PlaceResult, place, plot_placement
 from .progress import Progress, Silent
 from .quantize import mixed_precision, quantize_report
@@ -46,7 +56,7 @@ from .workload_run import StreamRow, WorkloadRun, run_workload
 
 __all__ = ["alias_of", "calibrate", "cost", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
            "required_bandwidth_bytes_per_s", "run", "this_host_prediction", "mixed_precision", "quantize_report",
-           "trace", "scaling", "plot_scaling", "plot_trace", "plot_roofline", "plot_memory", "explore", "ExploreResult", "finetune", "plan_finetune", "FinetunePlan", "FinetuneResult", "TrainSpec", "LoraSpec", "TARGETS", "TargetError", "place", "plot_placement", "PlaceResult", "DemandError", "run_workload", "WorkloadRun",
+           "trace", "scaling", "plot_scaling", "plot_trace", "plot_roofline", "plot_memory", "explore", "ExploreResult", "finetune", "plan_finetune", "FinetunePlan", "FinetuneResult", "TrainSpec", "LoraSpec", "TARGETS", "merge_adapter", "MergeResult", "TargetError", "place", "plot_placement", "PlaceResult", "DemandError", "run_workload", "WorkloadRun",
            "StreamRow",
            "Progress", "Silent", "CalibrationReport", "FormatAccuracy", "LayerSensitivity", "MixedReport",
            "PresetList", "ProbeReport", "QuantizeReport", "RunResult", "ScalingReport", "ScalingRow", "TraceResult"]

@@ -167,12 +167,14 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
                 quantized: str | Path | None = None, head_precision: str | None = None, kv_precision: str = "fp16",
                 dies: int | None = None, threads: int | None = None, spawn: bool = True, master: str | None = None,
                 startup_timeout_s: float = 300.0, on_status=None, split: str = "pipeline",
-                objective: str = "throughput", trace: bool = False, prefill_chunk: int | None = None):
+                objective: str = "throughput", trace: bool = False, prefill_chunk: int | None = None,
+                adapter: str | Path | None = None):
     """Compile a plan for a runnable model (the embedded SmolLM2 by default) on a system and start its dies
     -> `runtime.Device` (one device whatever the number of dies; use it as a context manager). `split` as in
     `plan`; pipeline unless asked, as `chipfuse run` always planned. `trace`: record the run for
     `device.recording()` (see `run(trace=...)`). `prefill_chunk`: send prompts in pieces of at most this many
-    tokens, so a long prompt does not stall the running requests (the server's default: 128)."""
+    tokens, so a long prompt does not stall the running requests (the server's default: 128). `adapter`: a LoRA
+    folder (`chipfuse finetune`'s output, peft's layout) the dies serve unmerged."""
     import time
 
     from ..compile.compiler import compile_plan
@@ -188,7 +190,8 @@ def open_device(system=DEFAULT_SYSTEM, model: str | Path | None = None, precisio
                      model_source=str(path), quantized_weights=str(quantized) if quantized else None,
                      split=split, objective=objective)
     return Device(p, path, threads=threads, spawn=spawn, master=master, startup_timeout_s=startup_timeout_s,
-                  on_status=on_status, started_at=started_at, trace=trace, prefill_chunk=prefill_chunk)
+                  on_status=on_status, started_at=started_at, trace=trace, prefill_chunk=prefill_chunk,
+                  adapter=adapter)
 
 
 def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SAMPLE_QUESTION, *,
@@ -196,18 +199,19 @@ def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SA
         top_k: int = 0, top_p: float = 1.0, seed: int | None = None, raw: bool = False, host=None,
         recipe: str | Path | None = None, quantized: str | Path | None = None, on_status=lambda m: None,
         on_device=lambda device: None, on_text=lambda piece: None, split: str = "pipeline",
-        trace: str | Path | None = None) -> RunResult:
+        trace: str | Path | None = None, adapter: str | Path | None = None) -> RunResult:
     """Answer one prompt on the dies: plan (batch 1), start the workers, stream the answer (`on_text` gets each
     piece), stop them, and set the measured speed beside the model's prediction for this host (`host`: a
     probe's system, else measured). `on_device(device)` is called once the dies are up; `split` as in `plan`.
     `trace`: write what the host and the dies did, when, to this file (Chrome / Perfetto JSON, the tracks of
-    `chipfuse plan --trace`); the result's `trace` holds it."""
+    `chipfuse plan --trace`); the result's `trace` holds it. `adapter`: serve this LoRA folder unmerged (the
+    prediction is the base model's: the adapters' few FLOP are not in it)."""
     if not (isinstance(max_tokens, int) and 1 <= max_tokens < context):
         raise ChipfuseError(f"--max-tokens {max_tokens!r}: give 1..{context - 1} (at least one token of the "
                             f"--context {context} is the prompt)")
     sysm = system if not isinstance(system, (str, Path)) else load_system(system)
     dev = open_device(sysm, model, precision, context=context, max_batch=1, recipe=recipe, quantized=quantized,
-                      on_status=on_status, split=split, trace=trace is not None)
+                      on_status=on_status, split=split, trace=trace is not None, adapter=adapter)
     if host is not None:
         try:
             _check_probe(host, len(dev.plan.stages))  # before the answer, not after it

@@ -287,3 +287,148 @@ def finetune(data: str | Path, *, system=DEFAULT_SYSTEM, model=None, precision: 
         tokens_per_s=tokens / sum(times) if times else 0.0,
         step_s=times_sorted[len(times_sorted) // 2] if times else 0.0, memory=fp.memory, predicted=fp.prediction,
         truncated=ds.truncated, elapsed_s=time.time() - started)
+
+
+HF_ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+           "qwen3": "Qwen3ForCausalLM"}
+HF_TENSOR = {"attn_norm": "input_layernorm.weight", "q_proj": "self_attn.q_proj.weight",
+             "k_proj": "self_attn.k_proj.weight", "v_proj": "self_attn.v_proj.weight",
+             "o_proj": "self_attn.o_proj.weight", "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
+             "v_bias": "self_attn.v_proj.bias", "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
+             "mlp_norm": "post_attention_layernorm.weight", "gate_proj": "mlp.gate_proj.weight",
+             "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight"}
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """The merged model folder and, with validation data, how much of the fine-tuning survived the merge."""
+
+    folder: Path
+    precision: str  # the dies' format the merged model is re-quantized to when it runs
+    val_examples: int
+    loss_base: float | None  # the base model at the dies' format, no adapter
+    loss_adapter: float | None  # the base at the dies' format with the adapter unmerged (what `run --adapter` serves)
+    loss_merged: float | None  # the merged model re-quantized to the dies' format
+
+    @property
+    def kept(self) -> float | None:
+        """Share of the adapter's validation gain the merged model keeps (1: all of it)."""
+        if None in (self.loss_base, self.loss_adapter, self.loss_merged):
+            return None
+        gain = self.loss_base - self.loss_adapter  # type: ignore[operator]
+        return (self.loss_base - self.loss_merged) / gain if gain > 0 else None  # type: ignore[operator]
+
+    def to_json(self) -> dict:
+        return {"folder": str(self.folder), "precision": self.precision, "val_examples": self.val_examples,
+                "loss_base": self.loss_base, "loss_adapter": self.loss_adapter, "loss_merged": self.loss_merged,
+                "kept": self.kept}
+
+
+def _hf_config(path: Path, cfg) -> dict:
+    """config.json of the model at `path` (a GGUF's metadata translated, or the folder's own)."""
+    if path.is_dir():
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    from ..frontends.gguf_meta import gguf_to_hf_config
+
+    out = gguf_to_hf_config(path)
+    out.setdefault("head_dim", cfg.head_dim)
+    return {"architectures": [HF_ARCH[cfg.family]], **out, "torch_dtype": "float32"}
+
+
+def _copy_tokenizer(path: Path, out: Path) -> None:
+    from ..runtime.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(path)
+    folder = getattr(tok, "folder", None)
+    if folder is None:
+        tok.save_pretrained(str(out))
+        return
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (Path(folder) / name).exists():
+            shutil.copyfile(Path(folder) / name, out / name)
+
+
+def merge_adapter(adapter: str | Path, out: str | Path, *, model=None, data: str | Path | None = None,
+                  system=DEFAULT_SYSTEM, precision: str | None = None, seq_len: int = 256,
+                  progress: Progress | None = None) -> MergeResult:
+    """Fold `adapter` into `model`'s FP32 weights (W + scale B A) and write a model folder (config.json,
+    model.safetensors, the tokenizer) that chipfuse runs and re-quantizes to the dies' format like any model.
+    With `data` (chat JSONL or text), measure the validation loss of the base, of the adapter unmerged and of
+    the merged model, all at the dies' format (the plan's for `system` and `precision`), so a merge that loses
+    the fine-tuning says so."""
+    from safetensors.torch import save
+
+    from ..runtime.adapters import read_adapter
+    from ..runtime.device import resolve_model
+    from ..runtime.weights import open_weights, wanted_names
+
+    bar = status_of(progress)
+    path, cfg = resolve_model(model)
+    ads = read_adapter(adapter, cfg)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
+        raise ChipfuseError(f"{out} exists and is not a model folder: give a new folder for the merged model")
+    bar.describe("reading the base model's weights")
+    w = open_weights(path, cfg).load(wanted_names(cfg, range(0, cfg.num_layers + 2)))
+    merged = dict(w)
+    for layer, per in ads.layers.items():
+        for t, (a, b) in per.items():
+            key = f"layers.{layer}.{t}"
+            merged[key] = w[key] + b @ a  # b already carries the scale
+    tensors = {"model.embed_tokens.weight": merged["embed"], "model.norm.weight": merged["final_norm"]}
+    if not cfg.tied_embeddings:
+        tensors["lm_head.weight"] = merged["lm_head"]
+    for k, v in merged.items():
+        if k.startswith("layers."):
+            _, i, name = k.split(".", 2)
+            tensors[f"model.layers.{i}.{HF_TENSOR[name]}"] = v
+    out.mkdir(parents=True, exist_ok=True)
+    bar.describe(f"writing the merged model to {out}")
+    _write(out / "model.safetensors", save({k: v.contiguous() for k, v in tensors.items()}))
+    _copy_tokenizer(path, out)
+    _write(out / "config.json", (json.dumps(_hf_config(path, cfg), indent=2) + "\n").encode())
+    fp = plan_finetune(system, model, precision, TrainSpec(seq_len=seq_len, micro_batch=1, micro_batches=1))
+    fmt_name = fp.plan.stages[0].format
+    if data is None:
+        return MergeResult(out, fmt_name, 0, None, None, None)
+    return _merge_losses(out, fmt_name, fp, path, cfg, w, merged, ads, Path(data), seq_len, bar)
+
+
+def _merge_losses(out, fmt_name, fp, path, cfg, w, merged, ads, data: Path, seq_len: int, bar) -> MergeResult:
+    import torch
+
+    from ..quant.formats import get_format
+    from ..runtime.lora import TrainStage
+    from ..runtime.tokenizer import load_tokenizer
+    from ..runtime.train_data import eval_batches, load_dataset
+
+    tok = load_tokenizer(path)
+    pad = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else 0
+    ds = load_dataset(data, tok, seq_len)
+    batches = eval_batches(ds, 4, 1, pad)
+    head = fp.plan.stages[-1].head_format or fp.plan.stages[0].head_format
+    fmt, head_fmt = get_format(fmt_name), get_format(head) if head else None
+    spec = LoraSpec(rank=ads.rank, targets=ads.targets, alpha=ads.scale * ads.rank, dropout=0.0)
+    blocks = (0, cfg.num_layers + 2)
+
+    def loss_of(stage) -> float:
+        total = n = 0.0
+        with torch.no_grad():
+            for b in batches:
+                for m in range(b.ids.shape[0]):
+                    total += float(stage.loss_sum(stage.forward(b.ids[m]), b.labels[m]))
+                n += b.n_labels
+        return total / max(n, 1)
+
+    bar.describe("validation loss: the base model")
+    base = TrainStage(cfg, w, blocks, fmt, spec, 0, head_fmt)
+    loss_base = loss_of(base)
+    bar.describe("validation loss: the adapter unmerged")
+    from safetensors.torch import load_file
+
+    base.load_adapters(load_file(str(Path(ads.folder) / "adapter_model.safetensors")))
+    loss_adapter = loss_of(base)
+    del base
+    bar.describe("validation loss: the merged model, re-quantized")
+    loss_merged = loss_of(TrainStage(cfg, merged, blocks, fmt, spec, 0, head_fmt))
+    return MergeResult(out, fmt_name, len(ds.examples), loss_base, loss_adapter, loss_merged)

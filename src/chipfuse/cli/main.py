@@ -384,6 +384,8 @@ def run(
     seconds: float = typer.Option(20.0, help="with --workload: how long the streams are offered"),
     load: float = typer.Option(1.0, help="with --workload: offer this multiple of each model's predicted rate"),
     threads: int = typer.Option(1, min=1, help="with --workload: threads each die's kernels use"),
+    adapter: Optional[Path] = typer.Option(None, help="a LoRA folder (`chipfuse finetune --out`, or peft's) to serve "
+                                                      "unmerged on the dies"),
 ):
     """Run a real model split over emulated dies: plan, stream the answer, measured beside predicted speed.
     With --workload: the placement of several models, each stream's measured rate beside the predicted."""
@@ -415,6 +417,7 @@ def run(
         res = api.run(system, model, prompt, max_tokens=max_tokens, precision=precision, context=context,
                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, raw=raw, host=host, recipe=recipe,
                       quantized=quantized, on_status=st.update, on_device=started, split=split, trace=trace,
+                      adapter=adapter,
                       on_text=lambda piece: console.print(piece, end="", markup=False, highlight=False))
     console.print()
     render.run_speed(res)
@@ -457,6 +460,9 @@ def finetune(
     seed: int = typer.Option(0, help="seed of the adapters' start, the data order and dropout"),
     dies: Optional[int] = typer.Option(None, help="use at most this many dies"),
     plan_only: bool = typer.Option(False, "--plan-only", help="show the memory plan and predicted step, train nothing"),
+    merge: bool = typer.Option(False, "--merge", help="then fold the adapters into the base (OUT/merged, a model "
+                                                      "folder re-quantized to the dies' format when it runs) and "
+                                                      "measure the validation loss before and after the merge"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the run's figures as JSON here"),
 ):
     """Fine-tune LoRA adapters on the emulated dies: memory planned first, the base frozen at the dies' format."""
@@ -476,8 +482,39 @@ def finetune(
             eval_every=eval_every, save_every=save_every, resume=resume, seed=seed, dies=dies, progress=prog,
             on_status=st.update)
     render.finetune(res)
+    payload = res.to_json()
+    if merge:
+        with Steps() as prog:
+            m = api.merge_adapter(res.adapter_dir, res.adapter_dir / "merged", model=model, data=val or data,
+                                  system=system, precision=precision, seq_len=seq_len, progress=prog)
+        render.merged(m, "the validation file" if val else "the training data (give --val for held-out data)")
+        payload["merge"] = m.to_json()
     if json_path:
-        _write_json(json_path, res.to_json())
+        _write_json(json_path, payload)
+
+
+@app.command()
+@friendly
+def merge(
+    adapter: Path = typer.Argument(..., help="a LoRA folder (`chipfuse finetune --out`, or peft's)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the merged model"),
+    model: str = typer.Option("smollm2", "--model", "-m", help="the base model the adapter was trained on"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="validation data: measure the loss of the base, "
+                                                                   "the adapter unmerged and the merged model"),
+    system: str = typer.Option(api.core.DEFAULT_SYSTEM, "--system", "-s", help=SYSTEM_HELP),
+    precision: Optional[str] = typer.Option(None, help="the dies' format the merged model is measured at"),
+    seq_len: int = typer.Option(256, "--seq-len", help="tokens per validation sequence at most"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the figures as JSON here"),
+):
+    """Fold a LoRA adapter into its base model: a model folder chipfuse runs (re-quantized to the dies' format),
+    with the validation loss before and after the merge so nothing is lost silently."""
+    _writable(json_path)
+    with Steps() as prog:
+        m = api.merge_adapter(adapter, out, model=model, data=data, system=system, precision=precision,
+                              seq_len=seq_len, progress=prog)
+    render.merged(m, str(data) if data else "")
+    if json_path:
+        _write_json(json_path, m.to_json())
 
 
 @app.command()
@@ -488,10 +525,12 @@ def chat(
     precision: str = typer.Option("int4", help="weight format of the layers"),
     max_tokens: int = typer.Option(256, min=1, help="tokens to generate at most per answer"),
     temperature: float = typer.Option(0.0, min=0.0, max=100.0, help="sampling temperature; 0 = greedy"),
+    adapter: Optional[Path] = typer.Option(None, help="a LoRA folder (`chipfuse finetune --out`, or peft's) to serve "
+                                                      "unmerged on the dies"),
 ):
     """Talk to the model interactively (empty line or Ctrl-D to leave)."""
     with status("starting the dies..."):
-        dev = api.open_device(system, model, precision, max_batch=1)
+        dev = api.open_device(system, model, precision, max_batch=1, adapter=adapter)
     with dev:
         console.print(f"[dim]{dev.plan.model.name} on {len(dev.plan.stages)} dies of {dev.plan.system['name']}; "
                       f"empty line to quit[/]")
@@ -561,6 +600,8 @@ def serve(
     split: str = typer.Option("pipeline", help="pipeline, tensor, hybrid or auto: how the dies share the model"),
     prefill_chunk: int = typer.Option(128, min=1, help="prompt tokens sent at a time, running streams decoding "
                                                         "between the pieces"),
+    adapter: Optional[Path] = typer.Option(None, help="a LoRA folder (`chipfuse finetune --out`, or peft's) to serve "
+                                                      "unmerged on the dies"),
 ):
     """Serve the dies as one OpenAI-compatible model: /v1/chat/completions, /v1/completions, /health, /metrics."""
     import socket
@@ -579,7 +620,8 @@ def serve(
     limits = server.Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_queue=max_queue)
     with status("compiling the plan and starting the dies...") as st:
         engine = server.build(system, model, precision, context=context, slots=slots, limits=limits, split=split,
-                              prefill_chunk=prefill_chunk, on_event=lambda m: err_console.print(f"[dim]{m}[/]"))
+                              prefill_chunk=prefill_chunk, on_event=lambda m: err_console.print(f"[dim]{m}[/]"),
+                              adapter=adapter)
         st.update("dies ready")
     dev = engine.device
     render.say(f"serving {engine.model_name} on {dev.plan.system['name']} ({len(dev.plan.stages)} dies, "

@@ -167,12 +167,14 @@ class Device:
 
     def __init__(self, plan: Plan, model: str | Path | None = None, *, threads: int | None = None, spawn: bool = True,
                  master: str | None = None, startup_timeout_s: float = 300.0, on_status=None,
-                 started_at: float | None = None, trace: bool = False, prefill_chunk: int | None = None):
+                 started_at: float | None = None, trace: bool = False, prefill_chunk: int | None = None,
+                 adapter: str | Path | None = None):
         """Start the dies of a compiled `plan` with the model file it was made for (`model`: the same file or
         folder, None for the embedded SmolLM2). Compile plans with `chipfuse.api.open_device` or `api.plan`:
         the runtime obeys a plan, it never makes one. `trace`: the host and every die record what they do
         and when, for `recording()` (a few clock reads per message). `prefill_chunk`: prompts go to the dies in
-        pieces of at most this many tokens, with the running requests' decode steps between them."""
+        pieces of at most this many tokens, with the running requests' decode steps between them. `adapter`: a
+        LoRA folder (peft's layout, `chipfuse finetune`'s output) the dies serve unmerged."""
         if not isinstance(plan, Plan):
             raise DeviceError(f"Device takes a compiled Plan (got {type(plan).__name__}); start one with "
                               "chipfuse.api.open_device(system, model, precision, ...)")
@@ -185,6 +187,13 @@ class Device:
         reason = plan.unsupported() or planning_only(plan)
         if reason:
             raise DeviceError(reason)
+        self.adapter = None
+        if adapter is not None:  # checked here, before any die starts
+            from .adapters import read_adapter
+
+            if any(st.kind != "layers" for st in plan.stages):
+                raise DeviceError("tensor-split plans do not serve adapters yet: run with --split pipeline")
+            self.adapter = read_adapter(adapter, self.config)
         self.plan = plan
         self.max_batch = plan.workload.batch
         self.context = plan.workload.context
@@ -201,7 +210,7 @@ class Device:
         self.recorder = Recorder(trace)
         self._batches: list[Batch] = []
         self.executor = Executor(plan, self.model_path, self.threads, on_status=self._status, marks=self.marks,
-                                 trace=trace)
+                                 trace=trace, adapter=str(adapter) if adapter is not None else None)
         if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and prefill_chunk >= 1):
             raise DeviceError(f"prefill_chunk {prefill_chunk!r}: give a whole number of tokens, at least 1")
         self.scheduler = Scheduler(self.max_batch, self.n_stages, prefill_chunk=prefill_chunk)

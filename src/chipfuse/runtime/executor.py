@@ -135,8 +135,9 @@ class Executor:
 
     def __init__(self, plan: Plan | None, model_path: Path, threads: int, *,
                  on_status: Callable[[str], None] = lambda m: None, marks: dict[str, float] | None = None,
-                 trace: bool = False, dies: list[str] | None = None):
+                 trace: bool = False, dies: list[str] | None = None, adapter: str | None = None):
         self.plan, self.model_path, self.threads, self.trace = plan, model_path, threads, trace
+        self.adapter = adapter  # a LoRA adapter folder every die serves with its layers (runtime.adapters)
         self.dies = [st.die for st in plan.stages] if plan is not None else list(dies or [])
         self.clocks: list[tuple[float, float]] = []  # per die: (offset_s, uncertainty_s) against ours, when tracing
         # (0, 0) for a die on this machine (same boot id: the same wall clock), else measured by round trips
@@ -224,7 +225,7 @@ class Executor:
             plan_json = self.plan.model_dump(mode="json", by_alias=True)
             for rank in range(1, self.world):
                 send_json({"plan": plan_json, "weights": str(self.model_path), "threads": self.threads,
-                           "trace": self.trace, "boot_id": boot_id(),
+                           "trace": self.trace, "boot_id": boot_id(), "adapter": self.adapter,
                            "stats_dir": str(self._logdir) if self._logdir else None}, rank)
             self._status("dies loading their layers")
             for rank in range(1, self.world):

@@ -182,6 +182,7 @@ class StageModel:
         kv_heads = cfg.num_kv_heads if self.shard is None else self.shard.kv_heads[1]
         self.n_kv, self.n_heads = kv_heads, kv_heads * (cfg.num_heads // cfg.num_kv_heads)
         self.q_dim, self.kv_dim = self.n_heads * cfg.head_dim, self.n_kv * cfg.head_dim
+        self.lora: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}  # LoRA adapters, by layer index here
         self.capture = None  # optional callback(layer, input name, tensor): calibration statistics
         self.reduce = None  # a tensor shard's sum of partial outputs over its group (set by the worker)
         self.gather_vocab = None  # a tensor shard's join of the group's logits (set by the worker)
@@ -275,6 +276,32 @@ class StageModel:
         if self._fast is not None:
             self._fast.free_slot(slot)
 
+    def attach_adapters(self, adapters) -> None:
+        """Serve LoRA adapters (runtime.adapters.Adapters) unmerged: each projection adds scale * B (A x). The
+        compiled decode path has no adapter term, so the stage stays on the Python path."""
+        if self.shard is not None:
+            raise ValueError("tensor-split plans do not serve adapters yet: plan the dies as a pipeline")
+        by_id = adapters.for_layers(self.layer_ids)
+        self.lora = {li: by_id[i] for li, i in enumerate(self.layer_ids) if i in by_id}
+        self._fast, self._fast_tried = None, True
+
+    def _with_lora(self, li: int, names: tuple[str, ...], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """y (the fused projections `names` of x) plus the adapters' terms, each in its own columns."""
+        ads = self.lora.get(li)
+        if not ads or not any(n in ads for n in names):
+            return y
+        widths = {"q_proj": self.q_dim, "k_proj": self.kv_dim, "v_proj": self.kv_dim,
+                  "gate_proj": self.cfg.intermediate_size, "up_proj": self.cfg.intermediate_size}
+        y = y.clone()
+        col = 0
+        for n in names:
+            w = widths[n] if len(names) > 1 else y.shape[-1]
+            if n in ads:
+                a, b = ads[n]
+                y[..., col: col + w] += (x @ a.t()) @ b.t()
+            col += w
+        return y
+
     def _compiled(self):
         """The compiled decode path for these layers (None if unavailable or disabled). A tensor shard takes it
         once its group's `reduce` is set (the C++ loop calls it between each layer's halves), when every layer
@@ -359,18 +386,18 @@ class StageModel:
             self.capture(li, "mlp_in", h)
         if layer.gate_up is None:
             return x + rnd(total(torch.zeros_like(x)))
-        gu = layer.gate_up(h)
+        gu = self._with_lora(li, ("gate_proj", "up_proj"), h, layer.gate_up(h))
         inter = gu.shape[1] // 2
         act = F.silu(gu[:, :inter]) * gu[:, inter:]
         if self.capture is not None:
             self.capture(li, "down_in", act)
-        return x + rnd(total(layer.down(act)))
+        return x + rnd(total(self._with_lora(li, ("down_proj",), act, layer.down(act))))
 
     def _attention(self, layer: _Layer, li: int, h: torch.Tensor, rope, segs: list[Segment], caches) -> torch.Tensor:
         """The attention block's output projection (this die's heads only, for a shard) for normed input `h`."""
         cfg = self.cfg
         t = h.shape[0]
-        qkv = layer.qkv(h)
+        qkv = self._with_lora(li, ("q_proj", "k_proj", "v_proj"), h, layer.qkv(h))
         if layer.qkv_bias is not None:
             qkv = qkv + layer.qkv_bias
         nh, nkv = self.n_heads, self.n_kv
@@ -399,4 +426,4 @@ class StageModel:
         attn = outs[0] if len(outs) == 1 else torch.cat(outs)
         if self.capture is not None:
             self.capture(li, "o_in", attn)
-        return layer.o(attn)
+        return self._with_lora(li, ("o_proj",), attn, layer.o(attn))

@@ -191,6 +191,10 @@ def serve(rank: int, world: int, master: str, timeout_s: float = 600.0) -> None:
                                       plan.workload.context, plan.workload.kv_precision, build)
     else:  # the prepared cache keys whole stages; a shard is cut from the whole weights each start
         model, cache = build(shard), "off"
+    if setup.get("adapter"):  # LoRA adapters served unmerged (runtime.adapters; the host checked them)
+        from .adapters import read_adapter
+
+        model.attach_adapters(read_adapter(setup["adapter"], cfg))
     place = places(plan)[rank]
     groups = tensor_groups(plan)
     rec = Recorder(bool(setup.get("trace")))

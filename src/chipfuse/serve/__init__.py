@@ -15,9 +15,10 @@ from .engine import Engine, Limits
 
 def build(system, model=None, precision: str | None = None, *, context: int = 2048, slots: int = 4,
           limits: Limits | None = None, split: str = "pipeline", prefill_chunk: int | None = 128,
-          on_event=lambda message: None) -> Engine:
+          on_event=lambda message: None, adapter=None) -> Engine:
     """An Engine whose device is `open_device(system, model, precision, context, max_batch=slots)`; prompts go
-    to the dies `prefill_chunk` tokens at a time so a long one does not stall the running streams."""
+    to the dies `prefill_chunk` tokens at a time so a long one does not stall the running streams; `adapter`: a LoRA
+    folder served unmerged (checked now, before any die starts)."""
     from ..api.core import load_system, open_device
     from ..errors import ChipfuseError
     from ..runtime.device import resolve_model
@@ -26,13 +27,17 @@ def build(system, model=None, precision: str | None = None, *, context: int = 20
         raise ChipfuseError(f"--slots {slots!r}: give 1..64 concurrent sequences (the KV-cache slots)")
     sysm = load_system(system) if isinstance(system, str) else system
     path, cfg = resolve_model(model)
+    if adapter is not None:
+        from ..runtime.adapters import read_adapter
+
+        read_adapter(adapter, cfg)
     lim = limits or Limits()
     if lim.max_tokens >= context:
         lim = Limits(lim.max_body_bytes, context - 1, lim.max_prompt_tokens, lim.max_queue, lim.retry_after_s)
 
     def opener():
         return open_device(sysm, model, precision, context=context, max_batch=slots, split=split,
-                           prefill_chunk=prefill_chunk)
+                           prefill_chunk=prefill_chunk, adapter=adapter)
 
     return Engine(opener, lim, cfg.name or path.stem, on_event)
 
