@@ -1,0 +1,100 @@
+"""Adapters served unmerged: the dies' inference with an adapter is the trained model; bad folders are named."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chipfuse.api.finetuning import save_adapter
+from chipfuse.compile.train import LoraSpec
+from chipfuse.quant.formats import get_format
+from chipfuse.runtime.adapters import AdapterError, read_adapter
+from chipfuse.runtime.stage import Segment, StageModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_lora import CFG, _train_once, tiny_weights  # noqa: E402
+
+SPEC = LoraSpec(rank=4, alpha=8.0, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    st = _train_once(SPEC)
+    folder = tmp_path_factory.mktemp("adapter")
+    save_adapter(folder, {k: v.detach() for k, v in st.named_adapters().items()}, SPEC, "tiny", {})
+    return st, folder
+
+
+def test_inference_with_the_adapter_is_the_trained_model(trained):
+    st, folder = trained
+    model = StageModel(CFG, tiny_weights(), (0, CFG.num_layers + 2), get_format("fp32"), 64, "fp32")
+    model.attach_adapters(read_adapter(folder, CFG))
+    ids = torch.randint(0, CFG.vocab_size, (1, 17))
+    with torch.no_grad():
+        want = st.forward(ids)[0]
+    got = model.forward(ids[0], [Segment(0, 0, 17)], all_logits=True)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    base = StageModel(CFG, tiny_weights(), (0, CFG.num_layers + 2), get_format("fp32"), 64, "fp32")
+    assert not torch.allclose(base.forward(ids[0], [Segment(0, 0, 17)], all_logits=True), want, atol=1e-3)
+
+
+def test_a_two_stage_split_serves_each_stage_its_own_layers(trained):
+    st, folder = trained
+    ads = read_adapter(folder, CFG)
+    a = StageModel(CFG, tiny_weights(), (0, 3), get_format("fp32"), 64, "fp32")
+    b = StageModel(CFG, tiny_weights(), (3, CFG.num_layers + 2), get_format("fp32"), 64, "fp32")
+    a.attach_adapters(ads)
+    b.attach_adapters(ads)
+    assert sorted(a.lora) == [0, 1] and sorted(b.lora) == [0, 1]  # layers 0-1 and 2-3, by their index on the die
+    ids = torch.randint(0, CFG.vocab_size, (9,))
+    got = b.forward(a.forward(ids, [Segment(0, 0, 9)]), [Segment(0, 0, 9)], all_logits=True)
+    with torch.no_grad():
+        assert torch.allclose(got, st.forward(ids[None])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_decode_steps_with_the_adapter_continue_the_prefill(trained):
+    """One token at a time (the decode path, kept off the compiled path) gives the prefill's logits."""
+    _, folder = trained
+    model = StageModel(CFG, tiny_weights(), (0, CFG.num_layers + 2), get_format("fp32"), 64, "fp32")
+    model.attach_adapters(read_adapter(folder, CFG))
+    ids = torch.randint(0, CFG.vocab_size, (8,))
+    whole = model.forward(ids, [Segment(1, 0, 8)], all_logits=True)
+    model.forward(ids[:7], [Segment(2, 0, 7)])
+    last = model.forward(ids[7:], [Segment(2, 7, 1)])
+    assert torch.allclose(last[0], whole[-1], rtol=1e-4, atol=1e-5)
+
+
+def _copy(folder: Path, tmp: Path) -> Path:
+    out = tmp / "copy"
+    out.mkdir()
+    for f in folder.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+def test_bad_adapter_folders_are_named(trained, tmp_path):
+    _, folder = trained
+    with pytest.raises(AdapterError, match="no such folder"):
+        read_adapter(tmp_path / "nope", CFG)
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        read_adapter(tmp_path, CFG)
+    bad = _copy(folder, tmp_path)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(AdapterError, match="DoRA"):
+        read_adapter(bad, CFG)
+    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
+    with pytest.raises(AdapterError, match="expected lora_A .* at rank 8"):
+        read_adapter(bad, CFG)
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    (bad / "adapter_model.safetensors").unlink()
+    (bad / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(AdapterError, match="never pickled"):
+        read_adapter(bad, CFG)
+    other = CFG.model_copy(update={"num_layers": 2})
+    with pytest.raises(AdapterError, match="does not belong to tiny"):
+        read_adapter(folder, other)
