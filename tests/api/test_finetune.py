@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from chipfuse import api
-from chipfuse.compile.train import LoraSpec, TrainPlanError, TrainSpec
+from chipfuse.compile.train import LoraSpec, TrainPlanError
 from chipfuse.runtime.train_data import DataError
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,8 @@ def test_the_page_has_an_example_for_every_api_function():
     text = "".join(blocks())
     for name in ("load_system", "load_model", "alias_of", "presets", "plan", "predict", "load_plan",
                  "required_bandwidth_bytes_per_s", "quantize_report", "mixed_precision", "open_device", "calibrate",
-                 "trace", "scaling", "plot_scaling", "cost", "place", "explore"):
+                 "trace", "scaling", "plot_scaling", "cost", "place", "explore", "plan_finetune", "finetune",
+                 "merge_adapter"):
         assert f"api.{name}(" in text, name
         assert callable(getattr(api, name))
 

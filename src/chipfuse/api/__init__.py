@@ -31,6 +31,7 @@ from .finetuning import (
                    FinetuneResult,
                    LoraSpec,
                    MergeResult,
+                   TrainPlanError,
                    TrainSpec,
                    finetune,
                    merge_adapter,
@@ -56,7 +57,7 @@ from .workload_run import StreamRow, WorkloadRun, run_workload
 
 __all__ = ["alias_of", "calibrate", "cost", "load_model", "load_plan", "load_system", "open_device", "plan", "predict", "presets", "probe",
            "required_bandwidth_bytes_per_s", "run", "this_host_prediction", "mixed_precision", "quantize_report",
-           "trace", "scaling", "plot_scaling", "plot_trace", "plot_roofline", "plot_memory", "explore", "ExploreResult", "finetune", "plan_finetune", "FinetunePlan", "FinetuneResult", "TrainSpec", "LoraSpec", "TARGETS", "merge_adapter", "MergeResult", "TargetError", "place", "plot_placement", "PlaceResult", "DemandError", "run_workload", "WorkloadRun",
+           "trace", "scaling", "plot_scaling", "plot_trace", "plot_roofline", "plot_memory", "explore", "ExploreResult", "finetune", "plan_finetune", "FinetunePlan", "FinetuneResult", "TrainSpec", "LoraSpec", "TARGETS", "merge_adapter", "MergeResult", "TrainPlanError", "TargetError", "place", "plot_placement", "PlaceResult", "DemandError", "run_workload", "WorkloadRun",
            "StreamRow",
            "Progress", "Silent", "CalibrationReport", "FormatAccuracy", "LayerSensitivity", "MixedReport",
            "PresetList", "ProbeReport", "QuantizeReport", "RunResult", "ScalingReport", "ScalingRow", "TraceResult"]

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..compile.train import TARGETS, LoraSpec, TrainMemory, TrainPlanError, TrainSpec, check_fits
+from ..compile.train import TARGETS, LoraSpec, TrainMemory, TrainPlanError, TrainSpec, check_fits  # noqa: F401 (re-exported)
 from ..errors import ChipfuseError
 from ..sim.train import TrainPrediction, predict_train
 from .core import DEFAULT_SYSTEM, _formats_asked, load_system
