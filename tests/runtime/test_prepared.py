@@ -185,3 +185,25 @@ def test_device_tokens_identical_cold_and_warm(smollm2_gguf, tmp_path, monkeypat
     assert runs["cold"][1] == ["miss"] * n and runs["warm"][1] == ["hit"] * n and runs["off"][1] == ["off"] * n
     assert runs["cold"][0] == runs["warm"][0] == runs["off"][0]
     assert len(list((tmp / "prepared").glob("*.safetensors"))) == n
+
+
+@pytest.mark.parametrize("pad", range(0, 64, 7))
+def test_cached_tensors_sit_where_the_packed_kernels_can_load_them(tiny, cache, pad):
+    """The file's header length moves every tensor's offset; whatever it is, the loaded tensors are aligned and the
+    INT8 packed GEMM (which crashed on an odd address) runs on a prefill-sized input."""
+    from chipfuse.frontends import load_model_config
+
+    cfg = load_model_config(tiny["llama"])
+    w = open_weights(tiny["llama"], cfg).load(wanted_names(cfg, range(0, 5)))
+    fmt = get_format("int8")
+    model = StageModel(cfg, w, (0, 5), fmt, 64, "fp16")
+    key = {"pad": "x" * pad}
+    path = cache / f"aligned{pad}.safetensors"
+    cache.mkdir(parents=True, exist_ok=True)
+    prepared.save(model, path, key)
+    warm = prepared.load(path, key, cfg, (0, 5), fmt, 64, "fp16", None)
+    for layer in warm.layers:
+        for lin in layer.linears():
+            assert all(t.data_ptr() % prepared.ALIGN_BYTES == 0 for t in lin.state().values() if t.dim())
+    ids = torch.arange(40) % cfg.vocab_size
+    assert torch.equal(warm.forward(ids, [Segment(0, 0, 40)]), model.forward(ids, [Segment(0, 0, 40)]))

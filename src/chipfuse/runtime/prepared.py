@@ -84,13 +84,22 @@ def load(path: Path, key: dict, cfg: ModelConfig, blocks: tuple[int, int], fmt: 
             meta = f.metadata() or {}
             if meta.get("key") != json.dumps(key, sort_keys=True):
                 raise ValueError("its key does not match this stage")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: _aligned(f.get_tensor(k)) for k in f.keys()}
         return StageModel.from_prepared(cfg, tensors, json.loads(meta["layout"]), blocks, fmt, context,
                                         kv_precision, head_fmt)
     except Exception as e:  # a corrupt, truncated or foreign file: rebuild, never fail the start
         warnings.warn(f"chipfuse: ignoring cached prepared weights {path} ({type(e).__name__}: {e}); rebuilding",
                       stacklevel=2)
         return None
+
+
+ALIGN_BYTES = 64
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t` at an address the packed kernels can load from: a tensor read from the file sits wherever the header
+    left it (its length moves every offset), and the INT8 packed GEMM crashed on one at an odd address."""
+    return t if t.data_ptr() % ALIGN_BYTES == 0 else t.clone()
 
 
 def stage(source: str | Path, cfg: ModelConfig, blocks: tuple[int, int], fmt: Format, head_fmt: Format | None,
