@@ -21,9 +21,11 @@ from chipfuse import api
 HERE = Path(__file__).parent
 
 
-def ask(questions: list[dict], system: str, precision: str | None, model=None, adapter=None) -> list[str]:
-    """Greedy answers of the model (with the adapter, if given) on the dies, one question at a time."""
-    with api.open_device(system, model, precision, context=256, max_batch=1, adapter=adapter) as dev:
+def ask(questions: list[dict], system: str, precision: str | None, model=None, adapter=None, quantized=None
+        ) -> list[str]:
+    """Greedy answers of the model (with the adapter, or GPTQ codes, if given) on the dies, one question at a time."""
+    with api.open_device(system, model, precision, context=256, max_batch=1, adapter=adapter,
+                         quantized=quantized) as dev:
         out = []
         for q in questions:
             gen = dev.chat([{"role": "user", "content": q["question"]}], 48)
@@ -45,11 +47,12 @@ def main() -> None:
     t0 = time.time()
     res = api.finetune(train, system=a.system, precision=a.precision, out=a.out, steps=a.steps, seq_len=96,
                        micro_batch=4, micro_batches=2, rank=16, alpha=32, lr=1e-3, val=test, eval_every=20)
-    merged = api.merge_adapter(res.adapter_dir, Path(a.out) / "merged", data=test, system=a.system,
-                               precision=a.precision, seq_len=96)
+    merged = api.merge_adapter(res.adapter_dir, Path(a.out) / "merged", data=test, calibration=train,
+                               system=a.system, precision=a.precision, seq_len=96)
     answers = {"base": ask(questions, a.system, a.precision),
                "fine-tuned (adapter unmerged)": ask(questions, a.system, a.precision, adapter=res.adapter_dir),
-               "merged, re-quantized": ask(questions, a.system, a.precision, model=merged.folder)}
+               f"merged, re-quantized ({merged.method})": ask(questions, a.system, merged.precision, model=merged.folder,
+                                                              quantized=merged.quantized)}
     right = {k: [q["expect"].lower() in v.lower() for q, v in zip(questions, vs)] for k, vs in answers.items()}
     lines = [f"Command: `python examples/finetune/clinic_demo.py --out {a.out}"
              + (f" --report {a.report}`" if a.report else "`"), "",
@@ -60,7 +63,8 @@ def main() -> None:
              "| validation loss (held-out paraphrases) | value |", "|---|---:|"]
     for step, v in res.val_losses:
         lines.append(f"| after step {step} | {v:.3f} |" if step else f"| base model (step 0) | {v:.3f} |")
-    lines += [f"| merged and re-quantized to {merged.precision} | {merged.loss_merged:.3f} |", "",
+    lines += [f"| base + adapter, unmerged | {merged.loss_adapter:.3f} |",
+              f"| merged and re-quantized to {merged.precision} ({merged.method}) | {merged.loss_merged:.3f} |", "",
               "| held-out questions answered right | " + " | ".join(answers) + " |",
               "|---|" + "---:|" * len(answers),
               f"| of {len(questions)} | " + " | ".join(str(sum(r)) for r in right.values()) + " |", "",

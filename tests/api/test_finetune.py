@@ -81,7 +81,11 @@ def test_the_merged_model_keeps_the_fine_tuning(trained, tmp_path):
     from chipfuse.runtime.device import resolve_model
 
     _, cfg = resolve_model(tmp_path / "merged")  # chipfuse reads it as a model
-    assert cfg.num_layers == 30
+    assert cfg.num_layers == 30 and m.method == "rtn" and m.quantized is None
+    # at INT8 the codes are fitted to the merged layers on the text (GPTQ), so the fine-tuning survives
+    q = api.merge_adapter(res.adapter_dir, tmp_path / "merged8", data=data, precision="int8", seq_len=64)
+    assert q.method == "gptq" and q.quantized.exists() and "--quantized" in q.run_command
+    assert q.kept > 0.8, q
 
 
 def test_a_job_too_large_is_refused_before_any_die_starts(trained, tmp_path):

@@ -98,3 +98,38 @@ def test_bad_adapter_folders_are_named(trained, tmp_path):
     other = CFG.model_copy(update={"num_layers": 2})
     with pytest.raises(AdapterError, match="does not belong to tiny"):
         read_adapter(folder, other)
+
+
+@pytest.mark.slow
+def test_dies_serving_an_adapter_answer_as_the_single_process_reference(smollm2_gguf, tmp_path):
+    """Two dies (each its own layers' adapters, in worker processes) give the greedy tokens of the whole model with
+    the adapter in one process; a random adapter large enough to change the answer."""
+    from chipfuse import api
+    from chipfuse.compile.train import TARGETS, adapter_shapes
+    from chipfuse.frontends import load_model_config
+    from chipfuse.runtime.lora import HF_NAMES
+    from chipfuse.runtime.reference import greedy, reference_for_plan
+    from chipfuse.runtime.tokenizer import load_tokenizer
+
+    cfg = load_model_config(smollm2_gguf)
+    spec = LoraSpec(rank=4, alpha=4.0)
+    g = torch.Generator().manual_seed(3)
+    tensors = {}
+    for i in range(cfg.num_layers):
+        for t, (fin, fout) in adapter_shapes(cfg, spec).items():
+            base = f"base_model.model.model.layers.{i}.{HF_NAMES[t]}"
+            tensors[f"{base}.lora_A.weight"] = torch.randn(4, fin, generator=g) / fin ** 0.5
+            tensors[f"{base}.lora_B.weight"] = torch.randn(fout, 4, generator=g) * 0.02
+    assert set(adapter_shapes(cfg, spec)) == set(TARGETS)
+    save_adapter(tmp_path, tensors, spec, str(smollm2_gguf), {})
+    prompt = load_tokenizer(smollm2_gguf).encode("The three primary colours are", add_special_tokens=False)
+    with api.open_device("talk-4die-d2d", precision="int8", context=128, max_batch=1, dies=2,
+                         adapter=tmp_path) as dev:
+        gen = dev.submit(prompt, 12, stop_ids=set())
+        list(gen)  # run it to the end
+        got_tokens, plan = gen.tokens, dev.plan
+    ref = reference_for_plan(smollm2_gguf, plan)
+    plain = greedy(ref, prompt, 12)
+    ref.attach_adapters(read_adapter(tmp_path, cfg))
+    assert got_tokens == greedy(ref, prompt, 12)
+    assert got_tokens != plain  # the adapter changes the answer

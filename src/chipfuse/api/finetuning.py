@@ -305,6 +305,8 @@ class MergeResult:
 
     folder: Path
     precision: str  # the dies' format the merged model is re-quantized to when it runs
+    method: str  # "gptq": codes fitted on calibration text, in `quantized`; "rtn": rounded when the dies load it
+    quantized: Path | None  # the GPTQ codes (run with --quantized), None for rtn
     val_examples: int
     loss_base: float | None  # the base model at the dies' format, no adapter
     loss_adapter: float | None  # the base at the dies' format with the adapter unmerged (what `run --adapter` serves)
@@ -313,15 +315,21 @@ class MergeResult:
     @property
     def kept(self) -> float | None:
         """Share of the adapter's validation gain the merged model keeps (1: all of it)."""
-        if None in (self.loss_base, self.loss_adapter, self.loss_merged):
+        if self.loss_base is None or self.loss_adapter is None or self.loss_merged is None:
             return None
-        gain = self.loss_base - self.loss_adapter  # type: ignore[operator]
-        return (self.loss_base - self.loss_merged) / gain if gain > 0 else None  # type: ignore[operator]
+        gain = self.loss_base - self.loss_adapter
+        return (self.loss_base - self.loss_merged) / gain if gain > 0 else None
+
+    @property
+    def run_command(self) -> str:
+        q = f" --quantized {self.quantized}" if self.quantized else ""
+        return f"chipfuse run --model {self.folder} --precision {self.precision}{q}"
 
     def to_json(self) -> dict:
-        return {"folder": str(self.folder), "precision": self.precision, "val_examples": self.val_examples,
+        return {"folder": str(self.folder), "precision": self.precision, "method": self.method,
+                "quantized": str(self.quantized) if self.quantized else None, "val_examples": self.val_examples,
                 "loss_base": self.loss_base, "loss_adapter": self.loss_adapter, "loss_merged": self.loss_merged,
-                "kept": self.kept}
+                "kept": self.kept, "run": self.run_command}
 
 
 def _hf_config(path: Path, cfg) -> dict:
@@ -349,25 +357,42 @@ def _copy_tokenizer(path: Path, out: Path) -> None:
 
 
 def merge_adapter(adapter: str | Path, out: str | Path, *, model=None, data: str | Path | None = None,
-                  system=DEFAULT_SYSTEM, precision: str | None = None, seq_len: int = 256,
-                  progress: Progress | None = None) -> MergeResult:
+                  calibration: str | Path | None = None, method: str = "auto", system=DEFAULT_SYSTEM,
+                  precision: str | None = None, seq_len: int = 256, progress: Progress | None = None) -> MergeResult:
     """Fold `adapter` into `model`'s FP32 weights (W + scale B A) and write a model folder (config.json,
-    model.safetensors, the tokenizer) that chipfuse runs and re-quantizes to the dies' format like any model.
-    With `data` (chat JSONL or text), measure the validation loss of the base, of the adapter unmerged and of
-    the merged model, all at the dies' format (the plan's for `system` and `precision`), so a merge that loses
-    the fine-tuning says so."""
+    model.safetensors, the tokenizer) that chipfuse runs on the dies in their format.
+
+    Re-quantizing a merged model by rounding to nearest erases most of a LoRA's change at INT4 (it is
+    smaller than a step of the grid), so with `method` "gptq" (the default, "auto", wherever the dies' format
+    has GPTQ and calibration text is given: `calibration`, else `data`) the layers' codes are fitted to the merged
+    weights' outputs on that text and saved beside the model (`quantized.safetensors`; run with --quantized).
+    With `data`, the validation loss of the base, of the adapter unmerged and of the merged model, all at the
+    dies' format, says how much of the fine-tuning the merge keeps."""
     from safetensors.torch import save
 
     from ..runtime.adapters import read_adapter
     from ..runtime.device import resolve_model
     from ..runtime.weights import open_weights, wanted_names
 
+    if method not in ("auto", "gptq", "rtn"):
+        raise ChipfuseError(f"--method {method!r}: give gptq, rtn or auto")
     bar = status_of(progress)
     path, cfg = resolve_model(model)
     ads = read_adapter(adapter, cfg)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
         raise ChipfuseError(f"{out} exists and is not a model folder: give a new folder for the merged model")
+    fp = plan_finetune(system, model, precision, TrainSpec(seq_len=seq_len, micro_batch=1, micro_batches=1))
+    fmt_name = fp.plan.stages[0].format
+    head_name = fp.plan.stages[-1].head_format or fp.plan.stages[0].head_format
+    calib = calibration if calibration is not None else data
+    from ..quant.formats import get_format
+    from ..quant.gptq import has_gptq
+
+    use_gptq = method == "gptq" or (method == "auto" and calib is not None and has_gptq(get_format(fmt_name)))
+    if use_gptq and (calib is None or not has_gptq(get_format(fmt_name))):
+        raise ChipfuseError(f"--method gptq needs calibration text (--data or --calibration) and an INT4 or INT8 "
+                            f"format (the dies hold {fmt_name})")
     bar.describe("reading the base model's weights")
     w = open_weights(path, cfg).load(wanted_names(cfg, range(0, cfg.num_layers + 2)))
     merged = dict(w)
@@ -387,14 +412,40 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model=None, data: str
     _write(out / "model.safetensors", save({k: v.contiguous() for k, v in tensors.items()}))
     _copy_tokenizer(path, out)
     _write(out / "config.json", (json.dumps(_hf_config(path, cfg), indent=2) + "\n").encode())
-    fp = plan_finetune(system, model, precision, TrainSpec(seq_len=seq_len, micro_batch=1, micro_batches=1))
-    fmt_name = fp.plan.stages[0].format
+    codes, qpath = None, None
+    if use_gptq:
+        codes, qpath = _gptq_merged(out, cfg, path, merged, Path(calib), fmt_name, head_name, seq_len, bar)
     if data is None:
-        return MergeResult(out, fmt_name, 0, None, None, None)
-    return _merge_losses(out, fmt_name, fp, path, cfg, w, merged, ads, Path(data), seq_len, bar)
+        return MergeResult(out, fmt_name, "gptq" if use_gptq else "rtn", qpath, 0, None, None, None)
+    return _merge_losses(out, fmt_name, head_name, "gptq" if use_gptq else "rtn", qpath, codes, path, cfg, w,
+                         merged, ads, Path(data), seq_len, bar)
 
 
-def _merge_losses(out, fmt_name, fp, path, cfg, w, merged, ads, data: Path, seq_len: int, bar) -> MergeResult:
+def _gptq_merged(out: Path, cfg, path: Path, merged: dict, calib: Path, fmt_name: str, head_name: str | None,
+                 seq_len: int, bar):
+    """GPTQ codes of the merged layers, fitted on `calib`'s sequences, saved as OUT/quantized.safetensors."""
+    from ..quant.checkpoint import save_quantized
+    from ..quant.formats import Recipe, get_format
+    from ..quant.gptq import collect_hessians, gptq_weights
+    from ..runtime.tokenizer import load_tokenizer
+    from ..runtime.train_data import load_dataset
+
+    tok = load_tokenizer(path)
+    wins = [list(e.ids) for e in load_dataset(calib, tok, seq_len).examples]
+    bar.describe(f"GPTQ: the merged layers' inputs on {len(wins)} sequences of {calib.name}")
+    hs = collect_hessians(cfg, merged, wins)
+    fmt = get_format(fmt_name)
+    bar.start(cfg.num_layers, f"GPTQ: codes of the merged layers at {fmt_name}")
+    codes = gptq_weights(cfg, merged, hs, fmt, progress=lambda: bar.advance(1))
+    qpath = out / "quantized.safetensors"
+    recipe = Recipe.of(fmt, get_format(head_name) if head_name else None)
+    save_quantized(qpath, codes, recipe, {"layers": cfg.num_layers, "method": "gptq", "model": cfg.name,
+                                          "calibration": str(calib), "merged_from": "LoRA adapter"})
+    return codes, qpath
+
+
+def _merge_losses(out, fmt_name, head_name, method, qpath, codes, path, cfg, w, merged, ads, data: Path,
+                  seq_len: int, bar) -> MergeResult:
     import torch
 
     from ..quant.formats import get_format
@@ -406,8 +457,7 @@ def _merge_losses(out, fmt_name, fp, path, cfg, w, merged, ads, data: Path, seq_
     pad = tok.eos_token_id if getattr(tok, "eos_token_id", None) is not None else 0
     ds = load_dataset(data, tok, seq_len)
     batches = eval_batches(ds, 4, 1, pad)
-    head = fp.plan.stages[-1].head_format or fp.plan.stages[0].head_format
-    fmt, head_fmt = get_format(fmt_name), get_format(head) if head else None
+    fmt, head_fmt = get_format(fmt_name), get_format(head_name) if head_name else None
     spec = LoraSpec(rank=ads.rank, targets=ads.targets, alpha=ads.scale * ads.rank, dropout=0.0)
     blocks = (0, cfg.num_layers + 2)
 
@@ -430,5 +480,5 @@ def _merge_losses(out, fmt_name, fp, path, cfg, w, merged, ads, data: Path, seq_
     loss_adapter = loss_of(base)
     del base
     bar.describe("validation loss: the merged model, re-quantized")
-    loss_merged = loss_of(TrainStage(cfg, merged, blocks, fmt, spec, 0, head_fmt))
-    return MergeResult(out, fmt_name, len(ds.examples), loss_base, loss_adapter, loss_merged)
+    loss_merged = loss_of(TrainStage(cfg, merged, blocks, fmt, spec, 0, head_fmt, quantized=codes))
+    return MergeResult(out, fmt_name, method, qpath, len(ds.examples), loss_base, loss_adapter, loss_merged)

@@ -486,7 +486,8 @@ def finetune(
     if merge:
         with Steps() as prog:
             m = api.merge_adapter(res.adapter_dir, res.adapter_dir / "merged", model=model, data=val or data,
-                                  system=system, precision=precision, seq_len=seq_len, progress=prog)
+                                  calibration=data, system=system, precision=precision, seq_len=seq_len,
+                                  progress=prog)
         render.merged(m, "the validation file" if val else "the training data (give --val for held-out data)")
         payload["merge"] = m.to_json()
     if json_path:
@@ -501,6 +502,10 @@ def merge(
     model: str = typer.Option("smollm2", "--model", "-m", help="the base model the adapter was trained on"),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="validation data: measure the loss of the base, "
                                                                    "the adapter unmerged and the merged model"),
+    calibration: Optional[Path] = typer.Option(None, help="text the GPTQ codes of the merged layers are fitted on "
+                                                          "(chat JSONL or text; default: --data)"),
+    method: str = typer.Option("auto", help="gptq (codes fitted on the calibration text: keeps the fine-tuning at "
+                                            "INT4), rtn (rounded when the dies load it), or auto (gptq where it can)"),
     system: str = typer.Option(api.core.DEFAULT_SYSTEM, "--system", "-s", help=SYSTEM_HELP),
     precision: Optional[str] = typer.Option(None, help="the dies' format the merged model is measured at"),
     seq_len: int = typer.Option(256, "--seq-len", help="tokens per validation sequence at most"),
@@ -510,8 +515,8 @@ def merge(
     with the validation loss before and after the merge so nothing is lost silently."""
     _writable(json_path)
     with Steps() as prog:
-        m = api.merge_adapter(adapter, out, model=model, data=data, system=system, precision=precision,
-                              seq_len=seq_len, progress=prog)
+        m = api.merge_adapter(adapter, out, model=model, data=data, calibration=calibration, method=method,
+                              system=system, precision=precision, seq_len=seq_len, progress=prog)
     render.merged(m, str(data) if data else "")
     if json_path:
         _write_json(json_path, m.to_json())

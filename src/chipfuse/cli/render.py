@@ -432,18 +432,21 @@ def finetune(res) -> None:
 
 
 def merged(m, data_note: str) -> None:
-    """Where the merged model went and, with data, whether the fine-tuning survived the merge."""
-    say(f"merged model written to {m.folder} (run it with `chipfuse run --model {m.folder}`; the dies hold it "
-        f"at {m.precision})")
+    """Where the merged model went, how to run it and, with data, whether the fine-tuning survived the merge."""
+    how = ("GPTQ codes fitted on the calibration text, in " + str(m.quantized) if m.method == "gptq"
+           else "rounded to nearest when the dies load it")
+    say(f"merged model written to {m.folder}; at {m.precision}: {how}")
+    say(f"run it: {m.run_command}")
     if m.loss_merged is None:
         return
     t = _table(f"validation loss at {m.precision} on {data_note} ({m.val_examples} examples)",
                [("model", "left"), "loss"])
     t.add_row("base, no adapter", f"{m.loss_base:.3f}")
     t.add_row("base + adapter, unmerged (what `run --adapter` serves)", f"{m.loss_adapter:.3f}")
-    t.add_row("merged and re-quantized", f"{m.loss_merged:.3f}")
+    t.add_row(f"merged and re-quantized ({m.method})", f"{m.loss_merged:.3f}")
     console.print(t)
     if m.kept is not None:
         say(f"the merged model keeps {m.kept:.0%} of the adapter's gain in validation loss"
             + ("" if m.kept >= 0.8 else ": re-quantizing the merged weights loses much of the fine-tuning; serve "
-                                        "the adapter unmerged (`chipfuse run --adapter`) or merge at a wider format"))
+                                        "the adapter unmerged (`chipfuse run --adapter`), merge with --method gptq "
+                                        "and calibration text, or at a wider format"))
