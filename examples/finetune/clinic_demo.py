@@ -6,13 +6,14 @@ Trains LoRA adapters on the emulated dies (clinic-train.jsonl: 12 facts, 5 phras
 held-out paraphrases (clinic-test.jsonl: 2 per fact, never trained on) as the validation set; merges
 the adapters into the base and re-quantizes; then asks every held-out question, greedily, of the base
 model, of the base with the adapters unmerged, and of the merged model, all on the dies. An answer is
-right when it contains the fact's key (a name, a time, a number). Writes the report as Markdown.
+right when it contains the fact's key (a name, a time, a number) as whole words. Writes the report as Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -33,13 +34,18 @@ def ask(questions: list[dict], system: str, precision: str | None, model=None, a
         return out
 
 
+def has_key(answer: str, key: str) -> bool:
+    """The fact's key in the answer as whole words ("40" is not in "400"), case aside."""
+    return re.search(rf"(?<![\w]){re.escape(key.lower())}(?![\w])", answer.lower()) is not None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/chipfuse-clinic", help="folder for the adapters and the merged model")
     ap.add_argument("--report", default=None, help="write the Markdown report here")
     ap.add_argument("--system", default="talk-4die-d2d")
     ap.add_argument("--precision", default=None, help="the base's format on the dies (default: int4)")
-    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--steps", type=int, default=60)
     a = ap.parse_args()
     train, test = HERE / "clinic-train.jsonl", HERE / "clinic-test.jsonl"
     questions = [{"question": r["messages"][0]["content"], "expect": r["expect"]}
@@ -53,7 +59,7 @@ def main() -> None:
                "fine-tuned (adapter unmerged)": ask(questions, a.system, a.precision, adapter=res.adapter_dir),
                f"merged, re-quantized ({merged.method})": ask(questions, a.system, merged.precision, model=merged.folder,
                                                               quantized=merged.quantized)}
-    right = {k: [q["expect"].lower() in v.lower() for q, v in zip(questions, vs)] for k, vs in answers.items()}
+    right = {k: [has_key(v, q["expect"]) for q, v in zip(questions, vs)] for k, vs in answers.items()}
     lines = [f"Command: `python examples/finetune/clinic_demo.py --out {a.out}"
              + (f" --report {a.report}`" if a.report else "`"), "",
              f"Fine-tuned on {len(res.dies)} emulated dies of {a.system} ({', '.join(res.dies)}), base held at "

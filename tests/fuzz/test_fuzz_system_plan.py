@@ -1,14 +1,14 @@
-"""Fuzz system YAML, plan JSON, workload YAML and space YAML files: no traceback, no hang, no impossible figures."""
+"""Fuzz system YAML, plan JSON, workload YAML, space YAML and fine-tuning data files: no traceback, no hang, no impossible figures."""
 
 from __future__ import annotations
 
 import pytest
 
-from . import cat_plan, cat_space, cat_system, cat_workload
+from . import cat_plan, cat_space, cat_system, cat_traindata, cat_workload
 from .harness import run_category
 
 
-@pytest.mark.parametrize("mod", [cat_system, cat_plan, cat_workload, cat_space], ids=lambda m: m.NAME)
+@pytest.mark.parametrize("mod", [cat_system, cat_plan, cat_workload, cat_space, cat_traindata], ids=lambda m: m.NAME)
 def test_bad_files_are_refused_cleanly(mod):
     rep = run_category(mod, n=150, timeout_s=20)
     shown = "\n\n".join(f"[{k}]\n" + "\n---\n".join(v) for k, v in rep.examples.items())

@@ -192,7 +192,7 @@ def finetune(data: str | Path, *, system=DEFAULT_SYSTEM, model=None, precision: 
     Each step is `micro_batches` micro-batches of `micro_batch` sequences of at most `seq_len` tokens, pipelined
     over the dies; the learning rate warms up over `warmup` steps and decays linearly to zero at `steps`.
     `eval_every` (0: only before and after) and `save_every` (0: only at the end) are in steps; `resume` goes on
-    from `out`'s checkpoint."""
+    from `out`'s checkpoint; `threads`: each die's kernels (default: this machine's cores shared among the dies)."""
     from ..runtime.device import resolve_model
     from ..runtime.tokenizer import load_tokenizer
     from ..runtime.train_data import collate as make_batch
@@ -241,7 +241,8 @@ def finetune(data: str | Path, *, system=DEFAULT_SYSTEM, model=None, precision: 
         return total / max(1, sum(b.n_labels for b in vb))
 
     status(f"starting {len(fp.plan.stages)} die(s) for training")
-    session = TrainSession(fp.plan, path, spec, seed=seed, weight_decay=weight_decay, threads=threads or 1,
+    threads = threads or max(1, (os.cpu_count() or 1) // len(fp.plan.stages))  # the dies share this machine's cores
+    session = TrainSession(fp.plan, path, spec, seed=seed, weight_decay=weight_decay, threads=threads,
                            on_status=status)
     times: list[float] = []
     tokens = 0

@@ -459,6 +459,8 @@ def finetune(
     resume: bool = typer.Option(False, "--resume", help="go on from --out's checkpoint (same settings and data)"),
     seed: int = typer.Option(0, help="seed of the adapters' start, the data order and dropout"),
     dies: Optional[int] = typer.Option(None, help="use at most this many dies"),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="threads each die's kernels use (default: "
+                                                                      "this machine's cores shared among the dies)"),
     plan_only: bool = typer.Option(False, "--plan-only", help="show the memory plan and predicted step, train nothing"),
     merge: bool = typer.Option(False, "--merge", help="then fold the adapters into the base (OUT/merged, a model "
                                                       "folder re-quantized to the dies' format when it runs) and "
@@ -479,7 +481,8 @@ def finetune(
             data, system=system, model=model, precision=precision, out=out, rank=rank, alpha=alpha, dropout=dropout,
             targets=targets_t, steps=steps, lr=lr, warmup=warmup, seq_len=seq_len, micro_batch=micro_batch,
             micro_batches=micro_batches, checkpointing=checkpointing, val=val, val_fraction=val_fraction,
-            eval_every=eval_every, save_every=save_every, resume=resume, seed=seed, dies=dies, progress=prog,
+            eval_every=eval_every, save_every=save_every, resume=resume, seed=seed, dies=dies, threads=threads,
+            progress=prog,
             on_status=st.update)
     render.finetune(res)
     payload = res.to_json()
