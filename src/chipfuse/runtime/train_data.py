@@ -73,6 +73,9 @@ def _records(path: Path) -> list[tuple[int, dict | str]]:
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{n}: not JSON ({e.msg} at column {e.colno}); each line holds one record "
                             '{"messages": [{"role": "user", "content": ...}, ...]} or {"text": ...}') from None
+        except RecursionError:
+            raise DataError(f"{path}:{n}: nested too deeply to be a record (a record is "
+                            '{"messages": [...]} or {"text": ...})') from None
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{n}: a record is a JSON object with `messages` or `text`, "
                             f"found {type(rec).__name__}")
@@ -89,11 +92,20 @@ def _messages(where: str, rec: dict) -> list[dict]:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise DataError(f"{where}: messages[{i}] needs a role ({', '.join(ROLES)}) and a string content, "
-                            f"found {json.dumps(m)[:80]}")
+                            f"found {_brief(m)}")
     if not any(m["role"] == "assistant" for m in msgs):
         raise DataError(f"{where}: no assistant message, so nothing to learn from (the loss is on the "
                         "assistant's tokens only)")
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def _brief(x) -> str:
+    """A short rendering of a bad value for a message (never recursing into a deep one)."""
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k!r}: ..." for k in list(x)[:4]) + "}"
+    if isinstance(x, list):
+        return f"a list of {len(x)}"
+    return repr(x)[:80]
 
 
 def _chat_example(tok, where: str, msgs: list[dict]) -> tuple[list[int], list[int]]:
