@@ -292,12 +292,11 @@ def finetune(data: str | Path, *, system=DEFAULT_SYSTEM, model=None, precision: 
 
 HF_ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
            "qwen3": "Qwen3ForCausalLM"}
-HF_TENSOR = {"attn_norm": "input_layernorm.weight", "q_proj": "self_attn.q_proj.weight",
-             "k_proj": "self_attn.k_proj.weight", "v_proj": "self_attn.v_proj.weight",
-             "o_proj": "self_attn.o_proj.weight", "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
-             "v_bias": "self_attn.v_proj.bias", "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
-             "mlp_norm": "post_attention_layernorm.weight", "gate_proj": "mlp.gate_proj.weight",
-             "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight"}
+def _hf_tensor() -> dict[str, str]:
+    """Canonical layer tensor name -> its name in a Hugging Face checkpoint (the weights reader's table, inverted)."""
+    from ..runtime.weights import HF_LAYER
+
+    return {v: k for k, v in HF_LAYER.items()}
 
 
 @dataclass(frozen=True)
@@ -404,10 +403,11 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model=None, data: str
     tensors = {"model.embed_tokens.weight": merged["embed"], "model.norm.weight": merged["final_norm"]}
     if not cfg.tied_embeddings:
         tensors["lm_head.weight"] = merged["lm_head"]
+    hf_tensor = _hf_tensor()
     for k, v in merged.items():
         if k.startswith("layers."):
             _, i, name = k.split(".", 2)
-            tensors[f"model.layers.{i}.{HF_TENSOR[name]}"] = v
+            tensors[f"model.layers.{i}.{hf_tensor[name]}"] = v
     out.mkdir(parents=True, exist_ok=True)
     bar.describe(f"writing the merged model to {out}")
     _write(out / "model.safetensors", save({k: v.contiguous() for k, v in tensors.items()}))

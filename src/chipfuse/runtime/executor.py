@@ -250,6 +250,23 @@ class Executor:
         self.from_last = Channel(host.inbox, inline_bytes(self.plan, host.inbox, 0))
         return self.worker_info
 
+    def send_setups(self, setups: list[dict], status: str) -> list[dict]:
+        """Give rank k the setup setups[k-1] and collect what each reports once loaded; any failure kills every
+        worker and leaves the process group before it is raised (for executors with their own kind of die)."""
+        from .transport import recv_json, send_json
+
+        try:
+            for rank, setup in enumerate(setups, start=1):
+                send_json(setup, rank)
+            self._status(status)
+            self.worker_info = [recv_json(rank) for rank in range(1, self.world)]
+        except BaseException as e:
+            self.kill()
+            err = e if isinstance(e, DeviceError) else self.error() or DeviceError(f"workers failed during setup: {e}")
+            self.shutdown(graceful=False)
+            raise err from None
+        return self.worker_info
+
     def die_stats(self) -> list[dict | None]:
         """Each die's running totals (busy seconds, bytes sent on, steps), as its worker last wrote them; None for a
         die that writes none (started by hand elsewhere) or has not yet."""

@@ -301,20 +301,9 @@ class TaskExecutor(Executor):
         self.programs = programs
 
     def setup(self) -> list[dict]:
-        from .transport import recv_json, send_json
-
-        try:
-            for rank, die in enumerate(self.dies, start=1):
-                send_json({"tasks": True, "die": die, "threads": self.threads,
-                           "programs": [p.to_json() for p in self.programs.get(die, [])]}, rank)
-            self._status("dies loading their programs")
-            self.worker_info = [recv_json(rank) for rank in range(1, self.world)]
-        except BaseException as e:
-            self.kill()
-            err = e if isinstance(e, DeviceError) else self.error() or DeviceError(f"workers failed during setup: {e}")
-            self.shutdown(graceful=False)
-            raise err from None
-        return self.worker_info
+        return self.send_setups([{"tasks": True, "die": die, "threads": self.threads,
+                                  "programs": [p.to_json() for p in self.programs.get(die, [])]} for die in self.dies],
+                                "dies loading their programs")
 
 
 class TaskDevice:

@@ -9,6 +9,7 @@ the raw gradients (tests). `reference_step` is the same step in this process ove
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,21 +63,10 @@ class TrainExecutor(Executor):
         self.train = train
 
     def setup(self) -> list[dict]:
-        from .transport import recv_json, send_json
-
-        try:
-            plan_json = self.plan.model_dump(mode="json", by_alias=True)
-            for rank in range(1, self.world):
-                send_json({"train": self.train, "plan": plan_json, "weights": str(self.model_path),
-                           "threads": self.threads}, rank)
-            self._status("dies loading their layers for training")
-            self.worker_info = [recv_json(rank) for rank in range(1, self.world)]
-        except BaseException as e:
-            self.kill()
-            err = e if isinstance(e, DeviceError) else self.error() or DeviceError(f"workers failed during setup: {e}")
-            self.shutdown(graceful=False)
-            raise err from None
-        return self.worker_info
+        plan_json = self.plan.model_dump(mode="json", by_alias=True)
+        return self.send_setups([{"train": self.train, "plan": plan_json, "weights": str(self.model_path),
+                                  "threads": self.threads} for _ in range(1, self.world)],
+                                "dies loading their layers for training")
 
 
 class TrainSession:
@@ -167,12 +157,17 @@ class TrainSession:
             return
         self._closed = True
         if self.executor.death is None:
-            try:
-                self._all({"cmd": "shutdown"}, {})
-                for rank in range(1, self.world):
-                    recv_msg(rank)
-            except Exception:  # noqa: BLE001 - a die already gone: the shutdown below ends the rest
-                pass
+            def goodbyes() -> None:
+                try:
+                    self._all({"cmd": "shutdown"}, {})
+                    for rank in range(1, self.world):
+                        recv_msg(rank)
+                except Exception:  # noqa: BLE001 - a die already gone: the shutdown below ends the rest
+                    pass
+
+            t = threading.Thread(target=goodbyes, daemon=True)  # bounded: a wedged die must not hang the close
+            t.start()
+            t.join(10)
         self.executor.shutdown(graceful=False)
 
     def __enter__(self) -> TrainSession:
