@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from chipfuse.api.finetuning import save_adapter
-from chipfuse.compile.train import LoraSpec
+from chipfuse.plan.train import LoraSpec
 from chipfuse.quant.formats import get_format
 from chipfuse.runtime.adapters import AdapterError, read_adapter
 from chipfuse.runtime.stage import Segment, StageModel
@@ -105,7 +105,7 @@ def test_dies_serving_an_adapter_answer_as_the_single_process_reference(smollm2_
     """Two dies (each its own layers' adapters, in worker processes) give the greedy tokens of the whole model with
     the adapter in one process; a random adapter large enough to change the answer."""
     from chipfuse import api
-    from chipfuse.compile.train import TARGETS, adapter_shapes
+    from chipfuse.plan.train import TARGETS, adapter_shapes
     from chipfuse.frontends import load_model_config
     from chipfuse.runtime.lora import HF_NAMES
     from chipfuse.runtime.reference import greedy, reference_for_plan

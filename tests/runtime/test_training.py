@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from chipfuse.compile.compiler import compile_plan
-from chipfuse.compile.train import LoraSpec, TrainSpec
+from chipfuse.plan.train import LoraSpec, TrainSpec
 from chipfuse.frontends import load_model_config
 from chipfuse.hw.load import load_system
 from chipfuse.quant.formats import get_format

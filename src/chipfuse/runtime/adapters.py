@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..compile.train import TARGETS, LoraSpec, adapter_shapes
 from ..errors import ChipfuseError
 from ..frontends.config import ModelConfig
+from ..plan.train import TARGETS, LoraSpec, adapter_shapes
 from .lora import HF_NAMES
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"

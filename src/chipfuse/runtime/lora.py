@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..compile.train import LoraSpec
 from ..frontends.config import ModelConfig
+from ..plan.train import LoraSpec
 from ..quant.formats import Format
 from ..quant.quantize import QuantizedInt4, QuantizedInt8, dequantize, quantize
 from .weights import wanted_names
@@ -105,7 +105,7 @@ class TrainStage:
         layer_formats = layer_formats or {}
         head_fmt = head_fmt or fmt
         self.layers = [_Layer(cfg, weights, i, layer_formats.get(i, fmt), quantized) for i in self.layer_ids]
-        from ..compile.train import adapter_shapes
+        from ..plan.train import adapter_shapes
 
         shapes = adapter_shapes(cfg, spec)
         for i, layer in zip(self.layer_ids, self.layers):

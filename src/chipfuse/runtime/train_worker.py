@@ -18,9 +18,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..compile.train import LoraSpec
 from ..frontends.config import ModelConfig
 from ..plan.plan import Plan
+from ..plan.train import LoraSpec
 from ..quant.formats import get_format
 from .lora import TrainStage, load_stage
 from .tasks import recv_msg, send_msg

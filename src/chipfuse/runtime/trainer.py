@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..compile.train import TrainSpec, check_trainable
 from ..plan.plan import Plan
+from ..plan.train import TrainSpec, check_trainable
 from .executor import DeviceError, Executor
 from .lora import TrainStage
 from .tasks import recv_msg, send_msg

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..compile.train import TrainSpec, check_trainable
 from ..hw.spec import System
 from ..ir.graph import Graph, Workload, op_costs
 from ..ir.llm import build_llm_graph
 from ..plan.plan import Plan
+from ..plan.train import TrainSpec, check_trainable
 from ..quant.formats import PRECISION_BYTES, get_format
 from .energy import memory_pj_per_byte, pj_per_op, route_j_per_byte, static_w
 from .perf import die_rates, roofline_s, transfer_s
