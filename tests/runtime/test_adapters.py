@@ -105,8 +105,8 @@ def test_dies_serving_an_adapter_answer_as_the_single_process_reference(smollm2_
     """Two dies (each its own layers' adapters, in worker processes) give the greedy tokens of the whole model with
     the adapter in one process; a random adapter large enough to change the answer."""
     from chipfuse import api
-    from chipfuse.plan.train import TARGETS, adapter_shapes
     from chipfuse.frontends import load_model_config
+    from chipfuse.plan.train import TARGETS, adapter_shapes
     from chipfuse.runtime.lora import HF_NAMES
     from chipfuse.runtime.reference import greedy, reference_for_plan
     from chipfuse.runtime.tokenizer import load_tokenizer

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from chipfuse.compile.compiler import compile_plan
-from chipfuse.plan.train import LoraSpec, TrainSpec
 from chipfuse.frontends import load_model_config
 from chipfuse.hw.load import load_system
+from chipfuse.plan.train import LoraSpec, TrainSpec
 from chipfuse.quant.formats import get_format
 from chipfuse.runtime.executor import DeviceError
 from chipfuse.runtime.lora import IGNORE, load_stage
