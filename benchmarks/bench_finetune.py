@@ -33,7 +33,7 @@ def ours(n: int, tmp: Path) -> tuple[api.FinetuneResult, int]:
 
     cores = os.cpu_count() or 1
     threads = max(1, cores // n)
-    host, _ = probe([f"die{i}" for i in range(n)], threads=threads)
+    host, _ = probe([f"die{i}" for i in range(n)], threads=threads, train=True)
     spec_file = tmp / f"host-{n}.yaml"
     save_system(host, spec_file)
     res = api.finetune(DATA, system=str(spec_file), precision="fp32", out=tmp / f"out-{n}", steps=STEPS, seq_len=SEQ,

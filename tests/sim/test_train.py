@@ -46,3 +46,30 @@ def test_checkpointing_costs_a_forward_and_more_micro_batches_cost_more_time():
         assert b.backward_s == pytest.approx(a.backward_s + a.forward_s)
     assert predict_train(plan(2), replace(spec, micro_batches=8)).step_s > base.step_s
     assert base.j_per_step == pytest.approx(base.power_w * base.step_s)
+
+
+def test_a_die_with_its_own_training_rate_runs_the_step_at_it():
+    """DieType.train (what `chipfuse probe --train` measures): FLOP of the forward and backward at its rate plus its
+    fixed cost per layer, in place of the prefill roofline."""
+    import numpy as np
+
+    from chipfuse.hw.load import parse_system
+    from chipfuse.ir.graph import Workload, op_costs
+    from chipfuse.ir.llm import build_llm_graph
+
+    d = load_system("talk-4die-d2d").model_dump(mode="json", exclude_none=True)
+    for dt in d["die_types"].values():
+        dt["train"] = {"tops": 0.2, "layer_overhead_s": 0.004}
+    sysm = parse_system(d, "test")
+    p = compile_plan(SMOL, sysm, "int8", context=256, batch=1, prompt_tokens=64, max_dies=2, split="pipeline")
+    spec = TrainSpec(seq_len=128, micro_batch=2, micro_batches=3)
+    pred = predict_train(p, spec)
+    graph = build_llm_graph(SMOL)
+    for j, st in enumerate(p.stages):
+        c = op_costs(graph, p.stage_recipe(j), Workload.prefill(128, 2), 2.0, 2.0)
+        mask = np.isin(graph.op_block, list(range(*st.blocks)))
+        flop = float((2 * c.weight_flop + 3 * c.act_flop)[mask].sum())
+        layers = sum(1 for b in range(*st.blocks) if 1 <= b <= SMOL.num_layers)
+        d_ = pred.dies[j]
+        assert d_.forward_s + d_.backward_s == pytest.approx(flop / 0.2e12 + 0.004 * layers, rel=1e-6)
+    assert pred.step_s > predict_train(plan(2), spec).step_s  # 0.2 TFLOP/s is slower than the preset's roofline

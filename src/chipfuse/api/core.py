@@ -110,9 +110,11 @@ def calibrate(apply: bool = False) -> CalibrationReport:
     return CalibrationReport(tuple(results), tuple(skipped), len(load_measurements()), report, changed)
 
 
-def probe(dies: int = 4, on_status=lambda message: None, threads: int | None = None) -> ProbeReport:
+def probe(dies: int = 4, on_status=lambda message: None, threads: int | None = None,
+          train: bool = False) -> ProbeReport:
     """Measure this machine (bandwidth, kernels, hops) as a system of `dies` emulated dies named die0...;
-    `threads`: the threads one die's kernels use (default every core, as `Device` gives each die)."""
+    `threads`: the threads one die's kernels use (default every core, as `Device` gives each die); `train`: also
+    a LoRA training step's rate, for `chipfuse finetune`'s prediction on this host."""
     import os
 
     from ..runtime.probe import probe as run
@@ -122,7 +124,7 @@ def probe(dies: int = 4, on_status=lambda message: None, threads: int | None = N
     cores = os.cpu_count() or 1
     if threads is not None and not (isinstance(threads, int) and 1 <= threads <= cores):
         raise ChipfuseError(f"--threads {threads!r}: give 1..{cores} (this machine's cores)")
-    system, fig = run([f"die{i}" for i in range(dies)], on_status=on_status, threads=threads)
+    system, fig = run([f"die{i}" for i in range(dies)], on_status=on_status, threads=threads, train=train)
     return ProbeReport(system, fig["bandwidth_gb_per_s"], fig["int4_kernel_gb_per_s"], fig["tops"],
                        fig["layer_overhead_s"], fig["hop_latency_s"], fig["hop_gb_per_s"])
 

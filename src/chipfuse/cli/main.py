@@ -578,13 +578,15 @@ def probe(
     dies: int = typer.Option(4, min=1, max=64, help="number of emulated dies to describe (1-64)"),
     out: Path = typer.Option(Path("this-host.yaml"), help="system file to write"),
     threads: Optional[int] = typer.Option(None, help="threads one die's kernels use (default: every core)"),
+    train: bool = typer.Option(False, "--train", help="also measure a LoRA training step (for `chipfuse finetune`'s "
+                                                      "prediction on this host)"),
 ):
     """Measure this machine (bandwidth, kernels, hops) and write it as a system of emulated dies."""
     from ..runtime.probe import save_system
 
     _writable(out)
     with status("probing") as st:
-        rep = api.probe(dies, on_status=lambda m: st.update(f"measuring {m}"), threads=threads)
+        rep = api.probe(dies, on_status=lambda m: st.update(f"measuring {m}"), threads=threads, train=train)
     save_system(rep.system, out)
     render.probe(rep)
     render.say(f"written to {out}")

@@ -322,6 +322,17 @@ class VisionPath(Strict):
     node_overhead_s: float = Field(0.0, ge=0, description="fixed cost of one op (dispatch)")
 
 
+class TrainPath(Strict):
+    """How a die runs a LoRA fine-tuning step where that differs from its inference figures: the rate a training
+    layer's forward and backward FLOP reach, and a fixed cost per layer and micro-batch (autograd's many small
+    ops: norms, rotary, adapters, dropout, their gradients). An emulated die trains in float32 through autograd,
+    so `chipfuse probe --train` measures these."""
+
+    tops: _Tops = Field(description="tera-ops per second a training layer's forward and backward FLOP reach")
+    layer_overhead_s: float = Field(0.0, ge=0, le=1.0, description="fixed cost of one layer's forward and backward "
+                                                                    "for one micro-batch")
+
+
 class DieType(Strict):
     """One NPU die design. Throughput is peak tera-operations per second (a MAC is 2 ops)."""
 
@@ -343,6 +354,8 @@ class DieType(Strict):
     activation_precision: Precision = Field("fp16", description="precision of attention and activations")
     vision: VisionPath | None = Field(None, description="vision ops' own rates, if not tops x compute_efficiency "
                                                         "and op_overhead_s per op")
+    train: TrainPath | None = Field(None, description="a fine-tuning step's own rates, if not the prefill roofline "
+                                                      "(sim/train.py)")
     area_mm2: float | None = Field(None, gt=0)
     process_nm: float | None = Field(None, gt=0)
     cost_usd: float | None = Field(None, ge=0)

@@ -186,9 +186,63 @@ def measure_hop() -> tuple[float, float]:
     return small_s, big / max(big_s - small_s, 1e-9)
 
 
-def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None) -> tuple[System, dict]:
+TRAIN_SHAPES = ((1, 32), (1, 128), (2, 128), (4, 128))  # (sequences, tokens) of the training probe's micro-batches
+
+
+def measure_train() -> tuple[float, float]:
+    """A LoRA training step through autograd (runtime/lora.py) on two layers shaped like SmolLM2's (random
+    weights, rank 8 on every projection, dropout on), forward and backward at four micro-batch sizes, and
+    t = 2 x overhead + FLOP / rate fitted to them, FLOP as sim/train.py counts them (the IR's forward,
+    then the weight products again and the attention twice). Returns (TFLOP/s, overhead per layer in s)."""
+    import numpy as np
+
+    from ..frontends import load_model_config
+    from ..ir.graph import Workload, op_costs
+    from ..ir.llm import build_llm_graph
+    from ..plan.train import LoraSpec
+    from ..quant.formats import Recipe
+    from .lora import TrainStage
+
+    cfg = load_model_config("smollm2-135m").model_copy(update={"num_layers": 2, "vocab_size": 64})
+    g = torch.Generator().manual_seed(0)
+    w = {"embed": torch.randn(cfg.vocab_size, cfg.hidden_size, generator=g)}
+    for i in range(2):
+        p = f"layers.{i}."
+        for n, (o, k) in {"q_proj": (cfg.q_dim, cfg.hidden_size), "k_proj": (cfg.kv_dim, cfg.hidden_size),
+                          "v_proj": (cfg.kv_dim, cfg.hidden_size), "o_proj": (cfg.hidden_size, cfg.q_dim),
+                          "gate_proj": (cfg.intermediate_size, cfg.hidden_size),
+                          "up_proj": (cfg.intermediate_size, cfg.hidden_size),
+                          "down_proj": (cfg.hidden_size, cfg.intermediate_size)}.items():
+            w[p + n] = torch.randn(o, k, generator=g) / k ** 0.5
+        w[p + "attn_norm"], w[p + "mlp_norm"] = torch.ones(cfg.hidden_size), torch.ones(cfg.hidden_size)
+    stage = TrainStage(cfg, w, (1, 3), get_format("fp32"), LoraSpec(), 0)
+    graph = build_llm_graph(cfg)
+    mask = np.isin(graph.op_block, [1, 2])
+    flop, seconds = [], []
+    for b, t in TRAIN_SHAPES:
+        c = op_costs(graph, Recipe.of(get_format("fp32")), Workload.prefill(t, b), 4.0, 2.0)
+        flop.append(float((2 * c.weight_flop + 3 * c.act_flop)[mask].sum()))
+        x = torch.randn(b, t, cfg.hidden_size, generator=g)
+
+        def step(x=x):
+            xi = x.clone().requires_grad_()
+            out = stage.forward(xi, key=(0, 0))
+            out.backward(torch.ones_like(out))
+            for p_ in stage.parameters():
+                p_.grad = None
+
+        seconds.append(_best(step, 2))
+    a = np.stack([np.full(len(flop), 2.0), np.array(flop)], 1)  # t = 2 layers x overhead + FLOP x seconds/FLOP
+    (o, inv), *_ = np.linalg.lstsq(a, np.array(seconds), rcond=None)
+    inv = max(float(inv), 1e-15)
+    return round(1.0 / inv / 1e12, 5), round(max(float(o), 0.0), 7)
+
+
+def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None,
+          train: bool = False) -> tuple[System, dict]:
     """Measure this host; return a system of len(dies) emulated dies (named as given) and the raw figures.
-    `threads`: the threads each die's kernels use (the runtime's default: every core)."""
+    `threads`: the threads each die's kernels use (the runtime's default: every core). `train`: also measure a
+    LoRA training step's rate (`DieType.train`, for `chipfuse finetune`'s prediction)."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     on_status("streaming bandwidth")
     bw = measure_bandwidth_bytes_per_s()
@@ -202,6 +256,11 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None)
     overhead = measure_layer_overhead_s()
     on_status("vision ops through the interpreter")
     vision_tops, vision_gbps, node_s = measure_vision()
+    train_path = None
+    if train:
+        on_status("a LoRA training step through autograd")
+        train_tops, train_overhead = measure_train()
+        train_path = {"tops": train_tops, "layer_overhead_s": train_overhead}
     on_status("gloo hop on loopback")
     hop_s, hop_bw = measure_hop()
     ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
@@ -226,7 +285,8 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None)
                                "bandwidth_gb_per_s": round(bw / GB, 2),
                                "efficiency": round(min(1.0, kernel_bw / bw), 3)}},
             "compute_efficiency": 1.0, "op_overhead_s": round(overhead, 7), "activation_precision": "fp32",
-            "vision": {"tops": vision_tops, "gb_per_s": vision_gbps, "node_overhead_s": round(node_s, 7)}}},
+            "vision": {"tops": vision_tops, "gb_per_s": vision_gbps, "node_overhead_s": round(node_s, 7)},
+            **({"train": train_path} if train_path else {})}},
         "dies": [{"name": d, "type": "emulated"} for d in dies],
         "links": [{"between": ["host", dies[0]], "kind": "d2d-pcb", "bandwidth_gb_per_s": round(hop_bw / GB, 3),
                    "efficiency": 1.0, "latency_us": round(hop_s * 1e6, 1)}]
@@ -239,7 +299,7 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None)
         data["links"].append({"between": [dies[-1], "host"], "kind": "d2d-pcb", "bandwidth_gb_per_s": round(hop_bw / GB, 3),
                               "efficiency": 1.0, "latency_us": round(hop_s * 1e6, 1)})
         data["host"]["ports"][0]["count"] = 2
-    figures = {"vision_tops": vision_tops, "vision_gb_per_s": vision_gbps, "vision_node_overhead_s": node_s, "bandwidth_gb_per_s": bw / GB, "int4_kernel_gb_per_s": kernel_bw / GB, "tops": tops, "layer_overhead_s": overhead, "hop_latency_s": hop_s,
+    figures = {"train": train_path, "vision_tops": vision_tops, "vision_gb_per_s": vision_gbps, "vision_node_overhead_s": node_s, "bandwidth_gb_per_s": bw / GB, "int4_kernel_gb_per_s": kernel_bw / GB, "tops": tops, "layer_overhead_s": overhead, "hop_latency_s": hop_s,
                "hop_gb_per_s": hop_bw / GB}
     return parse_system(data, "chipfuse probe"), figures
 

@@ -3,7 +3,9 @@
 A die's forward over one micro-batch (B sequences of T tokens) is the roofline of its blocks' ops
 at prefill (the same op costs `predict` uses). Its backward over a frozen base computes only the
 inputs' gradients: one more pass of every weight product (the weights read again) and twice the
-attention's activation products; with checkpointing the forward runs again first. Hidden states go
+attention's activation products; with checkpointing the forward runs again first. A die type that states
+its own training rate (`DieType.train`: what `chipfuse probe --train` measures of autograd on this host)
+runs those FLOP at that rate plus a fixed cost per layer instead of the prefill roofline. Hidden states go
 forward and their gradients come back (FP32, B x T x hidden each way). The one-forward-one-backward
 schedule of M micro-batches over S dies takes the sum of every die's first micro-batch and then
 M - 1 rounds of the slowest die: the bubble is (S - 1) / (M + S - 1) of the step for balanced dies.
@@ -69,11 +71,21 @@ def predict_train(plan: Plan, spec: TrainSpec, tokens_per_sequence: int | None =
         r = die_rates(system, st.die, recipe.default, prefill=True)
         c = op_costs(graph, recipe, wl, r.act_element_bytes, kv_bytes)
         mask = np.isin(graph.op_block, list(range(*st.blocks)))
-        w_s = c.weight_flop / r.weight_flop_per_s
-        a_s = c.act_flop / r.act_flop_per_s
         n_ops = len(range(*st.blocks))
-        fwd = float(roofline_s(w_s + a_s, c.read_bytes, r.bytes_per_s)[mask].sum()) + r.op_overhead_s * n_ops
-        bwd = float(roofline_s(w_s + 2 * a_s, c.read_bytes, r.bytes_per_s)[mask].sum()) + r.op_overhead_s * n_ops
+        path = system.die_type(st.die).train
+        if path is not None:  # the die's measured training rate and per-layer cost (chipfuse probe --train)
+            rate = path.tops * 1e12
+            fwd_flop = float((c.weight_flop + c.act_flop)[mask].sum())
+            bwd_flop = float((c.weight_flop + 2 * c.act_flop)[mask].sum())
+            layers = sum(1 for b in range(*st.blocks) if 1 <= b <= cfg.num_layers)
+            share = fwd_flop / (fwd_flop + bwd_flop) if fwd_flop + bwd_flop else 0.5
+            fwd = fwd_flop / rate + share * path.layer_overhead_s * layers
+            bwd = bwd_flop / rate + (1 - share) * path.layer_overhead_s * layers
+        else:
+            w_s = c.weight_flop / r.weight_flop_per_s
+            a_s = c.act_flop / r.act_flop_per_s
+            fwd = float(roofline_s(w_s + a_s, c.read_bytes, r.bytes_per_s)[mask].sum()) + r.op_overhead_s * n_ops
+            bwd = float(roofline_s(w_s + 2 * a_s, c.read_bytes, r.bytes_per_s)[mask].sum()) + r.op_overhead_s * n_ops
         if spec.checkpointing:
             bwd += fwd
         link = 0.0
