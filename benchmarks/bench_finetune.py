@@ -95,8 +95,8 @@ def main() -> None:
     lines = ["## Fine-tuning (LoRA) speed", "",
              "Command: `python benchmarks/bench_finetune.py`. SmolLM2-135M, rank 8 on all seven projections, "
              f"{MBS} micro-batches of {MB} x {SEQ} tokens per step, {STEPS} steps, FP32 base, on this machine probed "
-             "as N dies (`chipfuse probe`, cores / N threads per die); predicted = `sim/train.py` on the same plan "
-             "and probed system. Peer: transformers + peft, the same sequences, steps and settings, every core, "
+             "as N dies (`chipfuse probe --train`, cores / N threads per die: autograd's training rate measured on "
+             "two layers); predicted = `sim/train.py` on the same plan and probed system. Peer: transformers + peft, the same sequences, steps and settings, every core, "
              "same run.", "",
              "| dies asked | dies used | threads/die | measured tokens/s | predicted tokens/s | measured / predicted "
              "| s/step measured | s/step predicted | bubble | loss first -> last | vs peer |",
@@ -106,9 +106,10 @@ def main() -> None:
                      f"{step_p:.2f} | {bubble:.0%} | {l0:.2f} -> {l1:.2f} | {meas / rate_peer:.2f}x |")
     lines += ["", f"Peer (transformers {_version('transformers')} + peft {_version('peft')}): {rate_peer:,.0f} "
               "training tokens/s.", "",
-              "Measured / predicted below 1 with several dies: the emulated dies share this machine's cores "
-              f"({os.cpu_count()}), so dies beyond the core count take turns where the model lets them run at once; "
-              f"the median of measured/predicted is {statistics.median(r[3] / r[4] for r in rows):.2f}."]
+              "Measured / predicted below 1: the probe times two layers, not the head's 49,152-way log-softmax "
+              "and its gradient nor the host's part of a step; and with more dies than this machine's cores "
+              f"({os.cpu_count()}) the dies take turns where the model runs them at once. The median of "
+              f"measured/predicted is {statistics.median(r[3] / r[4] for r in rows):.2f}."]
     write_section("finetune", "\n".join(lines))
 
 
