@@ -277,13 +277,43 @@ class StageModel:
             self._fast.free_slot(slot)
 
     def attach_adapters(self, adapters) -> None:
-        """Serve LoRA adapters (runtime.adapters.Adapters) unmerged: each projection adds scale * B (A x). The
-        compiled decode path has no adapter term, so the stage stays on the Python path."""
+        """Serve LoRA adapters (runtime.adapters.Adapters) unmerged: each projection adds scale * B (A x), on the
+        Python path and in the compiled decode path alike (rebuilt with them on its next use)."""
         if self.shard is not None:
             raise ValueError("tensor-split plans do not serve adapters yet: plan the dies as a pipeline")
         by_id = adapters.for_layers(self.layer_ids)
         self.lora = {li: by_id[i] for li, i in enumerate(self.layer_ids) if i in by_id}
-        self._fast, self._fast_tried = None, True
+        self._fast, self._fast_tried = None, False
+
+    FUSED = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+
+    def _fused_lora(self, li: int, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One (A, B) for the fused projections `names` of layer `li`: A's rows a block per adapter, B
+        block-diagonal over the projections' output columns (zeros where a projection has none)."""
+        ads = self.lora.get(li, {})
+        if not any(n in ads for n in names):
+            return None
+        widths = {"q_proj": self.q_dim, "k_proj": self.kv_dim, "v_proj": self.kv_dim,
+                  "gate_proj": self.cfg.intermediate_size, "up_proj": self.cfg.intermediate_size}
+        outs = [widths[n] if len(names) > 1 else None for n in names]
+        a_rows, b_blocks = [], []
+        for n, w in zip(names, outs):
+            if n in ads:
+                a, b = ads[n]
+                a_rows.append(a)
+                b_blocks.append((w if w is not None else b.shape[0], b))
+            else:
+                b_blocks.append((w, None))
+        total_r = sum(a.shape[0] for a in a_rows)
+        out_total = sum(w for w, _ in b_blocks)
+        big_b = torch.zeros(out_total, total_r)
+        row = col = 0
+        for w, b in b_blocks:
+            if b is not None:
+                big_b[row: row + w, col: col + b.shape[1]] = b
+                col += b.shape[1]
+            row += w
+        return torch.cat(a_rows), big_b
 
     def _with_lora(self, li: int, names: tuple[str, ...], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """y (the fused projections `names` of x) plus the adapters' terms, each in its own columns."""
@@ -318,9 +348,13 @@ class StageModel:
                 inter = cfg.intermediate_size if self.shard is None else self.shard.mlp_columns[1]
                 st = mod.Stage(cfg.hidden_size, self.n_heads, self.n_kv, cfg.head_dim, inter, cfg.rms_norm_eps,
                                self.cos, self.sin)
-                for ly in self.layers:
+                for li, ly in enumerate(self.layers):
                     st.add_layer(ly.attn_norm, ly.mlp_norm, ly.qkv_bias, ly.q_norm, ly.k_norm,
                                  *(lin.cpp_spec() for lin in ly.linears()))
+                    for which, names in enumerate(self.FUSED):
+                        ab = self._fused_lora(li, names)
+                        if ab is not None:
+                            st.set_lora(li, which, *ab)
                 if self.shard is not None:
                     st.set_reduce(self.reduce)
                 for slot, kv in self.cache.items():

@@ -37,6 +37,7 @@ struct Lin {
   int64_t lpad = 0;       // int4 partial: zero columns in front of the activations
   bool partial = false;   // a tensor shard's part of a sum: the group's sum is rounded as the whole kernel's would be
   double scale = 1.0;     // fp8 tensor scale
+  at::Tensor lora_a, lora_b;  // LoRA adapters served unmerged (float32): y += lora_b (lora_a x); undefined if none
 };
 
 inline float ld(const float* p) { return *p; }
@@ -337,7 +338,7 @@ at::Tensor int4_partial(at::Tensor x, at::Tensor codes, at::Tensor sz, int64_t g
 }
 
 // y[T, N] = x[T, K] @ W^T in the layer's format, written as float into `out`
-void linear(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
+void linear_base(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
   at::Tensor y;
   switch (L.kind) {
     case DENSE_F32:
@@ -361,6 +362,17 @@ void linear(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
   }
   y = y.contiguous();
   to_float(y, out);
+}
+
+// the held kernel's product, plus the adapters' low-rank term where a layer serves LoRA adapters (the fused
+// projections stack their adapters: A's rows one block per projection, B block-diagonal)
+void linear(const Lin& L, const float* x, int64_t t, int64_t k, float* out) {
+  linear_base(L, x, t, k, out);
+  if (!L.lora_a.defined()) return;
+  at::Tensor xin = at::from_blob(const_cast<float*>(x), {t, k});
+  at::Tensor add = at::matmul(at::matmul(xin, L.lora_a.t()), L.lora_b.t()).contiguous();
+  const float* a = add.data_ptr<float>();
+  for (int64_t i = 0; i < add.numel(); ++i) out[i] += a[i];
 }
 
 void rms_norm(const float* x, const float* w, int64_t n, double eps, float* out) {
@@ -404,6 +416,15 @@ class Stage {
     slots_[slot] = std::move(caches);
   }
   void free_slot(int64_t slot) { slots_.erase(slot); }
+
+  // LoRA adapters of layer `layer`'s projection `which` (0 qkv, 1 o, 2 gate_up, 3 down): y += b (a x)
+  void set_lora(int64_t layer, int64_t which, at::Tensor a, at::Tensor b) {
+    if (layer < 0 || layer >= (int64_t)layers_.size() || which < 0 || which > 3) throw std::runtime_error("no such layer projection");
+    Layer& l = layers_[layer];
+    Lin& lin = which == 0 ? l.qkv : which == 1 ? l.o : which == 2 ? l.gate_up : l.down;
+    lin.lora_a = a.to(at::kFloat).contiguous();
+    lin.lora_b = b.to(at::kFloat).contiguous();
+  }
 
   // a tensor shard's partial attention and MLP outputs are summed over its group by fn(tensor [T, H]),
   // called with the GIL held between the layer's halves (torch.distributed's all-reduce, in place)
@@ -574,6 +595,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_layer", &Stage::add_layer)
       .def("set_slot", &Stage::set_slot)
       .def("free_slot", &Stage::free_slot)
+      .def("set_lora", &Stage::set_lora)
       .def("set_reduce", &Stage::set_reduce)
       .def("forward", &Stage::forward, py::call_guard<py::gil_scoped_release>());
   m.def("mm_bytes", &mm_bytes, py::call_guard<py::gil_scoped_release>());
