@@ -56,16 +56,21 @@ def test_a_two_stage_split_serves_each_stage_its_own_layers(trained):
         assert torch.allclose(got, st.forward(ids[None])[0], rtol=1e-4, atol=1e-5)
 
 
-def test_decode_steps_with_the_adapter_continue_the_prefill(trained):
-    """One token at a time (the decode path, kept off the compiled path) gives the prefill's logits."""
+@pytest.mark.parametrize("fmt", ["fp32", "int8"])
+def test_decode_steps_with_the_adapter_continue_the_prefill(trained, fmt):
+    """One token at a time on the compiled decode path (with the adapters' term) gives the Python prefill's logits."""
+    from chipfuse.runtime import fastpath
+
     _, folder = trained
-    model = StageModel(CFG, tiny_weights(), (0, CFG.num_layers + 2), get_format("fp32"), 64, "fp32")
+    model = StageModel(CFG, tiny_weights(), (0, CFG.num_layers + 2), get_format(fmt), 64, "fp32")
     model.attach_adapters(read_adapter(folder, CFG))
     ids = torch.randint(0, CFG.vocab_size, (8,))
     whole = model.forward(ids, [Segment(1, 0, 8)], all_logits=True)
     model.forward(ids[:7], [Segment(2, 0, 7)])
     last = model.forward(ids[7:], [Segment(2, 7, 1)])
     assert torch.allclose(last[0], whole[-1], rtol=1e-4, atol=1e-5)
+    if fastpath.load() is not None:  # where the compiled path builds, the decode step took it, adapters and all
+        assert model._fast is not None
 
 
 def _copy(folder: Path, tmp: Path) -> Path:
