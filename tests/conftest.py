@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 
 from chipfuse.hw.load import parse_system
+
+# a resident launcher the developer left running must not serve the tests' commands and dies (its tests,
+# tests/cli/test_resident.py, start their own and opt in)
+os.environ["CHIPFUSE_RESIDENT"] = "0"
 
 BASE = {
     "name": "test-system",

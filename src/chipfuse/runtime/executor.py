@@ -30,6 +30,7 @@ from ..errors import ChipfuseError
 from ..plan.plan import Plan
 
 if TYPE_CHECKING:
+    from .resident import ResidentProcess
     from .transport import Channel, Fanout
 
 
@@ -78,7 +79,7 @@ class ForkedWorker:
     It is the launcher's child, not ours: the launcher reaps it and writes its exit status (Popen's
     convention, -signal or the code) to a file, which poll() reads."""
 
-    def __init__(self, pid: int, status: Path, launcher: subprocess.Popen):
+    def __init__(self, pid: int, status: Path, launcher: subprocess.Popen | ResidentProcess):
         self.pid, self._status, self._launcher = pid, status, launcher
         self.returncode: int | None = None
 
@@ -154,8 +155,9 @@ class Executor:
         self.on_death: list[Callable[[WorkerDeath], None]] = []  # called once, from the watchdog thread
         self.to_first: Fanout | None = None
         self.from_last: Channel | None = None
-        self._launcher: subprocess.Popen | None = None
+        self._launcher: subprocess.Popen | ResidentProcess | None = None
         self._stopping = False
+        self.resident = False  # the dies were forked by a resident launcher (runtime.resident), not a new process
 
     # ---------------------------------------------------------------- start-up
     def start(self, spawn: bool, master: str | None, timeout_s: float, meanwhile: Callable[[], None] = lambda: None
@@ -338,12 +340,18 @@ class Executor:
     def _launch_forked(self, common: list[str]) -> None:
         """One launcher process imports torch once and forks every die (worker.launch): on a few cores,
         N interpreters each importing torch at once were most of a warm start."""
+        from .resident import launch_workers
+
         ranks = ",".join(str(r) for r in range(1, self.world))
         log = self._logdir / "launcher.log"
-        self._launcher = subprocess.Popen(
-            [sys.executable, "-m", "chipfuse.runtime.worker", "--fork-ranks", ranks, "--logdir", str(self._logdir),
-             *common], stdout=subprocess.PIPE, stderr=open(log, "w"), start_new_session=True, env=worker_env(),
-            text=True)
+        argv = ["--fork-ranks", ranks, "--logdir", str(self._logdir), *common]
+        # a resident launcher (`chipfuse launcher start`) forks it with torch already imported
+        self._launcher = launch_workers(argv, worker_env(), log)
+        self.resident = self._launcher is not None
+        if self._launcher is None:
+            self._launcher = subprocess.Popen([sys.executable, "-m", "chipfuse.runtime.worker", *argv],
+                                              stdout=subprocess.PIPE, stderr=open(log, "w"), start_new_session=True,
+                                              env=worker_env(), text=True)
 
     def _forked_pids(self) -> None:
         """The dies' pids, once the launcher has forked them (it prints them)."""

@@ -51,10 +51,26 @@ from .weights import open_weights, wanted_names
 
 
 def _watch_parent(pid: int, before_exit=lambda: None) -> None:
-    """Exit if the process that started us is gone (no orphans after a host crash)."""
+    """Exit if the process that started us is gone (no orphans after a host crash). That is our parent, or
+    the host a resident launcher forked us for (then its pidfd says when it ends)."""
+    pidfd = None
+    if pid != os.getppid():
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # already gone
+            before_exit()
+            os._exit(3)
+
+    def gone() -> bool:
+        if pidfd is None:
+            return os.getppid() != pid
+        import select
+
+        return bool(select.select([pidfd], [], [], 0)[0])
+
     def loop():
         while True:
-            if os.getppid() != pid:
+            if gone():
                 before_exit()
                 os._exit(3)
             time.sleep(0.5)
