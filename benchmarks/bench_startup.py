@@ -2,11 +2,16 @@
 
 Run: python benchmarks/bench_startup.py [--repeats N] [--cold-repeats N]   (needs the optional extra `.[bench]`)
 
-Each sample is a fresh Python process, timed by this script from spawning it until it prints
-that the first token arrived (interpreter start and every import included):
-- chipfuse: `api.open_device(system)` then `chat(..., max_tokens=1)`, what `chipfuse run` does before it
-  streams (the CLI also prints its plan and memory tables; those are not timed here).
-- llama.cpp: `Llama(model_path, n_ctx=2048, n_threads=2)` then `create_completion(prompt, max_tokens=1)`.
+Each sample is a fresh process, timed by this script from spawning it until the first token arrives
+(interpreter start and every import included):
+- chipfuse, API rows: `api.open_device(system)` then `chat(..., max_tokens=1)`, what `chipfuse run` does
+  before it streams, in a process of its own (no resident launcher).
+- chipfuse, CLI rows: the `chipfuse run --max-tokens 1` command itself, until its first generated token
+  is on stdout (after the plan and memory tables it prints first), with and without a resident launcher
+  (`chipfuse launcher start`, started by this script before the rounds if none is up, stopped after).
+- llama.cpp: `Llama(model_path, n_ctx=2048, n_threads=2)` then `create_chat_completion([user message],
+  max_tokens=1, temperature=0)`: the same request through the model's chat template (the script checks both
+  sides prefilled the same number of tokens).
 Warm: the user's cache (prepared weights, model config, tokenizer, compiled kernel) as a previous
 run left it. Cold: a fresh empty CHIPFUSE_CACHE per sample, with CHIPFUSE_SMOLLM2_GGUF pointing at
 the file; only the compiled decode kernel (built once per machine, not per model) is shared.
@@ -27,10 +32,14 @@ from pathlib import Path
 from bench_runtime import THREADS
 from report import write_section
 
+from chipfuse.cli import resident
 from chipfuse.frontends.model_files import cache_dir, default_gguf
 
 PROMPT = "What is the capital of France?"
 CONFIGS = (("talk-light-d2d", "1 die"), ("talk-4die-d2d", "4 dies"))
+PRESETS = Path(resident.__file__).resolve().parents[1] / "hw" / "presets"
+NO_LAUNCHER = {**os.environ, "CHIPFUSE_RESIDENT": "0"}
+PROMPT_TOKENS: dict[str, int] = {}  # each side's prompt length after its chat template: the same request?
 
 CHIPFUSE_DRIVER = """
 import json, sys
@@ -38,16 +47,18 @@ from chipfuse.api import open_device
 dev = open_device(sys.argv[1])
 g = dev.chat([{"role": "user", "content": sys.argv[2]}], max_tokens=1)
 list(g)
-print("FIRST", json.dumps({"report": dev.startup_report(), "cache": [i["cache"] for i in dev.worker_info]}), flush=True)
+print("FIRST", json.dumps({"report": dev.startup_report(), "cache": [i["cache"] for i in dev.worker_info],
+                           "prompt_tokens": len(g.req.prompt)}), flush=True)
 dev.close()
 """
 
 LLAMA_DRIVER = """
 import sys
 from llama_cpp import Llama
+import json
 llm = Llama(model_path=sys.argv[1], n_ctx=2048, n_threads=int(sys.argv[3]), verbose=False)
-llm.create_completion(sys.argv[2], max_tokens=1)
-print("FIRST {}", flush=True)
+r = llm.create_chat_completion([{"role": "user", "content": sys.argv[2]}], max_tokens=1, temperature=0.0)
+print("FIRST", json.dumps({"prompt_tokens": r["usage"]["prompt_tokens"]}), flush=True)
 """
 
 
@@ -66,6 +77,32 @@ def first_token_s(argv: list[str], env: dict[str, str] | None = None) -> tuple[f
         raise RuntimeError(f"{argv[2][:40]!r}... exited {p.returncode} before a first token:\n{err.read()[-2000:]}")
 
 
+def cli_first_token_s(system: str, env: dict[str, str]) -> float:
+    """Seconds from spawning `chipfuse run` until its first generated token is on stdout (the text after
+    "assistant: "); the command then finishes on its own (its --probe is the preset: nothing is measured after)."""
+    argv = [str(Path(sys.executable).with_name("chipfuse")), "run", "-s", system, "--max-tokens", "1", "--prompt",
+            PROMPT, "--probe", str(PRESETS / f"{system}.yaml")]
+    mark = b"assistant: "
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env)
+        seen, dt = b"", None
+        while dt is None:
+            chunk = p.stdout.read1(4096)
+            if not chunk:
+                break
+            seen += chunk
+            at = seen.find(mark)
+            if at >= 0 and len(seen[at + len(mark):].strip()) > 0:
+                dt = time.perf_counter() - t0
+        p.stdout.read()
+        p.wait(timeout=120)
+        if dt is None or p.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"chipfuse run -s {system} exited {p.returncode}:\n{err.read()[-2000:]}")
+        return dt
+
+
 def cold_env(tmp: Path, gguf: Path) -> dict[str, str]:
     """An empty chipfuse cache that shares only the compiled kernel, and the model file by path."""
     tmp.mkdir(parents=True)
@@ -77,8 +114,10 @@ def cold_env(tmp: Path, gguf: Path) -> dict[str, str]:
 def chipfuse_sample(system: str, cold: bool, gguf: Path) -> tuple[float, dict]:
     """One start of chipfuse on `system`, checking the dies found (warm) or missed (cold) their cache."""
     with tempfile.TemporaryDirectory(prefix="chipfuse-cold-") as tmp:
-        env = cold_env(Path(tmp) / "cache", gguf) if cold else None
+        env = cold_env(Path(tmp) / "cache", gguf) if cold else NO_LAUNCHER
+        env["CHIPFUSE_RESIDENT"] = "0"
         dt, info = first_token_s([sys.executable, "-c", CHIPFUSE_DRIVER, system, PROMPT], env)
+    PROMPT_TOKENS["chipfuse"] = info["prompt_tokens"]
     want = "miss" if cold else "hit"
     if any(c != want for c in info["cache"]):
         raise RuntimeError(f"{system} {'cold' if cold else 'warm'}: workers report cache {info['cache']}")
@@ -86,20 +125,29 @@ def chipfuse_sample(system: str, cold: bool, gguf: Path) -> tuple[float, dict]:
 
 
 def llama_cpp_sample(gguf: Path) -> float:
-    return first_token_s([sys.executable, "-c", LLAMA_DRIVER, str(gguf), PROMPT, str(THREADS)])[0]
+    dt, info = first_token_s([sys.executable, "-c", LLAMA_DRIVER, str(gguf), PROMPT, str(THREADS)])
+    PROMPT_TOKENS["llama.cpp"] = info["prompt_tokens"]
+    return dt
 
 
 def rounds(cold: bool, repeats: int, gguf: Path, peer: list[float]) -> list[tuple]:
-    """`repeats` rounds of llama.cpp then each chipfuse row, interleaved so both see the same load."""
-    times: dict[str, list[float]] = {s: [] for s, _ in CONFIGS}
-    reports: dict[str, list[dict]] = {s: [] for s, _ in CONFIGS}
+    """`repeats` rounds of llama.cpp then each chipfuse row, interleaved so both see the same load. Warm rounds
+    also time the CLI, without and with the resident launcher."""
+    kinds = ["api"] if cold else ["api", "cli", "cli+launcher"]
+    times: dict[tuple, list[float]] = {(k, s): [] for k in kinds for s, _ in CONFIGS}
+    reports: dict[tuple, list[dict]] = {(k, s): [] for k in kinds for s, _ in CONFIGS}
     for _ in range(repeats):
         peer.append(llama_cpp_sample(gguf))
-        for system, _ in CONFIGS:
-            dt, rep = chipfuse_sample(system, cold, gguf)
-            times[system].append(dt)
-            reports[system].append(rep)
-    return [("cold" if cold else "warm", label, system, times[system], reports[system]) for system, label in CONFIGS]
+        for kind in kinds:
+            for system, _ in CONFIGS:
+                if kind == "api":
+                    dt, rep = chipfuse_sample(system, cold, gguf)
+                    reports[kind, system].append(rep)
+                else:
+                    dt = cli_first_token_s(system, os.environ if kind == "cli+launcher" else NO_LAUNCHER)
+                times[kind, system].append(dt)
+    return [("cold" if cold else "warm", kind, label, system, times[kind, system], reports[kind, system])
+            for kind in kinds for system, label in CONFIGS]
 
 
 def median_report(reports: list[dict]) -> str:
@@ -120,9 +168,16 @@ def main() -> None:
     gguf = default_gguf()
     load_before = os.getloadavg()
     for system, _ in CONFIGS:  # fill the warm cache (and build the kernel) before timing anything
-        first_token_s([sys.executable, "-c", CHIPFUSE_DRIVER, system, PROMPT])
+        first_token_s([sys.executable, "-c", CHIPFUSE_DRIVER, system, PROMPT], NO_LAUNCHER)
+    launcher, started = resident.start(idle_minutes=30)
     peer_times: list[float] = []
-    rows = rounds(False, a.repeats, gguf, peer_times) + rounds(True, a.cold_repeats, gguf, peer_times)
+    try:
+        rows = rounds(False, a.repeats, gguf, peer_times) + rounds(True, a.cold_repeats, gguf, peer_times)
+    finally:
+        if started:
+            resident.stop()
+    if PROMPT_TOKENS["chipfuse"] != PROMPT_TOKENS["llama.cpp"]:
+        raise RuntimeError(f"the two sides prefilled different prompts: {PROMPT_TOKENS} tokens")
     peer, peer_min = statistics.median(peer_times), min(peer_times)
     load_after = os.getloadavg()
     cmd = "python benchmarks/bench_startup.py" + (f" --repeats {a.repeats}" if a.repeats != 7 else "") + \
@@ -131,9 +186,15 @@ def main() -> None:
         "## Start-up: process start to first token, SmolLM2-135M-Instruct, same GGUF, same run",
         "",
         f"Command: `{cmd}` (optional extra `.[bench]`). Each sample is a fresh process timed from its spawn to its "
-        "first generated token. chipfuse: a driver doing what `chipfuse run` does before it streams "
-        "(`api.open_device(system)`, then `chat(prompt, max_tokens=1)`; the CLI's tables are not timed). llama.cpp: "
-        f"`Llama(model_path, n_ctx=2048, n_threads={THREADS})` then `create_completion(prompt, max_tokens=1)`. "
+        "first generated token. chipfuse \"api\": a driver doing what `chipfuse run` does before it streams "
+        "(`api.open_device(system)`, then `chat(prompt, max_tokens=1)`), in a process of its own. chipfuse \"cli\": "
+        "the command `chipfuse run -s SYSTEM --max-tokens 1 --probe PRESET` until its first token is on stdout (after "
+        "its plan and memory tables); \"cli+launcher\": the same command with a resident launcher up (`chipfuse "
+        f"launcher start`, loaded in {launcher.preload_s:.1f} s before the rounds), from which the command and its "
+        "dies are forked with torch and chipfuse already imported. llama.cpp: "
+        f"`Llama(model_path, n_ctx=2048, n_threads={THREADS})` then `create_chat_completion([user message], "
+        f"max_tokens=1, temperature=0)`: the same request, {PROMPT_TOKENS['chipfuse']} prompt tokens after the chat "
+        "template on both sides (checked). "
         "Warm: the cache a previous run left (prepared per-die weights, model config, tokenizer). Cold: an empty "
         "`CHIPFUSE_CACHE` per sample, sharing only the compiled decode kernel (built once per machine). "
         f"Samples are interleaved (llama.cpp, then each chipfuse row, per round) so both sides see the same "
@@ -141,19 +202,20 @@ def main() -> None:
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (other processes shared the 2 cores: llama.cpp's "
         "spinning threads suffer most from that, so its minimum is shown beside the median).",
         "",
-        "| start | dies | system | chipfuse median s (min-max, n) | llama.cpp median s (min) | ratio of medians | "
-        "ratio of minima |",
-        "|---|---|---|---|---|---|---|",
+        "| start | chipfuse as | dies | system | chipfuse median s (min-max, n) | llama.cpp median s (min) | "
+        "ratio of medians | ratio of minima |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for start, label, system, times, _ in rows:
+    for start, kind, label, system, times, _ in rows:
         med = statistics.median(times)
-        lines.append(f"| {start} | {label} | {system} | {med:.2f} ({min(times):.2f}-{max(times):.2f}, {len(times)}) | "
+        lines.append(f"| {start} | {kind} | {label} | {system} | {med:.2f} ({min(times):.2f}-{max(times):.2f}, {len(times)}) | "
                      f"{peer:.2f} ({peer_min:.2f}) | {med / peer:.1f}x | {min(times) / peer_min:.1f}x |")
     lines += ["", "llama.cpp samples, s, in order: " + ", ".join(f"{t:.2f}" for t in peer_times) + "."]
-    lines += ["", "Where chipfuse's time goes (medians, s; host plan, dies' process start + imports until the "
+    lines += ["", "Where the api rows' time goes (medians, s; host plan, dies' process start + imports until the "
               "last is ready, rendezvous, weights from cache or GGUF, compiled kernel load):", ""]
-    for start, label, _system, _, reports in rows:
-        lines.append(f"- {start}, {label}: {median_report(reports)}")
+    for start, kind, label, _system, _, reports in rows:
+        if reports:
+            lines.append(f"- {start}, {kind}, {label}: {median_report(reports)}")
     body = "\n".join(lines) + "\n"
     if not a.no_write:
         write_section("startup-vs-llama-cpp", body)

@@ -18,12 +18,6 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-def cache_dir() -> Path:
-    """chipfuse's cache folder: $CHIPFUSE_CACHE, else $XDG_CACHE_HOME/chipfuse, else ~/.cache/chipfuse."""
-    base = os.environ.get("CHIPFUSE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "chipfuse")
-    return Path(base)
-
-
 def _fmt_size_bytes(n: int) -> str:
     """A byte count for messages: 1.5 MiB, 20 KiB, 12 bytes."""
     if n >= MiB:

@@ -109,7 +109,7 @@ def test_bad_data_names_the_file_and_line(tmp_path):
 
 def _cli(data: Path, out: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "chipfuse.cli.main", "finetune", "--data", str(data), "--out", str(out),
-            "--steps", "6", "--save-every", "2", "--dies", "2", "--precision", "int8", "--seq-len", "64",
+            "--steps", "4", "--save-every", "2", "--dies", "2", "--precision", "int8", "--seq-len", "64",
             "--micro-batch", "1", "--micro-batches", "2", "--rank", "4", "--lr", "0.002", "--val-fraction", "0",
             *extra]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -141,7 +141,7 @@ def test_a_killed_run_resumed_gives_the_uninterrupted_runs_adapter(trained, tmp_
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
     meta = json.loads((tmp_path / "killed" / "chipfuse_finetune.json").read_text())
-    assert len(meta["losses"]) == 6
+    assert len(meta["losses"]) == 4
     again = _cli(data, tmp_path / "killed", "--resume", "--rank", "8")
     assert again.wait(120) == 2
     assert "another job: rank was 4, now 8" in again.stderr.read()

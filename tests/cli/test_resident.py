@@ -3,6 +3,7 @@ its dies are forked from it too, Ctrl-C reaches the command, and a client that d
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chipfuse.io import cache_dir
+from chipfuse.paths import cache_dir
 from chipfuse.runtime import resident as wire
 
 pytestmark = pytest.mark.slow
@@ -92,13 +93,15 @@ def test_a_forwarded_command_writes_what_a_fresh_process_writes(launcher, tmp_pa
     assert forked.stderr == fresh.stderr and "no-such-board" in forked.stderr and "Traceback" not in forked.stderr
 
 
-def test_run_streams_the_same_answer_from_dies_the_launcher_forked(launcher):
+def test_run_streams_the_same_answer_from_dies_the_launcher_forked(launcher, tmp_path):
     env, pid = launcher
     before = requests_served(env)
     args = ["run", "-s", "talk-4die-d2d", "--max-tokens", "6", "--probe", str(PRESETS / "talk-4die-d2d.yaml")]
-    forked = cli(args, env)
+    forked = cli([*args, "--json", str(tmp_path / "run.json")], env)
     assert forked.returncode == 0, forked.stderr
     assert requests_served(env) == before + 2  # the command, then the dies' launcher it asked for
+    startup = json.loads((tmp_path / "run.json").read_text())["startup"]
+    assert startup["resident"] is True and startup["ready_s"] > 0
     fresh = cli(args, {**env, "CHIPFUSE_RESIDENT": "0"})
     answer = [line for line in forked.stdout.splitlines() if line.startswith("assistant:")]
     assert answer and answer == [line for line in fresh.stdout.splitlines() if line.startswith("assistant:")]
@@ -176,3 +179,22 @@ def test_the_wire_refuses_what_it_cannot_take():
     assert wire.env_mismatch({"OMP_WAIT_POLICY": "ACTIVE"}, ours) is None  # the dies' default either way
     key = wire.code_key()
     assert len(key) == 16 and key == wire.code_key()
+
+
+def test_bad_launcher_settings_are_one_message(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from chipfuse.cli.main import app
+
+    monkeypatch.setenv("CHIPFUSE_RESIDENT", "1")
+    monkeypatch.setenv("CHIPFUSE_CACHE", str(tmp_path / "c"))
+    for bad in ("0", "-3", "nan", "inf", "20000"):
+        r = CliRunner().invoke(app, ["launcher", "start", "--idle-minutes", bad])
+        assert r.exit_code == 2 and f"--idle-minutes {float(bad):g}" in r.output, (bad, r.output)
+    monkeypatch.setenv("CHIPFUSE_CACHE", str(tmp_path / ("x" * 120)))
+    r = CliRunner().invoke(app, ["launcher", "start"])
+    assert r.exit_code == 2 and "set CHIPFUSE_CACHE to a shorter folder" in r.output
+    monkeypatch.setenv("CHIPFUSE_RESIDENT", "0")
+    r = CliRunner().invoke(app, ["launcher", "start"])
+    assert r.exit_code == 2 and "CHIPFUSE_RESIDENT=0" in r.output
+    assert not list(tmp_path.rglob("*.sock"))

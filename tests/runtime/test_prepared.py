@@ -156,8 +156,7 @@ def test_unwritable_cache_only_warns(tiny, cache, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("system", ["talk-medium-d2d", "talk-4die-d2d"])
-def test_device_tokens_identical_cold_and_warm(smollm2_gguf, tmp_path, monkeypatch, system):
+def test_device_tokens_identical_cold_and_warm(smollm2_gguf, tmp_path, monkeypatch, system="talk-4die-d2d"):
     """Real workers, an empty cache: cold start (miss), warm start (hit) and no cache (dies started one
     interpreter each) give the same greedy tokens."""
     from chipfuse.api import open_device

@@ -229,14 +229,16 @@ def run(system=DEFAULT_SYSTEM, model: str | Path | None = None, prompt: str = SA
             on_text(piece)
         memory = tuple(dev.memory_report())
         recording = dev.recording() if trace is not None else None
+        startup = {**dev.startup_report(), "resident": dev.executor.resident}
     n_prompt = len(gen.req.prompt)
     measured = _write_measured(dev.plan, recording, trace) if recording is not None else None
     if any(st.shard for st in dev.plan.stages):
         return RunResult(dev.plan, prompt, n_prompt, gen.text, tuple(gen.tokens), gen.finish_reason, gen.ttft_s,
-                         gen.decode_tokens_per_s, None, None, memory, TENSOR_HERE, measured)
+                         gen.decode_tokens_per_s, None, None, memory, TENSOR_HERE, measured, startup)
     pred = this_host_prediction(dev.plan, n_prompt, host, on_status)
     return RunResult(dev.plan, prompt, n_prompt, gen.text, tuple(gen.tokens), gen.finish_reason, gen.ttft_s,
-                     gen.decode_tokens_per_s, pred.ttft_s, pred.decode_tokens_per_s, memory, trace=measured)
+                     gen.decode_tokens_per_s, pred.ttft_s, pred.decode_tokens_per_s, memory, trace=measured,
+                     startup=startup)
 
 
 def _write_measured(plan, recording, path) -> TraceResult:

@@ -132,12 +132,16 @@ class RunResult:
     memory: tuple[dict, ...]
     note: str = ""
     trace: TraceResult | None = None  # the measured timeline, when the run was traced
+    startup: dict = field(default_factory=dict)  # seconds per start-up phase (Device.startup_report) and
+    # "resident": whether the dies were forked by a resident launcher (`chipfuse launcher start`)
+
     def to_json(self) -> dict:
         return {"plan": self.plan.model_dump(mode="json", by_alias=True), "prompt": self.prompt, "text": self.text,
                 "tokens": list(self.tokens), "finish_reason": self.finish_reason,
                 "measured": {"ttft_s": self.ttft_s, "decode_tokens_per_s": self.decode_tokens_per_s},
                 "predicted": {"ttft_s": self.predicted_ttft_s, "decode_tokens_per_s": self.predicted_decode_tokens_per_s},
-                "memory": list(self.memory), "trace": str(self.trace.path) if self.trace else None}
+                "memory": list(self.memory), "trace": str(self.trace.path) if self.trace else None,
+                "startup": dict(self.startup)}
 
 
 @dataclass(frozen=True)

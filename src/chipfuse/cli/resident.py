@@ -24,10 +24,13 @@ from ..runtime import resident as wire
 
 # imported before serving, so a forked child has them all (cli.main and cli.ui are not: their consoles
 # look at the child's own terminal when the child imports them)
-PRELOAD = ("torch", "torch.distributed", "numpy", "safetensors.torch", "tokenizers", "jinja2", "yaml", "pydantic",
-           "typer", "click", "rich.console", "rich.table", "rich.progress", "rich.live", "chipfuse.api",
-           "chipfuse.runtime.worker", "chipfuse.runtime.device", "chipfuse.runtime.executor",
-           "chipfuse.runtime.tokenizer", "chipfuse.runtime.stage", "chipfuse.hw.spec")
+PRELOAD = ("torch", "torch.distributed", "numpy", "safetensors.torch", "tokenizers", "jinja2", "jinja2.sandbox",
+           "jinja2.ext", "yaml", "pydantic", "pydantic.type_adapter", "typer", "typer._click.decorators", "click",
+           "rich.console", "rich.table", "rich.progress", "rich.live", "rich._emoji_codes", "chipfuse.api",
+           "chipfuse.hw.load", "chipfuse.hw.quick", "chipfuse.hw.spec", "chipfuse.compile.compiler",
+           "chipfuse.sim.predict", "chipfuse.sim.tensor", "chipfuse.quant.gguf_mix", "chipfuse.runtime.worker",
+           "chipfuse.runtime.device", "chipfuse.runtime.executor", "chipfuse.runtime.tokenizer",
+           "chipfuse.runtime.stage", "chipfuse.runtime.sampling", "chipfuse.runtime.probe")
 KILL_AFTER_S = 5.0  # a child asked to stop (SIGTERM) is killed after this
 
 
@@ -46,6 +49,7 @@ class _State:
     last_active: float = field(default_factory=time.monotonic)
     env: dict[str, str] = field(default_factory=dict)
     stopping: bool = False
+    wake: tuple[int, ...] = ()  # the SIGCHLD wake-up pipe (a child closes it)
 
 
 def preload() -> float:
@@ -61,6 +65,11 @@ def preload() -> float:
     from ..runtime import fastpath
 
     fastpath.load()
+    import ctypes  # noqa: F401 - the child's prctl
+    import gc
+
+    gc.collect()
+    gc.freeze()  # what is loaded now is never collected: a child's collections do not touch (and copy) its pages
     return time.perf_counter() - t0
 
 
@@ -125,6 +134,13 @@ def _loop(listener: socket.socket, path, inode: int, st: _State, idle_s: float) 
     conns: dict[int, _Conn] = {}  # by socket fd
     children: dict[int, _Conn] = {}  # by pid
     stop_deadline: float | None = None
+    # a child's exit wakes the select at once (its client waits for the status): SIGCHLD writes to this pipe
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    st.wake = (wake_r, wake_w)
     while True:
         now = time.monotonic()
         if st.stopping and stop_deadline is None:
@@ -142,8 +158,14 @@ def _loop(listener: socket.socket, path, inode: int, st: _State, idle_s: float) 
                 return
         except FileNotFoundError:
             return
-        r, _, _ = select.select([listener, *[c.sock for c in conns.values()]], [], [], 0.2)
+        r, _, _ = select.select([wake_r, listener, *[c.sock for c in conns.values()]], [], [], 0.2)
         for s in r:
+            if s == wake_r:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+                continue
             if s is listener:
                 try:
                     sock, _ = listener.accept()
@@ -263,6 +285,9 @@ def _request(msg: dict, fds: list[int], st: _State, listener, conns: dict[int, _
             listener.close()
             for c in conns.values():
                 c.sock.close()
+            signal.set_wakeup_fd(-1)
+            for fd in st.wake:
+                os.close(fd)
             code = _child(kind, argv, env, cwd, fds)
         except BaseException as err:  # noqa: BLE001 - the client must get an exit status, whatever happened
             try:
@@ -279,6 +304,7 @@ def _request(msg: dict, fds: list[int], st: _State, listener, conns: dict[int, _
 def _child(kind: str, argv: list[str], env: dict[str, str], cwd: str, fds: list[int]) -> int:
     """In the forked child: take the requester's descriptors, folder and environment, run, return the status."""
     _die_with_launcher()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if kind == "launch":  # stdout: a pipe to the host; stderr: the launcher log

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import ChipfuseError
-from ..io import cache_dir
+from ..paths import cache_dir
 
 __all__ = ["cache_dir", "default_gguf", "ocr_models"]
 

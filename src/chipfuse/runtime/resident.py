@@ -14,14 +14,13 @@ Nothing here imports torch: this is what the CLI's client runs before anything e
 from __future__ import annotations
 
 import array
-import hashlib
 import json
 import os
 import select
 import socket
-import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 MAX_MSG_BYTES = 1 << 20  # one request (argv, cwd, environment) is a few KiB
@@ -46,18 +45,19 @@ def code_key() -> str:
     from .. import __version__
 
     root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256(f"{__version__}\0{os.path.realpath(sys.executable)}\0{sys.prefix}\0{root}".encode())
+    parts = [f"{__version__}\0{os.path.realpath(sys.executable)}\0{sys.prefix}\0{root}"]
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
             if name.endswith((".py", ".cpp", ".yaml")):
                 st = os.stat(os.path.join(dirpath, name))
-                h.update(f"{dirpath}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+                parts.append(f"{dirpath}/{name}\0{st.st_size}\0{st.st_mtime_ns}")
+    data = "\n".join(parts).encode()  # two 32-bit checksums, not hashlib: loading OpenSSL costs the client ~20 ms
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
 def cache_folder() -> Path:
-    from ..io import cache_dir
+    from ..paths import cache_dir
 
     return cache_dir()
 
@@ -193,6 +193,8 @@ class ResidentProcess:
         while self.returncode is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
+                import subprocess
+
                 raise subprocess.TimeoutExpired(f"resident child pid {self.pid}", timeout)
             self._read(left if left is not None else 1.0)
         return self.returncode
