@@ -23,7 +23,7 @@ def test_gptq_checkpoint_runs_on_the_dies_as_measured(smollm2_gguf, tmp_path):
     fmt = get_format("int4-g128")
     recipe = Recipe(fmt, get_format("int8"), ((3, "int8"),))  # layer 2 (block 3) held as GPTQ int8 codes
     w = open_weights(smollm2_gguf, cfg).load(wanted_names(cfg, range(cfg.num_layers + 2)))
-    hess = collect_hessians(cfg, w, acc.windows(tok, acc.shipped_text("calibration"), 256, limit=2))
+    hess = collect_hessians(cfg, w, acc.windows(tok, acc.shipped_text("calibration"), 128, limit=1))
     codes = gptq_weights(cfg, w, hess, recipe)
     assert isinstance(codes["layers.2.o_proj"], QuantizedInt8) and isinstance(codes["layers.3.o_proj"], QuantizedInt4)
     g = dequantized(codes, w)

@@ -63,7 +63,7 @@ def test_four_dies_give_the_single_process_gradients_and_loss_curve(smollm2_gguf
             p.grad = None
         s.load_state({n: p.detach() for n, p in ref.named_adapters().items()})
         curve, ref_curve = [], []
-        for k in range(1, 4):
+        for k in range(1, 3):
             curve.append(s.step(_batch(k, vocab), k, 1e-3, max_grad_norm=0.5).loss)
             ref_curve.append(reference_step(ref, _batch(k, vocab), k))
             set_lr(opt, 1e-3)
@@ -77,14 +77,13 @@ def test_state_round_trip_resumes_where_it_stopped(smollm2_gguf):
     plan = _plan(smollm2_gguf, 2)
     vocab = load_model_config(smollm2_gguf).vocab_size
     with TrainSession(plan, smollm2_gguf, SPEC, seed=1) as s:
-        for k in range(2):
-            s.step(_batch(k, vocab), k, 2e-3)
+        s.step(_batch(0, vocab), 0, 2e-3)
         state = s.state()
-        after = s.step(_batch(2, vocab), 2, 2e-3).loss
+        after = s.step(_batch(1, vocab), 1, 2e-3).loss
         assert any(k.startswith("exp_avg_sq/") for k in state)
     with TrainSession(plan, smollm2_gguf, SPEC, seed=1) as s:
         s.load_state(state)
-        assert s.step(_batch(2, vocab), 2, 2e-3).loss == pytest.approx(after, rel=1e-6)
+        assert s.step(_batch(1, vocab), 1, 2e-3).loss == pytest.approx(after, rel=1e-6)
 
 
 def test_a_die_killed_mid_training_is_an_error_not_a_hang(smollm2_gguf):

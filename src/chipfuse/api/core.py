@@ -111,10 +111,12 @@ def calibrate(apply: bool = False) -> CalibrationReport:
 
 
 def probe(dies: int = 4, on_status=lambda message: None, threads: int | None = None,
-          train: bool = False) -> ProbeReport:
+          train: bool = False, fit: bool = True) -> ProbeReport:
     """Measure this machine (bandwidth, kernels, hops) as a system of `dies` emulated dies named die0...;
     `threads`: the threads one die's kernels use (default every core, as `Device` gives each die); `train`: also
-    a LoRA training step's rate, for `chipfuse finetune`'s prediction on this host."""
+    a LoRA training step's rate, for `chipfuse finetune`'s prediction on this host. `fit`: then run the embedded
+    model on one die, traced, and fit the die's speed, the hop latency and the host's per-token cost on that
+    run (api.hostfit), so runs on more dies are predicted from what the runtime really does."""
     import os
 
     from ..runtime.probe import probe as run
@@ -125,8 +127,13 @@ def probe(dies: int = 4, on_status=lambda message: None, threads: int | None = N
     if threads is not None and not (isinstance(threads, int) and 1 <= threads <= cores):
         raise ChipfuseError(f"--threads {threads!r}: give 1..{cores} (this machine's cores)")
     system, fig = run([f"die{i}" for i in range(dies)], on_status=on_status, threads=threads, train=train)
+    fitted = None
+    if fit:
+        from .hostfit import fit_on_run
+
+        system, fitted = fit_on_run(system, threads, on_status)
     return ProbeReport(system, fig["bandwidth_gb_per_s"], fig["int4_kernel_gb_per_s"], fig["tops"],
-                       fig["layer_overhead_s"], fig["hop_latency_s"], fig["hop_gb_per_s"])
+                       fig["layer_overhead_s"], fig["hop_latency_s"], fig["hop_gb_per_s"], fitted)
 
 
 def this_host_prediction(plan, prompt_tokens: int, host=None, on_status=lambda message: None):

@@ -125,6 +125,10 @@ def serve(idle_s: float) -> int:
                 path.unlink()
         except FileNotFoundError:
             pass
+    try:  # a clean exit: the log (kept when a start fails, for its message) goes with the socket
+        path.with_suffix(".log").unlink()
+    except FileNotFoundError:
+        pass
     return 0
 
 

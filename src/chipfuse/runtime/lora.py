@@ -24,7 +24,7 @@ from ..frontends.config import ModelConfig
 from ..plan.train import LoraSpec
 from ..quant.formats import Format
 from ..quant.quantize import QuantizedInt4, QuantizedInt8, dequantize, quantize
-from .weights import wanted_names
+from .weights import projection_widths, wanted_names
 
 IGNORE = -100  # a label the loss skips (prompt and padding tokens)
 HF_NAMES = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
@@ -199,10 +199,7 @@ class TrainStage:
 
     def _split_sizes(self, names: tuple[str, ...], rows: int) -> list[int]:
         """Output widths of the projections fused in one weight (q, k, v or gate, up)."""
-        cfg = self.cfg
-        by = {"q_proj": cfg.num_heads * cfg.head_dim, "k_proj": cfg.num_kv_heads * cfg.head_dim,
-              "v_proj": cfg.num_kv_heads * cfg.head_dim, "gate_proj": cfg.intermediate_size,
-              "up_proj": cfg.intermediate_size}
+        by = projection_widths(self.cfg)
         return [by[n] for n in names] if len(names) > 1 else [rows]
 
     def _layer(self, layer: _Layer, i: int, x: torch.Tensor, rope, key: tuple | None) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ..quant.formats import Format, get_format
 from ..quant.formats import kv_precision as kv_format_name
 from ..quant.quantize import CODECS, held_dtype, quantize
 from .kernels import HELD, KERNELS, Int4Partial, Linear, make_embedding, make_linear, refine_top
-from .weights import wanted_names
+from .weights import projection_widths, wanted_names
 
 
 @dataclass(frozen=True)
@@ -293,8 +293,7 @@ class StageModel:
         ads = self.lora.get(li, {})
         if not any(n in ads for n in names):
             return None
-        widths = {"q_proj": self.q_dim, "k_proj": self.kv_dim, "v_proj": self.kv_dim,
-                  "gate_proj": self.cfg.intermediate_size, "up_proj": self.cfg.intermediate_size}
+        widths = projection_widths(self.cfg, self.q_dim, self.kv_dim)
         outs = [widths[n] if len(names) > 1 else None for n in names]
         a_rows, b_blocks = [], []
         for n, w in zip(names, outs):
@@ -320,8 +319,7 @@ class StageModel:
         ads = self.lora.get(li)
         if not ads or not any(n in ads for n in names):
             return y
-        widths = {"q_proj": self.q_dim, "k_proj": self.kv_dim, "v_proj": self.kv_dim,
-                  "gate_proj": self.cfg.intermediate_size, "up_proj": self.cfg.intermediate_size}
+        widths = projection_widths(self.cfg, self.q_dim, self.kv_dim)
         y = y.clone()
         col = 0
         for n in names:

@@ -53,12 +53,27 @@ def wanted_names(cfg: ModelConfig, blocks: range) -> set[str]:
     return names
 
 
+_READERS: dict[tuple, object] = {}  # one parsed GGUF per file version in this process
+
+
+def _reader(path: Path):
+    """gguf's reader for `path`, parsed once per process and file version: parsing every metadata field (a
+    49,152-entry vocabulary) takes seconds, and quantize / mixed precision / merge each open the file again."""
+    import gguf
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _READERS:
+        if len(_READERS) >= 4:
+            _READERS.pop(next(iter(_READERS)))
+        _READERS[key] = gguf.GGUFReader(str(path))
+    return _READERS[key]
+
+
 class GGUFWeights:
     def __init__(self, path: str | Path, cfg: ModelConfig):
-        import gguf
-
         self.path, self.cfg = Path(path), cfg
-        self.reader = gguf.GGUFReader(str(path))
+        self.reader = _reader(self.path)
         self.arch = str(self.reader.fields["general.architecture"].contents())
         self.by_name = {t.name: t for t in self.reader.tensors}
 
@@ -121,3 +136,12 @@ def open_weights(path: str | Path, cfg: ModelConfig):
     if p.is_dir():
         return SafetensorsWeights(p, cfg)
     raise ChipfuseError(f"{p}: give a .gguf file or a folder with config.json and *.safetensors")
+
+
+def projection_widths(cfg: ModelConfig, q_dim: int | None = None, kv_dim: int | None = None) -> dict[str, int]:
+    """Output width of each projection that may share one fused weight (q, k, v; gate, up), so the adapters of a
+    fused weight know their columns (the serving path and training; `q_dim`/`kv_dim` for a shard's heads)."""
+    q = cfg.num_heads * cfg.head_dim if q_dim is None else q_dim
+    kv = cfg.num_kv_heads * cfg.head_dim if kv_dim is None else kv_dim
+    return {"q_proj": q, "k_proj": kv, "v_proj": kv, "gate_proj": cfg.intermediate_size,
+            "up_proj": cfg.intermediate_size}

@@ -1,0 +1,104 @@
+"""The runtime against its own plan: SmolLM2 on 1-4 emulated dies of this machine, pipeline and tensor, measured
+decode and time to first token beside the performance model's prediction for the probed host spec.
+
+Run: python benchmarks/bench_host_model.py [--tokens 64] [--no-write]
+
+The spec is `chipfuse probe --dies 4` as a user runs it (micro-benchmarks, then its fit on a traced 1-die run:
+api.hostfit), cut to n dies (api.hostfit.resize). Each row plans the model for those n dies (the compiler's
+split of that kind), opens a Device on them as `chipfuse run` does (every core per die), answers one warm-up
+request, then the measured request (greedy, the chat template's prompt): its time to first token and decode
+rate against the plan's prediction. Warm-up is excluded from both: the model has no first-call costs.
+Results: BENCHMARKS.md, section "host-model".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+PROMPT = "Tell me a story about a lighthouse keeper and the sea."
+CONTEXT = 256
+
+
+def measure(plan, tokens: int) -> tuple[float, float, int]:
+    """(TTFT s, decode tokens/s, prompt tokens) of one greedy request after a warm-up, on the plan's dies."""
+    from chipfuse.runtime.device import Device
+
+    with Device(plan, None) as dev:
+        msgs = [{"role": "user", "content": PROMPT}]
+        list(dev.chat(msgs, 4))
+        g = dev.chat(msgs, tokens)
+        list(g)
+        # the chat call stops at the end-of-turn token: ask for exactly `tokens` by ignoring it
+        if len(g.tokens) < tokens:
+            ids = g.req.prompt
+            g = dev.submit(list(ids), tokens, stop_ids=set())
+            list(g)
+        return g.ttft_s, g.decode_tokens_per_s, len(g.req.prompt)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    from chipfuse import api
+    from chipfuse.api.hostfit import resize
+    from chipfuse.compile.compiler import compile_plan
+    from chipfuse.runtime.device import resolve_model
+
+    t0 = time.time()
+    rep = api.probe(4, on_status=lambda m: print(f"probe: {m}", flush=True))
+    f = rep.fit
+    print(f"fit: die x{f.die_speed:.3f}, prefill eff {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, "
+          f"host {f.host_per_token_s * 1e6:.0f} us", flush=True)
+    _, cfg = resolve_model(None)
+    rows = []
+    for split, ns in (("pipeline", (1, 2, 3, 4)), ("tensor", (2, 3, 4))):
+        for n in ns:
+            system = resize(rep.system, n)
+            plan = compile_plan(cfg, system, "int4", context=CONTEXT, batch=1, prompt_tokens=50, split=split,
+                                output_tokens=a.tokens)
+            ttft, rate, n_prompt = measure(plan, a.tokens)
+            plan = compile_plan(cfg, system, "int4", context=CONTEXT, batch=1, prompt_tokens=n_prompt, split=split,
+                                output_tokens=a.tokens)
+            p = plan.prediction
+            rows.append((split, n, rate, p.decode_tokens_per_s, ttft, p.ttft_s))
+            print(f"{split:>8} {n}: decode {rate:.1f} vs {p.decode_tokens_per_s:.1f} tokens/s "
+                  f"({100 * (p.decode_tokens_per_s / rate - 1):+.1f}%), TTFT {ttft * 1e3:.1f} vs {p.ttft_s * 1e3:.1f} ms "
+                  f"({100 * (p.ttft_s / ttft - 1):+.1f}%)", flush=True)
+    cores = os.cpu_count() or 1
+    lines = [
+        "## The runtime against its own plan: this machine, 1-4 emulated dies, measured beside predicted",
+        "",
+        f"Command: `python benchmarks/bench_host_model.py` ({a.tokens} greedy tokens after a warm-up request; "
+        f"{time.time() - t0:.0f} s). The spec is `chipfuse probe --dies 4` as a user runs it: its micro-benchmarks, "
+        f"then its fit on a traced 1-die run of the embedded model (die speed x{f.die_speed:.3f} of the kernels' "
+        f"rates, prefill efficiency {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, host "
+        f"{f.host_per_token_s * 1e6:.0f} us per token), cut to n dies. Each row plans SmolLM2 (int4) for those dies "
+        f"and runs it as `chipfuse run` does (each die's kernels on all {cores} cores). Error = predicted / measured "
+        "- 1. The 1-die pipeline row is the run the fit was made on (a separate run of it).",
+        "",
+        "| split | dies | decode measured tok/s | predicted | error | TTFT measured ms | predicted | error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split, n, rate, prate, ttft, pttft in rows:
+        lines.append(f"| {split} | {n} | {rate:.1f} | {prate:.1f} | {100 * (prate / rate - 1):+.1f}% | "
+                     f"{ttft * 1e3:.1f} | {pttft * 1e3:.1f} | {100 * (pttft / ttft - 1):+.1f}% |")
+    body = "\n".join(lines) + "\n"
+    print(body)
+    if not a.no_write:
+        from report import write_section
+
+        write_section("host-model", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The probe's fit on a traced 1-die run: it sets the die speed, hop and host cost from what the run measured, so
+the fitted spec predicts that run; a probed system cut to n dies is the probe's chain of n dies."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from chipfuse.api.hostfit import _with_fit, fit_on_run, resize
+from chipfuse.hw.load import parse_system
+
+
+def probed(n: int = 4) -> dict:
+    """A system shaped like `chipfuse probe`'s output, with deliberately wrong speeds for the fit to correct."""
+    names = [f"die{i}" for i in range(n)]
+    link = {"kind": "d2d-pcb", "bandwidth_gb_per_s": 2.0, "efficiency": 1.0, "latency_us": 20.0}
+    return {
+        "name": "this-host",
+        "host": {"name": "this host", "cpu": {"cores": os.cpu_count() or 1, "core_type": "host", "freq_ghz": 1.0,
+                                              "gflops_fp32": 50.0},
+                 "dram": {"type": "DDR5", "bus_width_bits": 64, "data_rate_mtps": 4800, "capacity_gib": 8,
+                          "bandwidth_gb_per_s": 20.0, "efficiency": 1.0},
+                 "reserved_gib": 1.0, "ports": [{"kind": "d2d", "count": 2}], "overhead_per_token_s": 2e-4},
+        "die_types": {"emulated": {
+            "tops": {"fp32": 0.05, "bf16": 0.05, "int8": 0.1, "int4": 0.1},
+            "memory": {"own": {"type": "DDR5", "bus_width_bits": 64, "data_rate_mtps": 4800, "capacity_gib": 1.5,
+                               "bandwidth_gb_per_s": 20.0, "efficiency": 0.9}},
+            "compute_efficiency": 1.0, "op_overhead_s": 2e-5, "activation_precision": "fp32"}},
+        "dies": [{"name": d, "type": "emulated"} for d in names],
+        "links": [{**link, "between": ["host", names[0]]}] + [{**link, "between": [a, b]} for a, b in zip(names, names[1:])]
+                 + [{**link, "between": [names[-1], "host"]}],
+    }
+
+
+def test_resize_keeps_the_probes_chain():
+    four = parse_system(probed(4), "probe")
+    for n in (1, 2, 3, 4):
+        s = resize(four, n)
+        assert s.die_names == [f"die{i}" for i in range(n)]
+        pairs = [tuple(lk.between) for lk in s.links]
+        want = [("host", "die0"), *[(f"die{i}", f"die{i + 1}") for i in range(n - 1)]] + ([(f"die{n - 1}", "host")]
+                                                                                            if n > 1 else [])
+        assert pairs == want
+    with pytest.raises(ValueError, match="4 dies, not 5"):
+        resize(four, 5)
+
+
+def test_the_fit_scales_rates_and_sets_latency_and_host_cost():
+    d = probed(2)
+    out = parse_system(_with_fit(d, 0.5, 0.3, 700e-6, 1.2e-3), "fit")
+    dt = out.die_types["emulated"]
+    assert dt.tops["int4"] == pytest.approx(0.1) and dt.memory.own.efficiency == pytest.approx(0.45)
+    assert dt.op_overhead_s == pytest.approx(4e-5) and dt.prefill_compute_efficiency == pytest.approx(0.3)
+    assert all(lk.latency_us == pytest.approx(700) for lk in out.links)
+    assert out.host.overhead_per_token_s == pytest.approx(1.2e-3)
+
+
+@pytest.mark.slow
+def test_the_fitted_spec_predicts_the_run_it_was_fitted_on():
+    system, fit = fit_on_run(parse_system(probed(4), "probe"), threads=None)
+    assert 0.02 < fit.die_speed < 50 and fit.hop_latency_s > 0 and fit.host_per_token_s >= 0
+    assert system.die_names == ["die0", "die1", "die2", "die3"]  # every die of the probe gets the fit
+    from chipfuse.api.hostfit import FIT_CONTEXT
+    from chipfuse.compile.compiler import compile_plan
+    from chipfuse.runtime.device import resolve_model
+
+    _, cfg = resolve_model(None)
+    p = compile_plan(cfg, resize(system, 1), "int4", context=FIT_CONTEXT, batch=1,
+                     prompt_tokens=fit.prompt_tokens).prediction
+    if fit.prefill_efficiency < 1.0:  # the prefill efficiency's fixed point (unless the run beat the kernels)
+        assert p.ttft_s == pytest.approx(fit.measured_ttft_s, rel=0.05)
+    else:
+        assert p.ttft_s >= fit.measured_ttft_s * 0.95
+    # the decode step rebuilt from its measured parts: within the spread of one short run's steps
+    assert p.decode_tokens_per_s == pytest.approx(fit.measured_decode_tokens_per_s, rel=0.35)
