@@ -79,8 +79,8 @@ def main() -> int:
         "",
         f"Command: `python benchmarks/bench_host_model.py` ({a.tokens} greedy tokens after a warm-up request; "
         f"{time.time() - t0:.0f} s). The spec is `chipfuse probe --dies 4` as a user runs it: its micro-benchmarks, "
-        f"then its fit on a traced 1-die run of the embedded model (die speed x{f.die_speed:.3f} of the kernels' "
-        f"rates, prefill efficiency {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, host "
+        f"then its fit on a traced 1-die run of the embedded model (decode speed x{f.die_speed:.3f} of the kernels' "
+        f"streaming rate, prefill efficiency {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, host "
         f"{f.host_per_token_s * 1e6:.0f} us per token), cut to n dies. Each row plans SmolLM2 (int4) for those dies "
         f"and runs it as `chipfuse run` does (each die's kernels on all {cores} cores). Error = predicted / measured "
         "- 1. The 1-die pipeline row is the run the fit was made on (a separate run of it).",
