@@ -3,8 +3,8 @@
 The probe's micro-benchmarks time kernels alone; a real decode step also pays for what they leave out: a
 die's kernels at the stage's shapes and cache, the Python between them, a worker woken from its wait for
 each hop, and the host's own per-token work. One short traced run of the embedded model on ONE die measures
-those (api.measured): the die's decode compute against the spec's gives a speed factor for its rates, its
-link spans the hop latency, the rest of the step the host's per-token cost, and the time to first token a
+those (api.measured): the die's decode compute against the spec's gives a speed factor for its streaming
+rate and per-layer cost, its link spans the hop latency, the rest of the step the host's per-token cost, and the time to first token a
 prefill efficiency. Runs on more dies (and tensor groups) are then predicted from that spec, never fitted.
 """
 
@@ -70,7 +70,7 @@ def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float,
         out["die_types"][name] = dt
     out["links"] = [{**lk, "latency_us": round(hop_s * 1e6, 1)} for lk in data["links"]]
     out["host"] = {**data["host"], "overhead_per_token_s": round(host_s, 7)}
-    out["sources"] = {**data.get("sources", {}), "fit": f"die speed x{speed:.3f}, hop {hop_s * 1e6:.0f} us, host "
+    out["sources"] = {**data.get("sources", {}), "fit": f"decode speed x{speed:.3f}, hop {hop_s * 1e6:.0f} us, host "
                       f"{host_s * 1e6:.0f} us per token, fitted on a traced 1-die run of the embedded model"}
     return out
 
