@@ -49,9 +49,11 @@ def worker_env() -> dict[str, str]:
     not starve the active one. Measured on 2 cores (benchmarks/bench_runtime.py): fully passive
     waits lose ~10% at 1 die; 30000 spins (~0.6 ms of pause loops after each stage) slowed every
     stage of a 4-die pipeline by ~1.5x; 3000 keeps the spin inside one stage's kernels."""
+    from .resident import DIE_OMP_DEFAULTS
+
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "ACTIVE")
-    env.setdefault("GOMP_SPINCOUNT", "3000")
+    for k, v in DIE_OMP_DEFAULTS.items():
+        env.setdefault(k, v)
     return env
 
 

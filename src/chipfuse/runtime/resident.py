@@ -31,6 +31,8 @@ SOCKET_PATH_MAX = 100  # AF_UNIX paths hold 107 bytes on Linux; a longer cache f
 IMPORT_TIME_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "DNNL_", "ONEDNN_", "TORCH", "PYTORCH_",
                         "ATEN_", "LD_", "PYTHON", "CUDA", "MALLOC_")
 IGNORED_ENV = ("PYTHONIOENCODING",)  # applied per child when it makes its own streams
+# the dies' OpenMP settings (why: executor.worker_env), unless the environment sets its own
+DIE_OMP_DEFAULTS = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "3000"}
 
 
 def enabled() -> bool:
@@ -70,8 +72,8 @@ def socket_path(key: str | None = None) -> Path:
 def import_time_env(env: dict[str, str]) -> dict[str, str]:
     """The variables of `env` that take effect when torch loads, with the dies' defaults (executor.worker_env)."""
     out = {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_PREFIXES) and k not in IGNORED_ENV}
-    out.setdefault("OMP_WAIT_POLICY", "ACTIVE")
-    out.setdefault("GOMP_SPINCOUNT", "3000")
+    for k, v in DIE_OMP_DEFAULTS.items():
+        out.setdefault(k, v)
     return out
 
 
