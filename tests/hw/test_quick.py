@@ -40,7 +40,7 @@ def test_a_cluster_of_n_devices_over_a_named_link(tmp_path):
                  "link: ethernet-1g\n")
     s = load_system(p)
     assert len(s.dies) == 4 and sum(lk.kind == "ethernet-1g" for lk in s.links) == 4
-    assert "from preset raspberry-pi-5" in s.description  # the family's first preset
+    assert "the Arm SBC CPU family's fit in hw/fitted_factors.yaml" in s.description
     assert _decode(s) == pytest.approx(_decode(load_system("cluster-4x-rpi5-1gbe")), rel=0.01)
 
 

@@ -41,11 +41,12 @@ def test_presets_hold_the_fitted_factors_and_beat_the_defaults():
 
 
 def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
-    """Leave-one-device-out and leave-one-family-out errors come from fits that never saw the left-out points:
-    a fit on the other families predicts a family no better (in the squared log error both minimise) than its own."""
+    """Leave-one-device-out and leave-one-family-out errors come from fits that never saw the left-out points: a
+    family is predicted by the typical family of its class, fitted with the family's records removed from the file;
+    and that borrowed prediction fits the family no better (in the squared log error its own fit minimises)."""
     import math
 
-    from chipfuse.sim.calibrate import _err, family_of, fit
+    from chipfuse.sim.calibrate import _err, borrowed, family_fits, family_of
 
     pts, _ = build_points()
     results, _ = calibrate(pts)
@@ -54,11 +55,29 @@ def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
             assert len(r.lodo_errors[kind]) == len(r.errors[kind])
             assert len(r.lofo_errors[kind]) == len(r.errors[kind])
         mine = [p for p in pts if family_of(p.m.device) == r.family]
-        others = fit([p for p in pts if family_of(p.m.device) != r.family])
-        assert [_err(p, others) for p in mine if p.kind == "decode"] == pytest.approx(r.lofo_errors["decode"])
+        without = borrowed(family_fits([p for p in pts if family_of(p.m.device) != r.family]), r.family)
+        assert [_err(p, without) for p in mine if p.kind == "decode"] == pytest.approx(r.lofo_errors["decode"])
+        assert [_err(p, without) for p in mine if p.kind == "prefill"] == pytest.approx(r.lofo_errors["prefill"])
         own = (r.mem_eff, r.comp_eff, r.overhead_s, r.prefill_eff)
 
         def sq(x, pts=mine):
             return sum(math.log(p.predict_s(*x) / p.measured_s) ** 2 for p in pts)
 
-        assert sq(others) >= sq(own) * (1 - 1e-6)
+        assert sq(without) >= sq(own) * (1 - 1e-6)
+
+
+def test_a_family_borrows_the_typical_family_of_its_class():
+    """Each family one vote: the borrowed factors are the mean of the class's other families' fits, not a fit
+    dominated by the family with the most records."""
+    from chipfuse.sim.calibrate import borrowed, typical
+
+    fits = {"Apple M-series GPU (Metal)": (0.9, 0.1, 1e-4, 0.6), "NVIDIA desktop GPU": (0.7, 0.4, 0.0, 0.9),
+            "Arm SBC CPU": (0.5, 0.8, 2e-3, 0.1)}
+    x = borrowed(fits, "NVIDIA Jetson GPU")
+    assert x == pytest.approx((0.8, 0.2, 5e-5, (0.6 * 0.9) ** 0.5))
+    assert borrowed(fits, "NVIDIA desktop GPU") == pytest.approx(fits["Apple M-series GPU (Metal)"])
+    # a class with no other fitted family borrows from every family; a class without prefill takes it from all
+    assert borrowed(fits, "Rockchip NPU (RKLLM)") == pytest.approx(typical(list(fits.values())))
+    x86 = (0.6, 0.5, 1e-3, None)
+    assert borrowed({**fits, "x86 desktop CPU": x86}, "Arm SBC CPU") == pytest.approx(
+        (*x86[:3], (0.6 * 0.9) ** 0.5))

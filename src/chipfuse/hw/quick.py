@@ -4,14 +4,15 @@ fitted factors it borrows; or a cluster of N such devices over a named link.
     device: orange-pi-5-plus
     tops: {int8: 0.84, fp16: 0.42, fp32: 0.21}
     dram: {bandwidth_gb_per_s: 33.8, capacity_gib: 16}
-    family: rk3588              # a preset, or a calibration family ("Arm SBC CPU"): its fitted factors
+    family: rk3588              # a preset, a calibration family ("Arm SBC CPU") or a class (CPU, GPU, NPU)
     count: 1                    # optional: N devices on a switch ...
     link: ethernet-1g           # ... over this link (each device's uplink)
 
 The facts say what a spec sheet says; what it does not say (how much of its peak compute and DRAM bandwidth
 an engine reaches, the fixed cost of a layer, the precision activations run in, whether 4-bit weights are
-expanded) is borrowed from the family's preset, which `chipfuse calibrate --apply` fitted on published
-measurements, or defaults that are said to be assumed. The System's description and `sources` say which
+expanded) is borrowed: from a preset, from a family's fit, or from a class's typical family (a device of a
+family never measured), all written by `chipfuse calibrate --apply` (hw/fitted_factors.yaml), or defaults that
+are said to be assumed. The System's description and `sources` say which
 factors were borrowed and from where. Expanded into an ordinary System (hw.spec) before planning.
 """
 
@@ -58,39 +59,48 @@ def is_quick(data: object) -> bool:
     return isinstance(data, dict) and "device" in data and "host" not in data
 
 
-def _family_preset(family: str) -> str:
-    """The preset whose factors a family name means: the preset itself, or the first of a calibration family."""
-    from ..sim.calibrate import FAMILIES
+def _unknown_family(family: str) -> SpecError:
+    from .families import CLASSES, FAMILIES
     from .load import preset_names
 
-    names = preset_names()
-    if family in names:
-        return family
-    if family in FAMILIES:
-        got = [n for n in names if n.startswith(FAMILIES[family])]
-        if got:
-            return got[0]
-    close = difflib.get_close_matches(family, names + list(FAMILIES), n=2, cutoff=0.5)
-    raise SpecError(f"family {family!r} is neither a preset nor a calibration family"
-                    + (f"; did you mean {' or '.join(close)}?" if close else "")
-                    + f" (families: {', '.join(FAMILIES)}; `chipfuse presets` lists presets)")
+    close = difflib.get_close_matches(family, preset_names() + list(FAMILIES) + list(CLASSES), n=2, cutoff=0.5)
+    return SpecError(f"family {family!r} is neither a preset, a calibration family nor a class"
+                     + (f"; did you mean {' or '.join(close)}?" if close else "")
+                     + f" (families: {', '.join(FAMILIES)}; classes: {', '.join(CLASSES)}; `chipfuse presets` lists "
+                       "presets)")
 
 
 def _borrowed(q: QuickDevice) -> tuple[dict[str, Any], str]:
-    """The factors a device takes from its family's preset (or the defaults), and where they came from."""
+    """The factors a device takes from its family (a preset, a calibration family or a class), or the defaults,
+    and where they came from."""
     if q.family is None:
         return dict(DEFAULT_FACTORS), "defaults (assumed: no family given)"
-    from .load import load_system
+    from .families import CLASSES, FAMILIES, fitted_factors
+    from .load import load_system, preset_names
 
-    name = _family_preset(q.family)
-    s = load_system(name)
+    if q.family in FAMILIES or q.family in CLASSES:
+        table = fitted_factors()
+        section, what = (("families", "family") if q.family in FAMILIES else ("classes", "class"))
+        row = table[section].get(q.family)
+        if row is None:
+            return dict(DEFAULT_FACTORS), f"defaults (assumed: the {what} {q.family!r} has no fitted factors yet)"
+        f = dict(DEFAULT_FACTORS)
+        f.update({k: row[k] for k in ("compute_efficiency", "prefill_compute_efficiency", "op_overhead_s",
+                                      "dram_efficiency", "activation_precision", "weight_only") if k in row})
+        f["weight_only"] = [p for p in f["weight_only"] if p not in q.tops]
+        origin = (f"the {q.family} family's fit" if section == "families"
+                  else f"the typical {q.family} family ({', '.join(row.get('families', []))})")
+        return f, origin + " in hw/fitted_factors.yaml (`chipfuse calibrate --apply`)"
+    if q.family not in preset_names():
+        raise _unknown_family(q.family)
+    s = load_system(q.family)
     dt = s.die_type(s.die_names[0])
     mem = dt.memory.own or s.host.dram
     usable = [p for p in dt.weight_only if p not in q.tops]
     return ({"compute_efficiency": dt.compute_efficiency, "prefill_compute_efficiency": dt.prefill_compute_efficiency,
              "op_overhead_s": dt.op_overhead_s,
              "dram_efficiency": mem.efficiency, "activation_precision": dt.activation_precision,
-             "weight_only": usable}, f"preset {name} (fitted by `chipfuse calibrate`)")
+             "weight_only": usable}, f"preset {q.family} (fitted by `chipfuse calibrate`)")
 
 
 def expand(q: QuickDevice) -> System:

@@ -11,8 +11,9 @@ fitted numbers can be written into the presets and used as they are.
 from __future__ import annotations
 
 import math
+import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -22,25 +23,14 @@ from scipy.optimize import least_squares
 
 from ..frontends import load_model_config, resolve_name
 from ..hw.dram import die_read_bytes_per_s
+from ..hw.families import CLASSES, FAMILIES, class_of, family_of  # noqa: F401  (family_of: part of this module's API)
 from ..hw.load import load_system, preset_names
+from ..hw.quick import is_quick
 from ..hw.spec import HOST, System
 from ..ir.graph import Workload, op_costs
 from ..ir.llm import build_llm_graph
 from ..quant.formats import Format, Recipe
 from .perf import die_rates, host_in_bytes, op_times, out_bytes, roofline_s, transfer_s
-
-# Device presets grouped into families that share efficiency factors.
-FAMILIES = {
-    "Apple M-series GPU (Metal)": ("apple-",),
-    "NVIDIA Jetson GPU": ("jetson-",),
-    "NVIDIA desktop GPU": ("rtx-",),
-    "Arm SBC CPU": ("raspberry-pi-", "rk3588"),
-    "x86 desktop CPU": ("ryzen-", "core-i"),
-}
-
-
-def family_of(device: str) -> str:
-    return next((f for f, prefixes in FAMILIES.items() if device.startswith(prefixes)), "other")
 
 
 @dataclass(frozen=True)
@@ -57,6 +47,8 @@ class Measurement:
     decode_tokens_per_s: float | None
     source: str
     notes: str = ""
+    ttft_ms: float | None = None  # time to first token, where a source gives it instead of a prefill rate
+    quote: str = ""  # the source's exact words the figures were read from
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +56,8 @@ def load_measurements() -> tuple[Measurement, ...]:
     text = (resources.files("chipfuse") / "sim" / "data" / "measurements.yaml").read_text()
     out = []
     for r in yaml.safe_load(text):
-        out.append(Measurement(**{k: r.get(k) for k in Measurement.__dataclass_fields__ if k in r or k != "notes"}))
+        out.append(Measurement(**{k: r.get(k) for k, f in Measurement.__dataclass_fields__.items()
+                                  if k in r or f.default is MISSING}))
     return tuple(out)
 
 
@@ -82,17 +75,26 @@ def record_format(m: Measurement) -> Format:
     return Format(m.quant, p, m.bits_per_weight, group_size=0)  # type: ignore[arg-type]
 
 
-GPU_FAMILIES = ("Apple M-series GPU (Metal)", "NVIDIA Jetson GPU", "NVIDIA desktop GPU")
 GGML_ENGINES = ("llama.cpp", "ollama", "llamafile")
 
 
-def compute_format(m: Measurement, fmt: Format) -> Format:
-    """The precision the engine computes in: ggml engines multiply quantised weights with
-    int8-quantised activations (Q8 dot products); other engines expand 4-bit weights to fp16."""
-    if fmt.precision in ("int4", "int8"):
-        p = "int8" if m.engine in GGML_ENGINES else "fp16"
-        return Format(fmt.name, p, fmt.bits, group_size=0)  # type: ignore[arg-type]
-    return fmt
+def compute_format(m: Measurement, fmt: Format, kind: str = "decode") -> Format:
+    """The precision an engine computes a quantised record in (its precision path):
+    - a build named wXaY (RKLLM and other NPU toolkits) multiplies in its activations' precision: a8 -> int8, a16 -> fp16;
+    - ggml engines on a CPU multiply quantised weights with int8-quantised activations (Q8 dot products), and so
+      does their GPU decode (integer dot-product mat-vec kernels); their GPU prefill runs the batch through
+      floating-point matrix units (dequantise, then fp16 multiply), so it is priced at the fp16 peak;
+    - other engines (MLC, TensorRT-LLM) expand 4-bit weights to fp16."""
+    if fmt.precision not in ("int4", "int8"):
+        return fmt
+    q = m.quant.lower()
+    if re.match(r"^w\d+a\d+", q):
+        p = "int8" if re.match(r"^w\d+a(4|8)", q) else "fp16"
+    elif m.engine in GGML_ENGINES:
+        p = "fp16" if kind == "prefill" and m.backend not in ("CPU",) and class_of(family_of(m.device)) == "GPU" else "int8"
+    else:
+        p = "fp16"
+    return Format(fmt.name, p, fmt.bits, group_size=0)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -164,14 +166,13 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
         if len(system.dies) != 1:
             skipped.append(f"{m.device}: calibration covers single-engine devices")
             continue
-        if m.backend == "CPU" and family_of(m.device) in GPU_FAMILIES:
+        if m.backend == "CPU" and class_of(family_of(m.device)) == "GPU":
             skipped.append(f"{m.device} / {m.model} ({m.engine}, CPU backend): the preset models the GPU")
             continue
         unit = _unit_system(system)
         die = system.die_names[0]
         graph = build_llm_graph(load_model_config(name))
         fmt = record_format(m)
-        r = die_rates(unit, die, compute_format(m, fmt))
         kv_element_bytes = 2.0
         runs = []
         if m.decode_tokens_per_s:
@@ -180,10 +181,12 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
             fixed = (transfer_s(unit, HOST, die, host_in_bytes(1)) + transfer_s(unit, die, HOST, out_bytes(graph, graph.n_blocks, 1, 4))
                      + unit.host.overhead_per_token_s)
             runs.append(("decode", 1, 1.0 / m.decode_tokens_per_s, w, fixed))
-        if m.prefill_tokens_per_s and m.prompt_tokens:
+        if m.prompt_tokens and (m.prefill_tokens_per_s or m.ttft_ms):
             p = m.prompt_tokens
             fixed = transfer_s(unit, HOST, die, host_in_bytes(p)) + transfer_s(unit, die, HOST, out_bytes(graph, graph.n_blocks, 1, 4))
-            runs.append(("prefill", p, p / m.prefill_tokens_per_s, Workload.prefill(p), fixed))
+            # a prefill rate covers the prompt; a time to first token is the prompt's prefill and the first token out
+            t = p / m.prefill_tokens_per_s if m.prefill_tokens_per_s else m.ttft_ms / 1e3  # type: ignore[operator]
+            runs.append(("prefill", p, t, Workload.prefill(p), fixed))
         mem = system.die_type(die).memory
         if mem.own:
             peak, other, share, cap = mem.own.peak_bytes_per_s, 0.0, 1.0, float("inf")
@@ -192,6 +195,7 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
             peak, other, share = system.host.dram.peak_bytes_per_s, system.host.traffic.bytes_per_s, mem.shared.bandwidth_share
             cap = system.shared_link_cap_bytes_per_s(die)
         for kind, tokens, t, w, fixed in runs:
+            r = die_rates(unit, die, compute_format(m, fmt, kind))
             c = op_costs(graph, Recipe(fmt, fmt), w, r.act_element_bytes, kv_element_bytes)  # the record's bits for every weight
             comp, _ = op_times(c, r)
             points.append(Point(m, kind, tokens, t, comp, c.read_bytes, peak, other, share, cap, graph.n_blocks, fixed))
@@ -217,6 +221,38 @@ def fit(points: list[Point]) -> Factors:
         lo, hi, x0 = lo + [0.005], hi + [1.0], x0 + [0.4]
     res = least_squares(resid, x0=x0, bounds=(lo, hi))
     return float(res.x[0]), float(res.x[1]), float(res.x[2] * 1e-6), (float(res.x[3]) if prefill else None)
+
+
+def typical(fits: list[Factors]) -> Factors:
+    """The factors of a typical family among `fits`, each family one vote (a family with many records does not
+    outweigh the others): arithmetic mean of the DRAM efficiencies and per-block costs, geometric mean of the
+    compute efficiencies (they spread over decades), the prefill efficiency over the families that fitted one."""
+    def geo(v: list[float]) -> float:
+        return math.exp(statistics.fmean(math.log(x) for x in v))
+
+    pre = [f[3] for f in fits if f[3] is not None]
+    return (statistics.fmean(f[0] for f in fits), geo([f[1] for f in fits]), statistics.fmean(f[2] for f in fits),
+            geo(pre) if pre else None)
+
+
+def borrowed(fits: dict[str, Factors], family: str) -> Factors:
+    """What a family the data file does not hold borrows: the typical family of its class (the other families of
+    the class that were fitted), else of every fitted family; a prefill efficiency, when the class has none, from
+    every family that has one."""
+    others = {f: x for f, x in fits.items() if f != family}
+    same = [x for f, x in others.items() if class_of(f) == class_of(family)]
+    x = typical(same or list(others.values()))
+    if x[3] is None:
+        x = (*x[:3], typical(list(others.values()))[3])
+    return x
+
+
+def family_fits(points: list[Point]) -> dict[str, Factors]:
+    """Each family's own fit on its points."""
+    fams: dict[str, list[Point]] = {}
+    for p in points:
+        fams.setdefault(family_of(p.m.device), []).append(p)
+    return {f: fit(pts) for f, pts in fams.items()}
 
 
 @dataclass
@@ -249,6 +285,7 @@ def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], li
     if points is None:
         points, skipped = build_points()
     results = []
+    fits = family_fits(points)
     for fam in FAMILIES:
         pts = [p for p in points if family_of(p.m.device) == fam]
         if not pts:
@@ -266,18 +303,18 @@ def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], li
             if rest:
                 loo[p.kind].append(_err(p, fit(rest)))
         devices = sorted({p.m.device for p in pts})
-        for d in devices:
-            mine = [p for p in pts if p.m.device == d]
-            pool = [p for p in pts if p.m.device != d] or [p for p in points if p.m.device != d]
-            if pool:
-                xd = fit(pool)
-                for p in mine:
-                    lodo[p.kind].append(_err(p, xd))
-        others = [p for p in points if family_of(p.m.device) != fam]
-        if others:
-            xf = fit(others)
+        if len(fits) > 1:
+            xf = borrowed(fits, fam)  # the family's own fit never enters
             for p in pts:
                 lofo[p.kind].append(_err(p, xf))
+            for d in devices:
+                rest = [p for p in pts if p.m.device != d]
+                xd = fit(rest) if rest else xf  # a family's only device: what a new family borrows
+                if xd[3] is None:
+                    xd = (*xd[:3], xf[3])
+                for p in pts:
+                    if p.m.device == d:
+                        lodo[p.kind].append(_err(p, xd))
         results.append(FamilyResult(fam, devices, len(errs["decode"]), len(errs["prefill"]), *x, errs, loo, dflt,
                                     lodo, lofo))
     return results, skipped
@@ -346,16 +383,67 @@ def markdown_report(results: list[FamilyResult], skipped: list[str], n_records: 
     return "\n".join(lines)
 
 
+def factors_table(results: list[FamilyResult]) -> dict:
+    """The fitted factors per family and, per class, what a family the file does not hold borrows."""
+    fits = {r.family: (r.mem_eff, r.comp_eff, r.overhead_s, r.prefill_eff) for r in results}
+
+    def row(x: Factors, **extra: object) -> dict:
+        return {"dram_efficiency": round(x[0], 4), "compute_efficiency": round(x[1], 4),
+                "prefill_compute_efficiency": None if x[3] is None else round(x[3], 4), "op_overhead_s": float(f"{x[2]:.3g}"),
+                **extra}
+
+    def path(devices: list[str]) -> dict:
+        """The precision path the family's presets state (activations' precision, 4-bit weights expanded), where
+        they agree: not fitted, but part of how the fitted factors were read."""
+        seen = set()
+        for d in devices:
+            s = load_system(d)
+            dt = s.die_type(s.die_names[0])
+            seen.add((dt.activation_precision, tuple(dt.weight_only)))
+        if len(seen) != 1:
+            return {}
+        act, wo = seen.pop()
+        return {"activation_precision": act, "weight_only": list(wo)}
+
+    fams = {r.family: row(fits[r.family], **path(r.devices), devices=r.devices, records=r.n_decode + r.n_prefill)
+            for r in results}
+    classes = {}
+    for cls in CLASSES:
+        members = [f for f in fits if class_of(f) == cls]
+        if members:
+            classes[cls] = row(borrowed({f: fits[f] for f in members}, f"(new {cls} family)"),
+                               **path([d for r in results if r.family in members for d in r.devices]), families=members)
+    return {"families": fams, "classes": classes}
+
+
+def write_factors_table(results: list[FamilyResult]) -> str:
+    """Write hw/fitted_factors.yaml, the table quick devices borrow from; returns its path."""
+    from pathlib import Path
+
+    path = Path(str(resources.files("chipfuse") / "hw" / "fitted_factors.yaml"))
+    head = ("# Written by `chipfuse calibrate --apply` from sim/data/measurements.yaml: each device family's fitted "
+            "efficiency factors,\n# and per class (CPU, GPU, NPU) what a family the file does not hold borrows (the "
+            "typical family of the class).\n# A quick device (hw/quick.py) names a family or a class to borrow them. "
+            "Do not edit by hand: rerun the command.\n")
+    path.write_text(head + yaml.safe_dump(factors_table(results), sort_keys=False, width=120))
+    return str(path)
+
+
 def apply_to_presets(results: list[FamilyResult]) -> list[str]:
-    """Write each family's fitted factors into its device presets (text edits keep comments)."""
+    """Write each family's fitted factors into its device presets (text edits keep comments) and the factors table
+    (hw/fitted_factors.yaml); a quick-device preset holds no factors of its own and reads them from that table."""
     import re
     from pathlib import Path
 
     from ..hw.load import PRESET_DIR
 
+    write_factors_table(results)
     changed = []
     for r in results:
         for device in r.devices:
+            if is_quick(yaml.safe_load((PRESET_DIR / f"{device}.yaml").read_text())):
+                changed.append(device)
+                continue
             path = Path(str(PRESET_DIR / f"{device}.yaml"))
             text = path.read_text()
             system = load_system(device)

@@ -1,0 +1,65 @@
+"""Device families and classes: which presets share fitted efficiency factors, and which kind of processor runs
+their engine.
+
+A family is a vendor's devices running one kind of engine (Apple GPUs under llama.cpp's Metal backend, Rockchip
+NPUs under RKLLM); `chipfuse calibrate` fits one set of factors per family. A class (CPU, GPU, NPU) groups
+families whose engines run on the same kind of processor: a device of a family the data file has never seen
+borrows its class's factors, fitted on the other families of that class. The fitted numbers live in
+`hw/fitted_factors.yaml` (written by `chipfuse calibrate --apply`), the one place a quick device reads them from.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import yaml
+
+CLASSES = ("CPU", "GPU", "NPU")
+
+# family -> (class, preset-name prefixes); the longest matching prefix decides (rk3588-npu is not the rk3588 CPU)
+FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Apple M-series GPU (Metal)": ("GPU", ("apple-m",)),
+    "NVIDIA Jetson GPU": ("GPU", ("jetson-",)),
+    "NVIDIA desktop GPU": ("GPU", ("rtx-",)),
+    "Arm SBC CPU": ("CPU", ("raspberry-pi-", "rk3588")),
+    "x86 desktop CPU": ("CPU", ("ryzen-9-", "ryzen-7-", "ryzen-5-", "core-i", "core-ultra-", "epyc-", "xeon-")),
+    "Arm server and laptop CPU": ("CPU", ("graviton", "ampere-", "apple-cpu-", "snapdragon-x-cpu")),
+    "Rockchip NPU (RKLLM)": ("NPU", ("rk3588-npu", "rk3576-npu", "rk3562-npu", "rv1126b-npu")),
+    "Qualcomm NPU (Hexagon)": ("NPU", ("snapdragon-",)),
+    "AMD Ryzen AI NPU": ("NPU", ("ryzen-ai-",)),
+    "Intel NPU": ("NPU", ("intel-npu-", "core-ultra-npu-")),
+    "Hailo NPU": ("NPU", ("hailo-",)),
+}
+
+FACTOR_KEYS = ("dram_efficiency", "compute_efficiency", "prefill_compute_efficiency", "op_overhead_s")
+
+
+def family_of(device: str) -> str:
+    """The family a preset name belongs to ("other" when none matches)."""
+    best, length = "other", 0
+    for fam, (_cls, prefixes) in FAMILIES.items():
+        for p in prefixes:
+            if device.startswith(p) and len(p) > length:
+                best, length = fam, len(p)
+    return best
+
+
+def class_of(family: str) -> str | None:
+    """The class (CPU, GPU, NPU) of a family; None for an unknown one."""
+    return FAMILIES[family][0] if family in FAMILIES else None
+
+
+def families_of_class(cls: str) -> list[str]:
+    return [f for f, (c, _p) in FAMILIES.items() if c == cls]
+
+
+def fitted_factors() -> dict[str, Any]:
+    """{"families": {family: factors}, "classes": {class: factors}} as last written by `chipfuse calibrate --apply`;
+    empty sections when nothing was fitted yet."""
+    path = resources.files("chipfuse") / "hw" / "fitted_factors.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        data = {}
+    return {"families": data.get("families") or {}, "classes": data.get("classes") or {}, "engines": data.get("engines") or {}}
