@@ -17,14 +17,17 @@ import yaml
 
 CLASSES = ("CPU", "GPU", "NPU")
 
-# family -> (class, preset-name prefixes); the longest matching prefix decides (rk3588-npu is not the rk3588 CPU)
+# family -> (class, preset-name prefixes); the longest matching prefix decides (rk3588-npu is not the rk3588 CPU), and
+# a name ending in -cpu or -npu is one of that class's families (apple-m2-max-cpu is the M2 Max's CPU, not its
+# GPU); a tie goes to the family listed first
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "Apple M-series GPU (Metal)": ("GPU", ("apple-m",)),
     "NVIDIA Jetson GPU": ("GPU", ("jetson-",)),
     "NVIDIA desktop GPU": ("GPU", ("rtx-",)),
-    "Arm SBC CPU": ("CPU", ("raspberry-pi-", "rk3588")),
-    "x86 desktop CPU": ("CPU", ("ryzen-9-", "ryzen-7-", "ryzen-5-", "core-i", "core-ultra-", "epyc-", "xeon-")),
-    "Arm server and laptop CPU": ("CPU", ("graviton", "ampere-", "apple-cpu-", "snapdragon-x-cpu")),
+    "Arm SBC CPU": ("CPU", ("raspberry-pi-", "rk3588", "cix-", "qcs")),
+    "x86 CPU": ("CPU", ("ryzen-9-", "ryzen-7-", "ryzen-5-", "threadripper-", "core-i", "core-ultra-", "intel-n", "epyc-",
+                        "xeon-")),
+    "Arm laptop and server CPU": ("CPU", ("graviton", "ampere-", "apple-m", "snapdragon-")),
     "Rockchip NPU (RKLLM)": ("NPU", ("rk3588-npu", "rk3576-npu", "rk3562-npu", "rv1126b-npu")),
     "Qualcomm NPU (Hexagon)": ("NPU", ("snapdragon-",)),
     "AMD Ryzen AI NPU": ("NPU", ("ryzen-ai-",)),
@@ -38,7 +41,10 @@ FACTOR_KEYS = ("dram_efficiency", "compute_efficiency", "prefill_compute_efficie
 def family_of(device: str) -> str:
     """The family a preset name belongs to ("other" when none matches)."""
     best, length = "other", 0
-    for fam, (_cls, prefixes) in FAMILIES.items():
+    suffix = next((c for c in CLASSES if device.endswith("-" + c.lower())), None)
+    for fam, (cls, prefixes) in FAMILIES.items():
+        if suffix and cls != suffix:
+            continue
         for p in prefixes:
             if device.startswith(p) and len(p) > length:
                 best, length = fam, len(p)

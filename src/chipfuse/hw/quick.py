@@ -26,7 +26,7 @@ from pydantic import Field, ValidationError, field_validator
 from ..errors import SpecError
 from .spec import Strict, System, _Tops
 
-QUICK_KEYS = {"device", "tops", "dram", "family", "engine", "count", "link"}
+QUICK_KEYS = {"device", "tops", "dram", "family", "engine", "count", "link", "sources"}
 DEFAULT_FACTORS: dict[str, Any] = {"compute_efficiency": 0.5, "prefill_compute_efficiency": None, "op_overhead_s": 2e-6,
                    "dram_efficiency": 0.75, "activation_precision": "fp16", "weight_only": []}
 
@@ -46,6 +46,8 @@ class QuickDevice(Strict):
     engine: str | None = Field(None, max_length=100, description="the inference engine, recorded in the description")
     count: int = Field(1, ge=1, le=64, strict=True)
     link: str = Field("ethernet-1g", description="each device's uplink to the switch when count > 1")
+    sources: dict[Literal["tops", "dram", "engine"], str] = Field(
+        default_factory=dict, description="optional: where each fact comes from (a preset cites every number)")
 
     @field_validator("device")
     @classmethod
@@ -121,9 +123,10 @@ def expand(q: QuickDevice) -> System:
               + (f"prefill compute efficiency {f['prefill_compute_efficiency']:g}, "
                  if f["prefill_compute_efficiency"] else "")
               + f"{f['op_overhead_s'] * 1e6:g} us per layer, activations in {act} from {origin}")
-    sources = {"die_types.engine": f"quick device: TOPS as given; factors from {origin}",
-               "host.dram": f"quick device: {q.dram.bandwidth_gb_per_s:g} GB/s and {q.dram.capacity_gib:g} GiB as given; efficiency "
-                            f"from {origin}"}
+    sources = {"die_types.engine": f"quick device: TOPS as given ({q.sources.get('tops', 'source not stated')}); "
+                                   f"factors from {origin}",
+               "host.dram": f"quick device: {q.dram.bandwidth_gb_per_s:g} GB/s and {q.dram.capacity_gib:g} GiB as given "
+                            f"({q.sources.get('dram', 'source not stated')}); efficiency from {origin}"}
     host = {"name": q.device, "cpu": {"cores": 4, "core_type": "unknown", "freq_ghz": 2.0, "gflops_fp32": 50.0},
             "dram": dram, "reserved_gib": reserved, "overhead_per_token_s": 1e-4}
     if q.count == 1:

@@ -1,11 +1,12 @@
 """Calibrate the performance model against published measurements of real devices.
 
-Data: `sim/data/measurements.yaml` (device preset, model, format, measured prefill and
-decode tokens/s, source). For each device family we fit three efficiency factors of the
-spec — DRAM efficiency, compute efficiency and a fixed cost per block — by least squares on
-the log of predicted over measured time, decode and prefill points together, and on those
-points only. The fit evaluates the same roofline as `sim.perf` (single-die systems), so the
-fitted numbers can be written into the presets and used as they are.
+Data: `sim/data/measurements.yaml` (device preset, model, format, engine, measured prefill rate or time to first
+token, decode tokens/s, source and quote). For each device family (hw/families.py) we fit four factors of the spec
+— DRAM efficiency, compute efficiency in decode and in prefill, a fixed cost per block — by least squares on the
+log of predicted over measured time, on that family's points only, each computed on the engine's precision path
+(`compute_format`). The fit evaluates the same roofline as `sim.perf` (single-die systems), so the fitted numbers
+can be written into the presets and used as they are. A family the file does not hold borrows the typical family
+of its class (`borrowed`); leaving each device and each family out scores how far that borrowing can be trusted.
 """
 
 from __future__ import annotations
@@ -278,9 +279,9 @@ def _err(p: Point, x: tuple) -> float:
 
 def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], list[str]]:
     """Each family's fitted factors and its errors: in-sample, leave-one-out (a point), leave-one-device-out (a
-    device predicted by its family's fit without it, or by every other device's when it is the family's only one)
-    and leave-one-family-out (the family predicted by one fit of all the other families): the last two say how far
-    to trust a prediction for a device, or a kind of device, the data file does not hold."""
+    device predicted by its family's fit without it, or as a new family when it is the family's only one) and
+    leave-one-family-out (the family predicted by the typical family of its class, `borrowed`): the last two say
+    how far to trust a prediction for a device, or a kind of device, the data file does not hold."""
     skipped: list[str] = []
     if points is None:
         points, skipped = build_points()
@@ -376,8 +377,9 @@ def markdown_report(results: list[FamilyResult], skipped: list[str], n_records: 
     lines += ["", f"{n_records} published records, {used} points used (a record may give a decode and a prefill point).",
               "", "How far to trust a prediction for a device, or a kind of device, the file does not hold: the error "
               "(median / p90 of |predicted / measured tokens/s - 1|) in-sample, with each device left out of its "
-              "family's fit (a family's only device: left out of every fit), and with the whole family left out "
-              "(predicted by one fit of all the other families).", "", generalisation_table(results)]
+              "family's fit (a family's only device: predicted as a new family is), and with the whole family left out "
+              "(predicted by the typical family of its class: the mean of the class's other families' fits, each family "
+              "one vote; a class with no other family borrows from every family).", "", generalisation_table(results)]
     if skipped:
         lines += ["", "Records not used:", *[f"- {s}" for s in sorted(set(skipped))]]
     return "\n".join(lines)
