@@ -91,3 +91,21 @@ def test_a_family_borrows_the_typical_family_of_its_class():
     x86 = (0.6, 0.5, 1e-3, None)
     assert borrowed({**fits, "x86 CPU": x86}, "Arm SBC CPU") == pytest.approx(
         (*x86[:3], (0.6 * 0.9) ** 0.5))
+
+
+def test_a_cpu_record_on_fewer_threads_than_cores_reaches_that_share_of_the_peak():
+    """Graviton3's two llama-3.2-1b prefill records ran on 8 and 16 of its 64 cores: their compute is priced at 1/8
+    and 1/4 of the preset's peak, everything else (bytes, blocks) the same."""
+    pts, _ = build_points()
+    g = {p.m.threads: p for p in pts if p.m.device == "graviton3" and p.kind == "prefill"}
+    assert set(g) == {8, 16}
+    assert g[8].comp1.sum() == pytest.approx(2 * g[16].comp1.sum())
+    assert (g[8].read_bytes == g[16].read_bytes).all()
+    from chipfuse.sim.calibrate import Measurement, core_share
+
+    s = load_system("graviton3")
+    assert s.host.cpu.cores == 64
+    m = g[8].m
+    assert core_share(m, s) == pytest.approx(8 / 64)
+    assert core_share(Measurement(**{**m.__dict__, "threads": 128}), s) == 1.0  # SMT threads add no peak
+    assert core_share(Measurement(**{**m.__dict__, "threads": None}), s) == 1.0  # not stated: the whole chip

@@ -26,7 +26,7 @@ from pydantic import Field, ValidationError, field_validator
 from ..errors import SpecError
 from .spec import Strict, System, _Tops
 
-QUICK_KEYS = {"device", "tops", "dram", "family", "engine", "count", "link", "sources"}
+QUICK_KEYS = {"device", "tops", "dram", "family", "engine", "count", "link", "sources", "cores"}
 DEFAULT_FACTORS: dict[str, Any] = {"compute_efficiency": 0.5, "prefill_compute_efficiency": None, "op_overhead_s": 2e-6,
                    "dram_efficiency": 0.75, "activation_precision": "fp16", "weight_only": []}
 
@@ -46,7 +46,10 @@ class QuickDevice(Strict):
     engine: str | None = Field(None, max_length=100, description="the inference engine, recorded in the description")
     count: int = Field(1, ge=1, le=64, strict=True)
     link: str = Field("ethernet-1g", description="each device's uplink to the switch when count > 1")
-    sources: dict[Literal["tops", "dram", "engine"], str] = Field(
+    cores: int | None = Field(None, ge=1, le=1024, strict=True,
+                              description="optional: the CPU cores whose peak `tops` adds up (a record on fewer threads "
+                                          "reaches that share of it)")
+    sources: dict[Literal["tops", "dram", "engine", "cores"], str] = Field(
         default_factory=dict, description="optional: where each fact comes from (a preset cites every number)")
 
     @field_validator("device")
@@ -127,7 +130,7 @@ def expand(q: QuickDevice) -> System:
                                    f"factors from {origin}",
                "host.dram": f"quick device: {q.dram.bandwidth_gb_per_s:g} GB/s and {q.dram.capacity_gib:g} GiB as given "
                             f"({q.sources.get('dram', 'source not stated')}); efficiency from {origin}"}
-    host = {"name": q.device, "cpu": {"cores": 4, "core_type": "unknown", "freq_ghz": 2.0, "gflops_fp32": 50.0},
+    host = {"name": q.device, "cpu": {"cores": q.cores or 4, "core_type": "unknown", "freq_ghz": 2.0, "gflops_fp32": 50.0},
             "dram": dram, "reserved_gib": reserved, "overhead_per_token_s": 1e-4}
     if q.count == 1:
         die_type["memory"] = {"shared": {"capacity_gib": q.dram.capacity_gib - reserved, "bandwidth_share": 1.0}}

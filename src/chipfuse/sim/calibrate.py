@@ -49,6 +49,7 @@ class Measurement:
     source: str
     notes: str = ""
     ttft_ms: float | None = None  # time to first token, where a source gives it instead of a prefill rate
+    threads: int | None = None  # CPU threads the engine ran on, where the source says
     quote: str = ""  # the source's exact words the figures were read from
 
 
@@ -96,6 +97,14 @@ def compute_format(m: Measurement, fmt: Format, kind: str = "decode") -> Format:
     else:
         p = "fp16"
     return Format(fmt.name, p, fmt.bits, group_size=0)  # type: ignore[arg-type]
+
+
+def core_share(m: Measurement, system: System) -> float:
+    """The share of a CPU's peak a record ran on: its threads over the cores the preset's peak adds up (at most 1;
+    SMT threads beyond the cores add no peak). 1 for other engines, or when the source does not say."""
+    if m.backend != "CPU" or not m.threads or class_of(family_of(m.device)) != "CPU":
+        return 1.0
+    return min(m.threads, system.host.cpu.cores) / system.host.cpu.cores
 
 
 @dataclass
@@ -195,10 +204,12 @@ def build_points(records: tuple[Measurement, ...] | None = None) -> tuple[list[P
             assert mem.shared is not None  # DieMemory holds exactly one of own, shared
             peak, other, share = system.host.dram.peak_bytes_per_s, system.host.traffic.bytes_per_s, mem.shared.bandwidth_share
             cap = system.shared_link_cap_bytes_per_s(die)
+        cores_used = core_share(m, system)
         for kind, tokens, t, w, fixed in runs:
             r = die_rates(unit, die, compute_format(m, fmt, kind))
             c = op_costs(graph, Recipe(fmt, fmt), w, r.act_element_bytes, kv_element_bytes)  # the record's bits for every weight
             comp, _ = op_times(c, r)
+            comp = comp / cores_used
             points.append(Point(m, kind, tokens, t, comp, c.read_bytes, peak, other, share, cap, graph.n_blocks, fixed))
     return points, skipped
 
@@ -490,4 +501,30 @@ def apply_to_presets(results: list[FamilyResult]) -> list[str]:
             path.write_text(text)
             load_system(device)  # still valid
             changed.append(device)
+            changed += _follow(device, r)
     return changed
+
+
+def _follow(device: str, r: FamilyResult) -> list[str]:
+    """Presets built from a family's device (a cluster of Raspberry Pi 5 boards) that say their factors are "as
+    fitted for the <device> preset" take the new values too."""
+    import re
+    from pathlib import Path
+
+    from ..hw.load import PRESET_DIR
+
+    out = []
+    for name in preset_names():
+        path = Path(str(PRESET_DIR / f"{name}.yaml"))
+        text = path.read_text()
+        if name == device or f"as fitted for the {device} preset" not in text:
+            continue
+        text = re.sub(r"((?:dram|own): \{[^}\n]*?efficiency: )[0-9.]+", rf"\g<1>{r.mem_eff:.3f}", text)
+        text = re.sub(r"(\n\s+compute_efficiency: )[0-9.]+", rf"\g<1>{r.comp_eff:.3f}", text)
+        if r.prefill_eff is not None:
+            text = re.sub(r"(\n\s+prefill_compute_efficiency: )[0-9.]+", rf"\g<1>{r.prefill_eff:.3f}", text)
+        text = re.sub(r"(\n\s+op_overhead_s: )[0-9.eE+-]+", rf"\g<1>{r.overhead_s:.3g}", text)
+        path.write_text(text)
+        load_system(name)
+        out.append(name)
+    return out
