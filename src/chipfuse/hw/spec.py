@@ -356,6 +356,11 @@ class DieType(Strict):
                                                         "and op_overhead_s per op")
     train: TrainPath | None = Field(None, description="a fine-tuning step's own rates, if not the prefill roofline "
                                                       "(sim/train.py)")
+    host_threads: int | None = Field(
+        None, ge=1, le=100_000,
+        description="for a die emulated on the host's CPU (`chipfuse probe`): the threads its kernels use. Such dies "
+                    "share the host's `cpu.cores`, so dies computing at once slow each other down when their threads "
+                    "outnumber the cores (sim/perf.core_sharing); null: the die has its own silicon")
     area_mm2: float | None = Field(None, gt=0)
     process_nm: float | None = Field(None, gt=0)
     cost_usd: float | None = Field(None, ge=0)

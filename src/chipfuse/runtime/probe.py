@@ -243,7 +243,8 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None,
     """Measure this host; return a system of len(dies) emulated dies (named as given) and the raw figures.
     `threads`: the threads each die's kernels use (the runtime's default: every core). `train`: also measure a
     LoRA training step's rate (`DieType.train`, for `chipfuse finetune`'s prediction)."""
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(threads or cores)
     on_status("streaming bandwidth")
     bw = measure_bandwidth_bytes_per_s()
     on_status("int4 kernel streaming rate")
@@ -266,7 +267,6 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None,
     ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     ram_gib = int(ram_gib * 10) / 10
     per_die = max(0.25, int((ram_gib - 1.5) / len(dies) * 100) / 100)  # the dies split this host's RAM
-    cores = os.cpu_count() or 1
     data = {
         "name": "this-host",
         "description": f"this machine measured by `chipfuse probe`: {len(dies)} emulated dies (worker processes) "
@@ -285,6 +285,9 @@ def probe(dies: list[str], on_status=lambda m: None, threads: int | None = None,
                                "bandwidth_gb_per_s": round(bw / GB, 2),
                                "efficiency": round(min(1.0, kernel_bw / bw), 3)}},
             "compute_efficiency": 1.0, "op_overhead_s": round(overhead, 7), "activation_precision": "fp32",
+            # the threads each die's kernels use (the figures above were measured with them): dies computing at
+            # once share this host's cores (sim/perf.core_sharing)
+            "host_threads": threads or cores,
             "vision": {"tops": vision_tops, "gb_per_s": vision_gbps, "node_overhead_s": round(node_s, 7)},
             **({"train": train_path} if train_path else {})}},
         "dies": [{"name": d, "type": "emulated"} for d in dies],

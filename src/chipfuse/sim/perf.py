@@ -101,6 +101,16 @@ def block_times(graph: Graph, c: OpCosts, r: DieRates) -> np.ndarray:
     return block_sums(graph, roofline_s(comp, c.read_bytes, r.bytes_per_s)) + r.op_overhead_s
 
 
+def core_sharing(system: System, busy: list[str]) -> float:
+    """How many times longer each of the dies `busy` computes when they all compute at once: 1 for dies with
+    silicon of their own; for dies emulated on the host's CPU (`DieType.host_threads`), their threads together
+    against the host's cores, when they outnumber them (the cores are time-shared fairly)."""
+    threads = [system.die_type(d).host_threads for d in busy]
+    if len(busy) < 2 or any(t is None for t in threads):
+        return 1.0
+    return max(1.0, sum(t for t in threads if t is not None) / system.host.cpu.cores)
+
+
 def transfer_s(system: System, a: str, b: str, nbytes: float) -> float:
     """Time to move `nbytes` from node a to node b along the quickest route (per hop)."""
     return sum(link.transfer_s(nbytes) for link in system.route(a, b, nbytes))
@@ -150,5 +160,5 @@ def host_in_bytes(tokens: int) -> float:
     return 4.0 * tokens
 
 
-__all__ = ["DieRates", "StageCost", "die_rates", "is_prefill", "type_rates", "type_format", "type_supported", "die_format", "die_recipe", "supported", "op_times", "roofline_s", "block_times",
+__all__ = ["DieRates", "StageCost", "core_sharing", "die_rates", "is_prefill", "type_rates", "type_format", "type_supported", "die_format", "die_recipe", "supported", "op_times", "roofline_s", "block_times",
            "transfer_s", "stage_cost", "required_bandwidth_bytes_per_s", "out_bytes", "host_in_bytes", "HOST"]

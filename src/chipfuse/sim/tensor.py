@@ -2,7 +2,8 @@
 
 Each die runs its sharded ops (ir.Graph.sharded) on the one roofline; a layer's attention and
 MLP phases each end in an all-reduce of the hidden state over the group, so a phase lasts as long
-as its slowest die. The embedding is held whole by every die of the group (each looks up its own
+as its slowest die. The group's dies compute at once: dies emulated on one host's CPU share its cores
+(perf.core_sharing). The embedding is held whole by every die of the group (each looks up its own
 copy of the rows), the LM head is split by vocabulary and its logits are gathered by the host. The
 compiler sizes groups with these figures and the predictor prices a plan's shard stages with the
 same function, so the two never disagree.
@@ -18,7 +19,7 @@ from ..hw.spec import System
 from ..ir.graph import Graph, Workload, block_weight_bytes, kv_cache_bytes, op_costs
 from ..quant.formats import Recipe
 from .collectives import allreduce
-from .perf import DieRates, die_rates, is_prefill, op_times, roofline_s
+from .perf import DieRates, core_sharing, die_rates, is_prefill, op_times, roofline_s
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def group_step(graph: Graph, system: System, dies: list[str], parts: list[dict[s
             if cache is not None:
                 cache[key] = figures
         phase_s[i], comp_b[i], mem_b[i], read_b[i] = figures
+    phase_s = phase_s * core_sharing(system, dies)  # every die of the group computes at once
     hidden = graph.hidden_features[1] * w.tokens * act
     ar, algo = allreduce(system, dies, hidden)
     layer = np.array([b.kind == "layer" for b in graph.blocks])

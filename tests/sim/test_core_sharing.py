@@ -1,0 +1,59 @@
+"""Dies emulated on one host's CPU share its cores (sim/perf.core_sharing): a tensor group's dies compute at once,
+so their threads together against the host's cores slow each of them down; dies with silicon of their own and
+groups within the cores are untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+from chipfuse.api.hostfit import resize
+from chipfuse.compile.compiler import compile_plan
+from chipfuse.frontends import load_model_config
+from chipfuse.hw.load import load_system, parse_system
+from chipfuse.sim.perf import core_sharing
+from tests.api.test_hostfit import probed
+
+
+def emulated(cores: int, threads: int | None, n: int = 4):
+    d = probed(n)
+    d["host"]["cpu"]["cores"] = cores
+    if threads is not None:
+        d["die_types"]["emulated"]["host_threads"] = threads
+    return parse_system(d, "probe")
+
+
+def test_one_when_the_busy_threads_fit_the_cores():
+    s = emulated(cores=4, threads=2)
+    assert core_sharing(s, ["die0"]) == 1.0
+    assert core_sharing(s, ["die0", "die1"]) == 1.0  # 4 threads on 4 cores
+    assert core_sharing(emulated(cores=8, threads=1), ["die0", "die1", "die2", "die3"]) == 1.0
+
+
+def test_threads_over_cores_when_they_outnumber_them():
+    s = emulated(cores=2, threads=2)
+    assert core_sharing(s, ["die0", "die1"]) == pytest.approx(2.0)
+    assert core_sharing(s, ["die0", "die1", "die2"]) == pytest.approx(3.0)
+    assert core_sharing(emulated(cores=2, threads=1), ["die0", "die1", "die2", "die3"]) == pytest.approx(2.0)
+
+
+def test_dies_with_their_own_silicon_do_not_share():
+    assert core_sharing(emulated(cores=1, threads=None), ["die0", "die1", "die2", "die3"]) == 1.0
+    for name in ("talk-4die-d2d", "talk-heavy-2die-pcie"):
+        s = load_system(name)
+        assert all(dt.host_threads is None for dt in s.die_types.values())
+        assert core_sharing(s, s.die_names) == 1.0
+
+
+def test_a_tensor_group_on_shared_cores_is_slower_and_a_pipeline_at_batch_1_is_not():
+    cfg = load_model_config("smollm2-135m")
+
+    def pred(threads, split, n):
+        s = resize(emulated(cores=2, threads=threads), n)
+        return compile_plan(cfg, s, "int4", context=256, batch=1, prompt_tokens=48, split=split).prediction
+
+    own, shared = pred(None, "tensor", 2), pred(2, "tensor", 2)
+    assert shared.decode_tokens_per_s < own.decode_tokens_per_s and shared.ttft_s > own.ttft_s
+    within = pred(1, "tensor", 2)  # 2 dies x 1 thread on 2 cores: no sharing
+    assert within.decode_tokens_per_s == pytest.approx(own.decode_tokens_per_s)
+    for n in (1, 4):  # one die computes at a time
+        assert pred(2, "pipeline", n).decode_tokens_per_s == pytest.approx(pred(None, "pipeline", n).decode_tokens_per_s)
