@@ -1,13 +1,14 @@
 """The runtime against its own plan: SmolLM2 on 1-4 emulated dies of this machine, pipeline and tensor, measured
 decode and time to first token beside the performance model's prediction for the probed host spec.
 
-Run: python benchmarks/bench_host_model.py [--tokens 64] [--no-write]
+Run: python benchmarks/bench_host_model.py [--tokens 64] [--repeat 3] [--no-write]
 
 The spec is `chipfuse probe --dies 4` as a user runs it (micro-benchmarks, then its fit on a traced 1-die run:
 api.hostfit), cut to n dies (api.hostfit.resize). Each row plans the model for those n dies (the compiler's
 split of that kind), opens a Device on them as `chipfuse run` does (every core per die), answers one warm-up
-request, then the measured request (greedy, the chat template's prompt): its time to first token and decode
-rate against the plan's prediction. Warm-up is excluded from both: the model has no first-call costs.
+request, then `--repeat` measured requests (greedy, the chat template's prompt): their median time to first token
+and decode rate (and the spread) against the plan's prediction. Warm-up is excluded from both: the model has no
+first-call costs. Before each row it waits (up to a minute) for the machine to be idle, and records how busy it was.
 Results: BENCHMARKS.md, section "host-model".
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,26 +28,53 @@ PROMPT = "Tell me a story about a lighthouse keeper and the sea."
 CONTEXT = 256
 
 
-def measure(plan, tokens: int) -> tuple[float, float, int]:
-    """(TTFT s, decode tokens/s, prompt tokens) of one greedy request after a warm-up, on the plan's dies."""
+def busy_fraction(dt: float = 1.0) -> float:
+    """Share of this machine's CPU time spent busy over `dt` seconds (/proc/stat; 0 where it is missing)."""
+    def snap() -> tuple[int, int]:
+        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+
+    try:
+        a, ia = snap()
+        time.sleep(dt)
+        b, ib = snap()
+    except OSError:
+        return 0.0
+    return 1 - (ib - ia) / max(1, b - a)
+
+
+def wait_quiet(limit: float = 0.1, max_wait_s: float = 60.0) -> float:
+    """Wait until the machine is idle (another job's burst would be measured as the runtime's); the last figure."""
+    t = time.time()
+    f = busy_fraction()
+    while f > limit and time.time() - t < max_wait_s:
+        f = busy_fraction()
+    return f
+
+
+def measure(plan, tokens: int, repeat: int) -> list[tuple[float, float, int]]:
+    """(TTFT s, decode tokens/s, prompt tokens) of `repeat` greedy requests after a warm-up, on the plan's dies."""
     from chipfuse.runtime.device import Device
 
+    out = []
     with Device(plan, None) as dev:
         msgs = [{"role": "user", "content": PROMPT}]
         list(dev.chat(msgs, 4))
-        g = dev.chat(msgs, tokens)
-        list(g)
-        # the chat call stops at the end-of-turn token: ask for exactly `tokens` by ignoring it
-        if len(g.tokens) < tokens:
-            ids = g.req.prompt
-            g = dev.submit(list(ids), tokens, stop_ids=set())
+        for _ in range(repeat):
+            g = dev.chat(msgs, tokens)
             list(g)
-        return g.ttft_s, g.decode_tokens_per_s, len(g.req.prompt)
+            # the chat call stops at the end-of-turn token: ask for exactly `tokens` by ignoring it
+            if len(g.tokens) < tokens:
+                g = dev.submit(list(g.req.prompt), tokens, stop_ids=set())
+                list(g)
+            out.append((g.ttft_s, g.decode_tokens_per_s, len(g.req.prompt)))
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3, help="measured requests per row (medians reported)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     from chipfuse import api
@@ -65,32 +94,41 @@ def main() -> int:
             system = resize(rep.system, n)
             plan = compile_plan(cfg, system, "int4", context=CONTEXT, batch=1, prompt_tokens=50, split=split,
                                 output_tokens=a.tokens)
-            ttft, rate, n_prompt = measure(plan, a.tokens)
+            busy = wait_quiet()
+            runs = measure(plan, a.tokens, a.repeat)
+            ttft = statistics.median(r[0] for r in runs)
+            rate = statistics.median(r[1] for r in runs)
+            n_prompt = runs[0][2]
             plan = compile_plan(cfg, system, "int4", context=CONTEXT, batch=1, prompt_tokens=n_prompt, split=split,
                                 output_tokens=a.tokens)
             p = plan.prediction
-            rows.append((split, n, rate, p.decode_tokens_per_s, ttft, p.ttft_s))
+            rows.append((split, n, rate, p.decode_tokens_per_s, ttft, p.ttft_s, runs, busy))
             print(f"{split:>8} {n}: decode {rate:.1f} vs {p.decode_tokens_per_s:.1f} tokens/s "
                   f"({100 * (p.decode_tokens_per_s / rate - 1):+.1f}%), TTFT {ttft * 1e3:.1f} vs {p.ttft_s * 1e3:.1f} ms "
-                  f"({100 * (p.ttft_s / ttft - 1):+.1f}%)", flush=True)
+                  f"({100 * (p.ttft_s / ttft - 1):+.1f}%); runs {[(round(r[1], 1), round(r[0] * 1e3)) for r in runs]}, "
+                  f"machine {100 * busy:.0f}% busy before", flush=True)
     cores = os.cpu_count() or 1
     lines = [
         "## The runtime against its own plan: this machine, 1-4 emulated dies, measured beside predicted",
         "",
-        f"Command: `python benchmarks/bench_host_model.py` ({a.tokens} greedy tokens after a warm-up request; "
+        f"Command: `python benchmarks/bench_host_model.py --repeat {a.repeat}` ({a.tokens} greedy tokens, "
+        f"{a.repeat} requests per row after a warm-up request, medians, the range in brackets; "
         f"{time.time() - t0:.0f} s). The spec is `chipfuse probe --dies 4` as a user runs it: its micro-benchmarks, "
         f"then its fit on a traced 1-die run of the embedded model (decode speed x{f.die_speed:.3f} of the kernels' "
         f"streaming rate, prefill efficiency {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, host "
         f"{f.host_per_token_s * 1e6:.0f} us per token), cut to n dies. Each row plans SmolLM2 (int4) for those dies "
-        f"and runs it as `chipfuse run` does (each die's kernels on all {cores} cores). Error = predicted / measured "
-        "- 1. The 1-die pipeline row is the run the fit was made on (a separate run of it).",
+        f"and runs it as `chipfuse run` does (each die's kernels on all {cores} cores; the spec's `host_threads`, so a "
+        f"tensor group's busy dies share the {cores} cores: sim/perf.core_sharing). Error = predicted / measured "
+        "- 1. The 1-die pipeline row is the configuration the fit was made on (separate runs of it).",
         "",
         "| split | dies | decode measured tok/s | predicted | error | TTFT measured ms | predicted | error |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for split, n, rate, prate, ttft, pttft in rows:
-        lines.append(f"| {split} | {n} | {rate:.1f} | {prate:.1f} | {100 * (prate / rate - 1):+.1f}% | "
-                     f"{ttft * 1e3:.1f} | {pttft * 1e3:.1f} | {100 * (pttft / ttft - 1):+.1f}% |")
+    for split, n, rate, prate, ttft, pttft, runs, _ in rows:
+        rates, ttfts = [r[1] for r in runs], [r[0] * 1e3 for r in runs]
+        lines.append(f"| {split} | {n} | {rate:.1f} [{min(rates):.1f}-{max(rates):.1f}] | {prate:.1f} | "
+                     f"{100 * (prate / rate - 1):+.1f}% | {ttft * 1e3:.1f} [{min(ttfts):.0f}-{max(ttfts):.0f}] | "
+                     f"{pttft * 1e3:.1f} | {100 * (pttft / ttft - 1):+.1f}% |")
     body = "\n".join(lines) + "\n"
     print(body)
     if not a.no_write:
