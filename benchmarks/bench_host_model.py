@@ -3,8 +3,8 @@ decode and time to first token beside the performance model's prediction for the
 
 Run: python benchmarks/bench_host_model.py [--tokens 64] [--repeat 3] [--no-write]
 
-The spec is `chipfuse probe --dies 4` as a user runs it (micro-benchmarks, then its fit on a traced 1-die run:
-api.hostfit), cut to n dies (api.hostfit.resize). Each row plans the model for those n dies (the compiler's
+The spec is `chipfuse probe --dies 4` as a user runs it (micro-benchmarks, then its fit on runs of the embedded
+model: a traced 1-die run, untraced requests on 1 and 2 dies; api.hostfit), cut to n dies (api.hostfit.resize). Each row plans the model for those n dies (the compiler's
 split of that kind), opens a Device on them as `chipfuse run` does (every core per die), answers one warm-up
 request, then `--repeat` measured requests (greedy, the chat template's prompt): their median time to first token
 and decode rate (and the spread) against the plan's prediction. Warm-up is excluded from both: the model has no
@@ -86,7 +86,7 @@ def main() -> int:
     rep = api.probe(4, on_status=lambda m: print(f"probe: {m}", flush=True))
     f = rep.fit
     print(f"fit: die x{f.die_speed:.3f}, prefill eff {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, "
-          f"host {f.host_per_token_s * 1e6:.0f} us", flush=True)
+          f"host {f.host_per_token_s * 1e6:.0f} us, stage step {f.stage_overhead_s * 1e6:.0f} us", flush=True)
     _, cfg = resolve_model(None)
     rows = []
     for split, ns in (("pipeline", (1, 2, 3, 4)), ("tensor", (2, 3, 4))):
@@ -114,12 +114,15 @@ def main() -> int:
         f"Command: `python benchmarks/bench_host_model.py --repeat {a.repeat}` ({a.tokens} greedy tokens, "
         f"{a.repeat} requests per row after a warm-up request, medians, the range in brackets; "
         f"{time.time() - t0:.0f} s). The spec is `chipfuse probe --dies 4` as a user runs it: its micro-benchmarks, "
-        f"then its fit on a traced 1-die run of the embedded model (decode speed x{f.die_speed:.3f} of the kernels' "
-        f"streaming rate, prefill efficiency {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, host "
-        f"{f.host_per_token_s * 1e6:.0f} us per token), cut to n dies. Each row plans SmolLM2 (int4) for those dies "
-        f"and runs it as `chipfuse run` does (each die's kernels on all {cores} cores; the spec's `host_threads`, so a "
-        f"tensor group's busy dies share the {cores} cores: sim/perf.core_sharing). Error = predicted / measured "
-        "- 1. The 1-die pipeline row is the configuration the fit was made on (separate runs of it).",
+        "then its fit on runs of the embedded model: a traced "
+        f"1-die run for the hop ({f.hop_latency_s * 1e6:.0f} us) and the host's share ({f.host_per_token_s * 1e6:.0f} "
+        f"us per token), untraced requests on 1 die for the level (decode speed x{f.die_speed:.3f} of the kernels' "
+        f"streaming rate, prefill efficiency {f.prefill_efficiency:.3f}) and on 2 dies for what a pipeline stage "
+        f"pays per step beyond its hop ({f.stage_overhead_s * 1e6:.0f} us); cut to n dies. Each row plans SmolLM2 "
+        f"(int4) for those dies and runs it as `chipfuse run` does (each die's kernels on all {cores} cores; a tensor "
+        "group's busy dies share the cores: sim/perf.core_sharing). Error = predicted / "
+        "measured - 1. **The pipeline rows on 1 and 2 dies are the configurations the fit was made on** (separate "
+        "requests); the 3- and 4-die pipelines and every tensor row are predicted.",
         "",
         "| split | dies | decode measured tok/s | predicted | error | TTFT measured ms | predicted | error |",
         "|---|---|---|---|---|---|---|---|",

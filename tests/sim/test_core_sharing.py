@@ -57,3 +57,21 @@ def test_a_tensor_group_on_shared_cores_is_slower_and_a_pipeline_at_batch_1_is_n
     assert within.decode_tokens_per_s == pytest.approx(own.decode_tokens_per_s)
     for n in (1, 4):  # one die computes at a time
         assert pred(2, "pipeline", n).decode_tokens_per_s == pytest.approx(pred(None, "pipeline", n).decode_tokens_per_s)
+
+
+def test_a_stage_step_pays_the_dies_step_overhead_once():
+    """`DieType.step_overhead_s` (fitted by the probe on emulated dies; 0 for silicon) is paid once per stage step:
+    a 2-die pipeline's decode step grows by two of them, its blocks' times untouched."""
+    cfg = load_model_config("smollm2-135m")
+    base = probed(2)
+    slow = probed(2)
+    slow["die_types"]["emulated"]["step_overhead_s"] = 5e-4
+
+    def step(d):
+        return compile_plan(cfg, parse_system(d, "probe"), "int4", context=128, batch=1, prompt_tokens=16,
+                            split="pipeline").prediction
+
+    a, b = step(base), step(slow)
+    assert [s.decode_s for s in b.stages] == pytest.approx([s.decode_s + 5e-4 for s in a.stages])
+    assert b.decode_step_s == pytest.approx(a.decode_step_s + 2 * 5e-4)
+    assert all(dt.step_overhead_s == 0.0 for name in ("talk-4die-d2d", "rk3588") for dt in load_system(name).die_types.values())

@@ -2,14 +2,17 @@
 
 The probe's micro-benchmarks time kernels alone; a real decode step also pays for what they leave out: a
 die's kernels at the stage's shapes and cache, the Python between them, a worker woken from its wait for
-each hop, and the host's own per-token work. One short traced run of the embedded model on ONE die measures
-those (api.measured): the die's decode compute against the spec's gives a speed factor for its streaming
-rate and per-layer cost, its link spans the hop latency, the rest of the step the host's per-token cost, and the time to first token a
-prefill efficiency. Runs on more dies (and tensor groups) are then predicted from that spec, never fitted.
+each hop, and the host's own per-token work. One short traced run of the embedded model on ONE die splits
+a decode step (api.measured): its link spans give the hop latency, the rest beyond the die's compute the
+host's per-token cost. Untraced requests, as `chipfuse run` makes them, then set the level: on one die the
+die's decode speed (a factor on its streaming rate and per-layer cost) and, from the time to first token, a
+prefill efficiency; on two dies the cost a pipeline stage pays per step beyond its hop (a die woken from its
+wait). Runs on 3 and 4 dies and every tensor group are then predicted from that spec, never fitted.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from ..hw.spec import System
@@ -17,6 +20,7 @@ from ..hw.spec import System
 FIT_PROMPT = "Tell me a story about a lighthouse keeper and the sea."
 FIT_TOKENS = 48  # decode steps timed (after a warm-up request)
 FIT_CONTEXT = 160  # prompt (~50 tokens with the chat template) + the tokens generated
+FIT_REPEATS = 4  # untraced requests per Device (their median sets the level)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class HostFit:
     measured_ttft_s: float
     predicted_ttft_s_before: float
     prompt_tokens: int
+    stage_overhead_s: float = 0.0  # what each pipeline stage pays per step beyond its hop (a woken die)
 
 
 def resize(system: System, n: int) -> System:
@@ -56,7 +61,8 @@ def resize(system: System, n: int) -> System:
                          "packages": []}, f"{data['name']} cut to {n} dies")
 
 
-def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float, host_s: float) -> dict:
+def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float, host_s: float,
+              stage_s: float = 0.0) -> dict:
     out = {**data, "die_types": {}}
     for name, dt in data["die_types"].items():
         dt = dict(dt)
@@ -67,17 +73,43 @@ def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float,
         # prefill's many-token steps get their own efficiency below)
         if prefill_eff is not None:
             dt["prefill_compute_efficiency"] = round(prefill_eff, 4)
+        dt["step_overhead_s"] = round(stage_s, 7)
         out["die_types"][name] = dt
     out["links"] = [{**lk, "latency_us": round(hop_s * 1e6, 1)} for lk in data["links"]]
     out["host"] = {**data["host"], "overhead_per_token_s": round(host_s, 7)}
     out["sources"] = {**data.get("sources", {}), "fit": f"decode speed x{speed:.3f}, hop {hop_s * 1e6:.0f} us, host "
-                      f"{host_s * 1e6:.0f} us per token, fitted on a traced 1-die run of the embedded model"}
+                      f"{host_s * 1e6:.0f} us per token, {stage_s * 1e6:.0f} us per stage step, fitted on runs of the "
+                      "embedded model (a traced 1-die run; untraced requests on 1 and 2 dies)"}
+    return out
+
+
+def _chat_ids(tokenizer) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": FIT_PROMPT}], add_generation_prompt=True,
+                                        tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+
+
+def _untraced(plan, threads: int | None, repeats: int) -> list[tuple[float, float]]:
+    """(decode step s, time to first token s) of `repeats` requests as `chipfuse run` makes them (untraced), after
+    a warm-up request."""
+    from ..runtime.device import Device
+
+    out = []
+    with Device(plan, None, threads=threads) as dev:
+        ids = _chat_ids(dev.tokenizer)
+        list(dev.submit(ids, 4, stop_ids=set()))
+        for _ in range(repeats):
+            g = dev.submit(ids, FIT_TOKENS, stop_ids=set())
+            list(g)
+            out.append((1.0 / (g.decode_tokens_per_s or 1.0), g.ttft_s or 0.0))
     return out
 
 
 def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) -> tuple[System, HostFit]:
-    """Run the embedded model on the first die of `system` (traced) and return the system with the fitted
-    factors applied to every die, link and the host, and what was measured."""
+    """Fit `system`'s factors on runs of the embedded model and return it with them applied to every die, link and
+    the host, and what was measured. A traced 1-die run splits a decode step into the die's compute, the hops and
+    the host's share; untraced requests (as `chipfuse run` makes them) on 1 die set the level, and on 2 dies (when
+    the system has them) the cost each added stage pays beyond its hop (`DieType.step_overhead_s`)."""
     from ..compile.compiler import compile_plan
     from ..hw.load import parse_system
     from ..runtime.device import Device, resolve_model
@@ -89,9 +121,7 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
     on_status("a traced 1-die run of the embedded model")
     plan = compile_plan(cfg, one, "int4", context=FIT_CONTEXT, batch=1, prompt_tokens=48)
     with Device(plan, None, threads=threads, trace=True) as dev:
-        ids = dev.tokenizer.apply_chat_template([{"role": "user", "content": FIT_PROMPT}], add_generation_prompt=True,
-                                                tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+        ids = _chat_ids(dev.tokenizer)
         list(dev.submit(ids, 4, stop_ids=set()))  # warm-up: first calls, allocations (its prefill is not used)
         g = dev.submit(ids, FIT_TOKENS, stop_ids=set())
         list(g)
@@ -103,17 +133,35 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
     links = [s for s in tr.decode.spans if s.kind == "transfer" and " -> " in s.track]
     hop_s = sum(s.dur_s for s in links) / max(1, len(links))
     host_s = max(0.0, tr.decode.length_s - compute_s - sum(s.dur_s for s in links))
-    speed = plan.prediction.stages[0].decode_s / compute_s
+    plans = [plan]
+    if len(system.dies) > 1:
+        plans.append(compile_plan(cfg, resize(system, 2), "int4", context=FIT_CONTEXT, batch=1, prompt_tokens=len(ids),
+                                  split="pipeline"))
+    # untraced requests: on 1 die, then (with 2 dies) on 2 dies and on 1 die again, so a drift of the machine
+    # weighs on both alike
+    on_status(f"{FIT_REPEATS} untraced requests on 1 die")
+    ones = _untraced(plans[0], threads, FIT_REPEATS)
+    stage_s = 0.0
+    if len(plans) > 1:
+        on_status(f"{FIT_REPEATS} untraced requests on 2 dies, then on 1 die again")
+        twos = _untraced(plans[1], threads, FIT_REPEATS)
+        ones += _untraced(plans[0], threads, FIT_REPEATS)
+    step1, ttft1 = statistics.median(r[0] for r in ones), statistics.median(r[1] for r in ones)
+    if len(plans) > 1:  # the added stage's cost beyond its one added hop
+        stage_s = max(0.0, statistics.median(r[0] for r in twos) - step1 - hop_s)
+    # the die's compute as the untraced run paid it: the level the speed factor sets
+    compute_level = max(0.3 * compute_s, step1 - len(links) * hop_s - host_s - stage_s)
+    speed = plan.prediction.stages[0].decode_s / compute_level
     before = plan.prediction
     # the prefill: the die's compute efficiency for many-token steps, so the predicted time to first token is the
     # measured one (a few fixed-point rounds: the other parts of the TTFT do not depend on it)
     eff = 1.0
-    fitted = _with_fit(data, speed, eff, hop_s, host_s)
+    fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s)
     for _ in range(4):
         p = compile_plan(cfg, resize(parse_system(fitted, "fit"), 1), "int4", context=FIT_CONTEXT, batch=1,
                          prompt_tokens=len(ids)).prediction
-        eff = min(1.0, max(1e-3, eff * p.ttft_s / g.ttft_s))
-        fitted = _with_fit(data, speed, eff, hop_s, host_s)
-    fit = HostFit(round(speed, 4), round(eff, 4), hop_s, host_s, g.decode_tokens_per_s or 0.0,
-                  before.decode_tokens_per_s, g.ttft_s or 0.0, before.ttft_s, len(ids))
-    return parse_system(fitted, "chipfuse probe (fitted on a 1-die run)"), fit
+        eff = min(1.0, max(1e-3, eff * p.ttft_s / ttft1))
+        fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s)
+    fit = HostFit(round(speed, 4), round(eff, 4), hop_s, host_s, 1.0 / step1, before.decode_tokens_per_s, ttft1,
+                  before.ttft_s, len(ids), stage_s)
+    return parse_system(fitted, "chipfuse probe (fitted on 1- and 2-die runs)"), fit

@@ -361,6 +361,8 @@ class DieType(Strict):
         description="for a die emulated on the host's CPU (`chipfuse probe`): the threads its kernels use. Such dies "
                     "share the host's `cpu.cores`, so dies computing at once slow each other down when their threads "
                     "outnumber the cores (sim/perf.core_sharing); null: the die has its own silicon")
+    step_overhead_s: float = Field(0.0, ge=0, le=1.0, description="fixed cost each time the die runs a step (woken "
+                                   "from its wait, receiving, launching); fitted by `chipfuse probe` on emulated dies")
     area_mm2: float | None = Field(None, gt=0)
     process_nm: float | None = Field(None, gt=0)
     cost_usd: float | None = Field(None, ge=0)
