@@ -201,9 +201,11 @@ def probe(rep) -> None:
         f"hop {rep.hop_latency_s * 1e6:.0f} us, {rep.hop_gb_per_s:.2f} GB/s")
     f = rep.fit
     if f is not None:
-        say(f"fitted on a traced 1-die run ({f.prompt_tokens}-token prompt): decode speed x{f.die_speed:.3f} of the "
+        say(f"fitted on runs of the embedded model ({f.prompt_tokens}-token prompt; a traced 1-die run, untraced "
+            f"requests on 1 and 2 dies): decode speed x{f.die_speed:.3f} of the "
             f"kernels' streaming rate, prefill efficiency {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us "
-            f"between processes, host {f.host_per_token_s * 1e6:.0f} us per token (the run: "
+            f"between processes, {f.stage_overhead_s * 1e6:.0f} us per pipeline stage step beyond it, host "
+            f"{f.host_per_token_s * 1e6:.0f} us per token (1 die, untraced: "
             f"{f.measured_decode_tokens_per_s:.1f} tokens/s, TTFT {fmt_duration(f.measured_ttft_s)}; the "
             f"micro-benchmarks alone predicted {f.predicted_decode_tokens_per_s_before:.1f} tokens/s, TTFT "
             f"{fmt_duration(f.predicted_ttft_s_before)})")
