@@ -102,7 +102,7 @@ class ProbeReport:
     layer_overhead_s: float
     hop_latency_s: float
     hop_gb_per_s: float
-    fit: object | None = None  # api.hostfit.HostFit: what the traced 1-die run measured and set (None: --no-fit)
+    fit: object | None = None  # api.hostfit.HostFit: what the runs of the embedded model measured and set (None: --no-fit)
 
 
 @dataclass(frozen=True)
