@@ -40,9 +40,7 @@ def row_main(plan_path: str, tokens: int, spawn: bool, master: str | None) -> No
 
     plan = Plan.model_validate_json(Path(plan_path).read_text())
     with Device(plan, None, threads=1, spawn=spawn, master=master, trace=True, startup_timeout_s=120) as dev:
-        ids = dev.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                                tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+        ids = dev.chat_ids([{"role": "user", "content": PROMPT}])
         # sampled, not greedy: the last die sends its logits to the host, as the model charges (a greedy run would
         # send one token id; see the notes under the table)
         warm = dev.submit(ids, 4, stop_ids=set(), temperature=0.7, seed=1)

@@ -83,12 +83,6 @@ def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float,
     return out
 
 
-def _chat_ids(tokenizer) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": FIT_PROMPT}], add_generation_prompt=True,
-                                        tokenize=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
-
-
 def _untraced(plan, threads: int | None, repeats: int) -> list[tuple[float, float]]:
     """(decode step s, time to first token s) of `repeats` requests as `chipfuse run` makes them (untraced), after
     a warm-up request."""
@@ -96,7 +90,7 @@ def _untraced(plan, threads: int | None, repeats: int) -> list[tuple[float, floa
 
     out = []
     with Device(plan, None, threads=threads) as dev:
-        ids = _chat_ids(dev.tokenizer)
+        ids = dev.chat_ids([{"role": "user", "content": FIT_PROMPT}])
         list(dev.submit(ids, 4, stop_ids=set()))
         for _ in range(repeats):
             g = dev.submit(ids, FIT_TOKENS, stop_ids=set())
@@ -121,7 +115,7 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
     on_status("a traced 1-die run of the embedded model")
     plan = compile_plan(cfg, one, "int4", context=FIT_CONTEXT, batch=1, prompt_tokens=48)
     with Device(plan, None, threads=threads, trace=True) as dev:
-        ids = _chat_ids(dev.tokenizer)
+        ids = dev.chat_ids([{"role": "user", "content": FIT_PROMPT}])
         list(dev.submit(ids, 4, stop_ids=set()))  # warm-up: first calls, allocations (its prefill is not used)
         g = dev.submit(ids, FIT_TOKENS, stop_ids=set())
         list(g)

@@ -279,11 +279,16 @@ class Device:
     def generate(self, prompt: str | list[int], max_tokens: int = 128, **kw) -> Generation:
         return self.submit(prompt, max_tokens, **kw)
 
-    def chat(self, messages: list[dict], max_tokens: int = 128, **kw) -> Generation:
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """The prompt's token ids for a chat: the model's template with the assistant's turn opened (our tokenizer
+        returns a list, a transformers one may return a mapping with `input_ids`)."""
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
-        return self.submit(list(ids), max_tokens, **kw)
+        return list(ids)
+
+    def chat(self, messages: list[dict], max_tokens: int = 128, **kw) -> Generation:
+        return self.submit(self.chat_ids(messages), max_tokens, **kw)
 
     # ---------------------------------------------------------------- the loop
     def _receive(self) -> None:

@@ -155,10 +155,7 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
         except ValueError as e:
             raise Refused(400, f"messages: {e}", "messages") from None
-        ids = dev.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return await _serve(engine, request, body, list(ids), chat=True)
+        return await _serve(engine, request, body, dev.chat_ids(msgs), chat=True)
 
     @app.post("/v1/completions", responses=_GENERATE)
     async def completions(body: CompletionRequest, request: Request):
