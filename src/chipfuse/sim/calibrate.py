@@ -361,6 +361,13 @@ def generalisation_table(results: list[FamilyResult]) -> str:
         lines.append(f"| {r.family} | " + " | ".join(row) + " |")
     lines.append("| **all** | " + " | ".join(_mp(alls.get(f"{k}-{n}", [])) for k in ("decode", "prefill")
                                           for n in ("in", "lodo", "lofo")) + " |")
+
+    def fam_median(kind: str, src: str) -> str:
+        meds = [statistics.median(abs(v) for v in xs) for r in results if (xs := getattr(r, src).get(kind, []))]
+        return f"{100 * statistics.median(meds):.0f}%" if meds else "-"
+
+    lines.append("| **median of the families' medians** | " + " | ".join(
+        fam_median(k, n) for k in ("decode", "prefill") for n in ("errors", "lodo_errors", "lofo_errors")) + " |")
     return "\n".join(lines)
 
 
@@ -390,7 +397,9 @@ def markdown_report(results: list[FamilyResult], skipped: list[str], n_records: 
               "(median / p90 of |predicted / measured tokens/s - 1|) in-sample, with each device left out of its "
               "family's fit (a family's only device: predicted as a new family is), and with the whole family left out "
               "(predicted by the typical family of its class: the mean of the class's other families' fits, each family "
-              "one vote; a class with no other family borrows from every family).", "", generalisation_table(results)]
+              "one vote; a class with no other family borrows from every family). The **all** row pools every point "
+              "(the Rockchip family holds half of them); the last row gives each family one vote.", "",
+              generalisation_table(results)]
     if skipped:
         lines += ["", "Records not used:", *[f"- {s}" for s in sorted(set(skipped))]]
     return "\n".join(lines)
