@@ -69,3 +69,21 @@ def test_a_bad_device_file_is_one_message(tmp_path, text, words):
     p.write_text(text)
     with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
         load_system(p)
+
+
+def test_without_a_family_an_engine_measured_in_one_family_borrows_that_family(tmp_path):
+    """RKLLM was measured on Rockchip NPUs only: five lines naming the engine borrow that family's fit and say so;
+    llama.cpp runs in many families, so naming it alone keeps the defaults and says which families to choose from."""
+    p = tmp_path / "npu.yaml"
+    p.write_text("device: my-rk-board\ntops: {int8: 6}\ndram: {bandwidth_gb_per_s: 33.8, capacity_gib: 8}\n"
+                 "engine: RKLLM\n")
+    s = load_system(p)
+    assert "Rockchip NPU (RKLLM) family's fit" in s.description and "only family measured under" in s.description
+    named = tmp_path / "named.yaml"
+    named.write_text(p.read_text() + "family: Rockchip NPU (RKLLM)\n")
+    assert _decode(s, "qwen2.5-1.5b", "int8") == pytest.approx(_decode(load_system(named), "qwen2.5-1.5b", "int8"))
+    p.write_text(p.read_text().replace("RKLLM", "llama.cpp"))
+    s = load_system(p)
+    assert "defaults (assumed: no family given; the engine 'llama.cpp' was measured in several families" in s.description
+    p.write_text(p.read_text().replace("llama.cpp", "my-own-engine"))
+    assert "no family was measured under the engine 'my-own-engine'" in load_system(p).description

@@ -78,10 +78,20 @@ def _unknown_family(family: str) -> SpecError:
 def _borrowed(q: QuickDevice) -> tuple[dict[str, Any], str]:
     """The factors a device takes from its family (a preset, a calibration family or a class), or the defaults,
     and where they came from."""
-    if q.family is None:
-        return dict(DEFAULT_FACTORS), "defaults (assumed: no family given)"
     from .families import CLASSES, FAMILIES, fitted_factors
     from .load import load_system, preset_names
+
+    if q.family is None:
+        if q.engine is None:
+            return dict(DEFAULT_FACTORS), "defaults (assumed: no family given)"
+        fams = [f for f, row in fitted_factors()["families"].items() if q.engine.lower() in row.get("engines", [])]
+        if len(fams) != 1:
+            why = (f"the engine {q.engine!r} was measured in several families ({', '.join(fams)}): name one with "
+                   "`family:`" if fams else f"no family was measured under the engine {q.engine!r}")
+            return dict(DEFAULT_FACTORS), f"defaults (assumed: no family given; {why})"
+        q = q.model_copy(update={"family": fams[0]})
+        f, origin = _borrowed(q)
+        return f, f"{origin}, the only family measured under the engine {q.engine!r}"
 
     if q.family in FAMILIES or q.family in CLASSES:
         table = fitted_factors()

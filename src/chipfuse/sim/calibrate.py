@@ -427,8 +427,11 @@ def factors_table(results: list[FamilyResult]) -> dict:
         act, wo = seen.pop()
         return {"activation_precision": act, "weight_only": list(wo)}
 
-    fams = {r.family: row(fits[r.family], **path(r.devices), devices=r.devices, records=r.n_decode + r.n_prefill)
-            for r in results}
+    def engines(family: str) -> list[str]:
+        return sorted({m.engine.lower() for m in load_measurements() if family_of(m.device) == family})
+
+    fams = {r.family: row(fits[r.family], **path(r.devices), devices=r.devices, engines=engines(r.family),
+                          records=r.n_decode + r.n_prefill) for r in results}
     classes = {}
     for cls in CLASSES:
         members = [f for f in fits if class_of(f) == cls]
