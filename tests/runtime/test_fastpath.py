@@ -95,3 +95,26 @@ def test_half_decode_kernel_equals_fp32_on_the_held_values(dtype):
     x = torch.randn(3, 83, generator=g)
     got = fastpath.load().mm_bytes(x, w, w, 1.0)
     assert torch.allclose(got.double(), x.double() @ w.double().t(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lpad,pad", [(0, 0), (32, 0), (0, 64)])
+def test_a_shards_int4_cut_sums_a_prompt_as_it_sums_each_token(lpad, pad):
+    """A tensor shard's o / down cut (Int4Partial): a prompt's rows (one fp32 GEMM on the cut expanded once) give
+    the same unrounded sums as each row alone (the decode GEMV), and both the cut's dequantised values."""
+    from chipfuse.quant.formats import get_format
+    from chipfuse.quant.quantize import quantize_int4
+    from chipfuse.runtime.kernels import Int4Partial
+
+    g = torch.Generator().manual_seed(lpad + pad)
+    n, k = 48, 128
+    codes = quantize_int4(torch.randn(n, lpad + k + pad, generator=g), 32, False)
+    lin = Int4Partial(codes, get_format("int4-g32"), k, lpad)
+    x = torch.randn(20, k, generator=g)
+    prompt = lin(x)
+    rows = torch.cat([lin(x[i:i + 1]) for i in range(len(x))])
+    w = ((codes.q.float().view(n, -1, 32) - 8) * codes.scale.to(torch.bfloat16).float()[..., None]
+         + codes.zero.to(torch.bfloat16).float()[..., None]).reshape(n, -1)[:, lpad: lpad + k]
+    want = x.to(torch.bfloat16).double() @ w.double().t()
+    assert prompt.dtype == torch.float32 and prompt.shape == (20, n)
+    assert torch.allclose(prompt, rows, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(prompt.double(), want, rtol=1e-5, atol=1e-4)

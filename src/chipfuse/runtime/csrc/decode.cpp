@@ -327,10 +327,40 @@ void int4_partial_into(const float* x, int64_t t, int64_t k, const uint8_t* code
   });
 }
 
+// Rows of a prompt (t >= PARTIAL_GEMM_ROWS): the GEMV above re-reads and re-expands every code for every row;
+// instead the cut is expanded once to fp32, w = (q - 8) s + z, and multiplied as one fp32 GEMM with the
+// bf16-rounded rows (zeros where the cut is padded): the same sums, unrounded, in the GEMM's order.
+constexpr int64_t PARTIAL_GEMM_ROWS = 4;
+
+at::Tensor int4_partial_gemm(const at::Tensor& xf, const at::Tensor& codes, const at::Tensor& sz, int64_t group,
+                             int64_t lpad, int64_t pad) {
+  const int64_t t = xf.size(0), k = xf.size(1), n = codes.size(0), kp = lpad + k + pad, ng = kp / group;
+  at::Tensor w = at::empty({n, kp}, at::kFloat);
+  const uint8_t* c = codes.data_ptr<uint8_t>();
+  const at::BFloat16* g = sz.data_ptr<at::BFloat16>();
+  float* wp = w.data_ptr<float>();
+  at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t j = n0; j < n1; ++j)
+      for (int64_t gi = 0; gi < ng; ++gi) {
+        const float s = float(g[(j * ng + gi) * 2]), z = float(g[(j * ng + gi) * 2 + 1]);
+        const uint8_t* cb = c + j * (kp / 2) + gi * group / 2;
+        float* out = wp + j * kp + gi * group;
+        for (int64_t b = 0; b < group / 2; ++b) {  // a byte: its low code first
+          out[2 * b] = float(int(cb[b] & 0xF) - 8) * s + z;
+          out[2 * b + 1] = float(int(cb[b] >> 4) - 8) * s + z;
+        }
+      }
+  });
+  at::Tensor xb = at::zeros({t, kp}, at::kFloat);
+  xb.narrow(1, lpad, k).copy_(xf.to(at::kBFloat16).to(at::kFloat));
+  return at::mm(xb, w.t());
+}
+
 at::Tensor int4_partial(at::Tensor x, at::Tensor codes, at::Tensor sz, int64_t group, int64_t lpad, int64_t pad) {
   at::Tensor xf = x.to(at::kFloat).contiguous();
   const int64_t t = xf.size(0), k = xf.size(1), n = codes.size(0);
   if (lpad + k + pad != 2 * codes.size(1)) throw std::runtime_error("int4 partial: input width does not match codes");
+  if (t >= PARTIAL_GEMM_ROWS) return int4_partial_gemm(xf, codes, sz, group, lpad, pad);
   at::Tensor out = at::empty({t, n}, at::kFloat);
   int4_partial_into(xf.data_ptr<float>(), t, k, codes.data_ptr<uint8_t>(), sz.data_ptr<at::BFloat16>(), n, group, lpad,
                     pad, out.data_ptr<float>());
