@@ -35,9 +35,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "Hailo NPU": ("NPU", ("hailo-",)),
 }
 
-FACTOR_KEYS = ("dram_efficiency", "compute_efficiency", "prefill_compute_efficiency", "op_overhead_s")
-
-
 def family_of(device: str) -> str:
     """The family a preset name belongs to ("other" when none matches)."""
     best, length = "other", 0
@@ -56,16 +53,12 @@ def class_of(family: str) -> str | None:
     return FAMILIES[family][0] if family in FAMILIES else None
 
 
-def families_of_class(cls: str) -> list[str]:
-    return [f for f, (c, _p) in FAMILIES.items() if c == cls]
-
-
 def fitted_factors() -> dict[str, Any]:
-    """{"families": {family: factors}, "classes": {class: factors}} as last written by `chipfuse calibrate --apply`;
-    empty sections when nothing was fitted yet."""
+    """{"families": {family: factors, devices, engines}, "classes": {class: factors}} as last written by
+    `chipfuse calibrate --apply`; empty sections when nothing was fitted yet."""
     path = resources.files("chipfuse") / "hw" / "fitted_factors.yaml"
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         data = {}
-    return {"families": data.get("families") or {}, "classes": data.get("classes") or {}, "engines": data.get("engines") or {}}
+    return {"families": data.get("families") or {}, "classes": data.get("classes") or {}}

@@ -43,7 +43,9 @@ class QuickDevice(Strict):
     tops: dict[Literal["int4", "int8", "fp8", "fp16", "bf16", "fp32"], _Tops] = Field(min_length=1)
     dram: QuickDram
     family: str | None = Field(None, description="a preset or a calibration family whose fitted factors to borrow")
-    engine: str | None = Field(None, max_length=100, description="the inference engine, recorded in the description")
+    engine: str | None = Field(None, max_length=100, description="the inference engine: recorded in the description; "
+                                                                  "without a family, it picks the one family "
+                                                                  "measured under it")
     count: int = Field(1, ge=1, le=64, strict=True)
     link: str = Field("ethernet-1g", description="each device's uplink to the switch when count > 1")
     cores: int | None = Field(None, ge=1, le=1024, strict=True,
