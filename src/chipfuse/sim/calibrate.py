@@ -302,7 +302,7 @@ def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], li
         pts = [p for p in points if family_of(p.m.device) == fam]
         if not pts:
             continue
-        x = fit(pts)
+        x = fits[fam]  # the family's own fit (family_fits above)
         errs: dict[str, list[float]] = {"decode": [], "prefill": []}
         loo: dict[str, list[float]] = {"decode": [], "prefill": []}
         dflt: dict[str, list[float]] = {"decode": [], "prefill": []}
