@@ -74,3 +74,52 @@ def test_the_fitted_spec_predicts_the_run_it_was_fitted_on():
         assert p.ttft_s >= fit.measured_ttft_s * 0.95
     # the decode step rebuilt from its measured parts: within the spread of one short run's steps
     assert p.decode_tokens_per_s == pytest.approx(fit.measured_decode_tokens_per_s, rel=0.35)
+    # the 2-die tensor group's fit: an all-reduce latency and a time-share efficiency, each in its range
+    assert fit.collective_latency_s is not None and 0.0 <= fit.collective_latency_s < 0.1
+    assert 0.1 <= fit.time_share_efficiency <= 1.0
+    assert all(dt.collective_latency_s == fit.collective_latency_s for dt in system.die_types.values())
+
+
+def _tensor_prediction(d: dict, latency_s: float, share_eff: float, prompt_tokens: int = 40):
+    from chipfuse.api.hostfit import FIT_CONTEXT
+    from chipfuse.compile.compiler import compile_plan
+    from chipfuse.frontends import load_model_config
+
+    d = {**d, "host": {**d["host"], "cpu": {**d["host"]["cpu"], "time_share_efficiency": share_eff}},
+         "die_types": {k: {**v, "collective_latency_s": latency_s} for k, v in d["die_types"].items()}}
+    return compile_plan(load_model_config("smollm2-135m"), parse_system(d, "probe"), "int4", context=FIT_CONTEXT,
+                        batch=1, prompt_tokens=prompt_tokens, split="tensor").prediction
+
+
+def _two_emulated() -> dict:
+    d = probed(2)
+    d["host"]["cpu"]["cores"] = 2
+    d["die_types"]["emulated"]["host_threads"] = 2  # 4 threads on 2 cores: the group time-shares them
+    return d
+
+
+def test_the_tensor_fit_recovers_the_latency_and_efficiency_that_made_the_runs():
+    """The 2-die tensor group's decode step and time to first token, made by a known all-reduce latency and
+    time-share efficiency, give both back (the prediction is linear in the latency and in 1/efficiency)."""
+    from chipfuse.api.hostfit import _fit_tensor
+    from chipfuse.frontends import load_model_config
+
+    d = _two_emulated()
+    cfg = load_model_config("smollm2-135m")
+    for latency_s, eff in ((4.5e-4, 0.6), (1e-4, 0.9), (2e-3, 0.3)):
+        p = _tensor_prediction(d, latency_s, eff)
+        got_latency, got_eff = _fit_tensor(cfg, parse_system(d, "probe"), 40, [(p.decode_step_s, p.ttft_s)] * 3)
+        assert got_latency == pytest.approx(latency_s, rel=1e-3) and got_eff == pytest.approx(eff, rel=1e-3)
+
+
+def test_the_tensor_fit_holds_its_values_in_range_when_the_runs_beat_the_model():
+    """Runs faster than any latency >= 0 and efficiency <= 1 allow give 0 latency and efficiency 1, not a negative
+    latency or an efficiency above one."""
+    from chipfuse.api.hostfit import _fit_tensor
+    from chipfuse.frontends import load_model_config
+
+    d = _two_emulated()
+    p = _tensor_prediction(d, 0.0, 1.0)
+    got_latency, got_eff = _fit_tensor(load_model_config("smollm2-135m"), parse_system(d, "probe"), 40,
+                                       [(p.decode_step_s * 0.5, p.ttft_s * 0.5)])
+    assert got_latency == 0.0 and got_eff == 1.0

@@ -75,3 +75,36 @@ def test_a_stage_step_pays_the_dies_step_overhead_once():
     assert [s.decode_s for s in b.stages] == pytest.approx([s.decode_s + 5e-4 for s in a.stages])
     assert b.decode_step_s == pytest.approx(a.decode_step_s + 2 * 5e-4)
     assert all(dt.step_overhead_s == 0.0 for name in ("talk-4die-d2d", "rk3588") for dt in load_system(name).die_types.values())
+
+
+def test_time_share_efficiency_divides_the_shared_time_only_when_threads_outnumber_cores():
+    """`cpu.time_share_efficiency` (fitted by the probe on a 2-die tensor group): of the time-shared cores only that
+    share does work, so an oversubscribed group takes 1/efficiency longer still; a group within the cores and a
+    single die are untouched."""
+    d = probed(4)
+    d["host"]["cpu"]["cores"] = 2
+    d["host"]["cpu"]["time_share_efficiency"] = 0.5
+    d["die_types"]["emulated"]["host_threads"] = 2
+    s = parse_system(d, "probe")
+    assert core_sharing(s, ["die0", "die1"]) == pytest.approx(4.0)  # 4 threads on 2 cores, half of it working
+    assert core_sharing(s, ["die0"]) == 1.0
+    d["die_types"]["emulated"]["host_threads"] = 1
+    assert core_sharing(parse_system(d, "probe"), ["die0", "die1"]) == 1.0  # 2 threads on 2 cores: no time-sharing
+
+
+def test_an_emulated_groups_all_reduce_pays_its_collective_latency_once_on_any_route():
+    """Dies with `collective_latency_s` (emulated: one socket per pair) pay it once per all-reduce, in place of the
+    chain's hop latencies (die0 and die2 are two hops apart on the probe's chain), plus the bytes' time."""
+    from chipfuse.sim.collectives import allreduce, concurrent_s
+
+    d = probed(4)
+    plain = parse_system(d, "probe")
+    t_plain, _ = allreduce(plain, ["die0", "die1", "die2"], 4096.0)
+    d["die_types"]["emulated"]["collective_latency_s"] = 3e-4
+    s = parse_system(d, "probe")
+    dies = ["die0", "die1", "die2"]
+    t, algo = allreduce(s, dies, 4096.0)
+    bytes_only = concurrent_s(s, [(a, b, 4096.0) for a in dies for b in dies if a != b], latency=False)
+    assert algo == "direct" and t == pytest.approx(3e-4 + bytes_only)
+    assert bytes_only > 0 and t_plain > 2 * plain.links[0].latency_s  # the chain's routes: several hop latencies
+    assert allreduce(s, ["die0"], 4096.0) == (0.0, "none")

@@ -7,7 +7,11 @@ a decode step (api.measured): its link spans give the hop latency, the rest beyo
 host's per-token cost. Untraced requests, as `chipfuse run` makes them, then set the level: on one die the
 die's decode speed (a factor on its streaming rate and per-layer cost) and, from the time to first token, a
 prefill efficiency; on two dies the cost a pipeline stage pays per step beyond its hop (a die woken from its
-wait). Runs on 3 and 4 dies and every tensor group are then predicted from that spec, never fitted.
+wait). Untraced requests on a 2-die tensor group give the rest, from its decode step and time to first token
+together: what one all-reduce between running dies costs (`DieType.collective_latency_s`: the exchange, and
+the dies' return to work after it) and the share of the cores' time two dies computing at once still put to
+work (`cpu.time_share_efficiency`). Pipelines and tensor groups on 3 and 4 dies are then predicted from that
+spec, never fitted.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..hw.spec import System
 
 FIT_PROMPT = "Tell me a story about a lighthouse keeper and the sea."
 FIT_TOKENS = 48  # decode steps timed (after a warm-up request)
 FIT_CONTEXT = 160  # prompt (~50 tokens with the chat template) + the tokens generated
-FIT_REPEATS = 4  # untraced requests per Device (their median sets the level)
+FIT_REPEATS = 6  # untraced requests on each plan, in two turns (their medians set the levels)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class HostFit:
     predicted_ttft_s_before: float
     prompt_tokens: int
     stage_overhead_s: float = 0.0  # what each pipeline stage pays per step beyond its hop (a woken die)
+    collective_latency_s: float | None = None  # one all-reduce between running dies (2-die tensor requests)
+    time_share_efficiency: float = 1.0  # share of the cores' time dies computing at once put to work
 
 
 def resize(system: System, n: int) -> System:
@@ -62,7 +70,7 @@ def resize(system: System, n: int) -> System:
 
 
 def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float, host_s: float,
-              stage_s: float = 0.0) -> dict:
+              stage_s: float = 0.0, collective_s: float | None = None, share_eff: float = 1.0) -> dict:
     out = {**data, "die_types": {}}
     for name, dt in data["die_types"].items():
         dt = dict(dt)
@@ -74,28 +82,39 @@ def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float,
         if prefill_eff is not None:
             dt["prefill_compute_efficiency"] = round(prefill_eff, 4)
         dt["step_overhead_s"] = round(stage_s, 7)
+        if collective_s is not None:
+            dt["collective_latency_s"] = round(collective_s, 7)
         out["die_types"][name] = dt
     out["links"] = [{**lk, "latency_us": round(hop_s * 1e6, 1)} for lk in data["links"]]
-    out["host"] = {**data["host"], "overhead_per_token_s": round(host_s, 7)}
+    out["host"] = {**data["host"], "overhead_per_token_s": round(host_s, 7),
+                   "cpu": {**data["host"]["cpu"], "time_share_efficiency": round(share_eff, 4)}}
+    tensor = "" if collective_s is None else (f", all-reduce {collective_s * 1e6:.0f} us, time-share efficiency "
+                                              f"{share_eff:.3f}")
     out["sources"] = {**data.get("sources", {}), "fit": f"decode speed x{speed:.3f}, hop {hop_s * 1e6:.0f} us, host "
-                      f"{host_s * 1e6:.0f} us per token, {stage_s * 1e6:.0f} us per stage step, fitted on runs of the "
-                      "embedded model (a traced 1-die run; untraced requests on 1 and 2 dies)"}
+                      f"{host_s * 1e6:.0f} us per token, {stage_s * 1e6:.0f} us per stage step{tensor}, fitted on runs "
+                      "of the embedded model (a traced 1-die run; untraced requests on 1 and 2 dies and on a 2-die "
+                      "tensor group)"}
     return out
 
 
-def _untraced(plan, threads: int | None, repeats: int) -> list[tuple[float, float]]:
-    """(decode step s, time to first token s) of `repeats` requests as `chipfuse run` makes them (untraced), after
-    a warm-up request."""
+def _untraced(plans: list, threads: int | None, repeats: int, blocks: int = 2) -> list[list[tuple[float, float]]]:
+    """For each plan, (decode step s, time to first token s) of `repeats` requests as `chipfuse run` makes them
+    (untraced), each Device answering a warm-up request first. The plans take turns, `blocks` times each (a process
+    holds one Device at a time), so a drift of the machine weighs on all alike; request i of one plan and request
+    i of another ran in the same turn."""
     from ..runtime.device import Device
 
-    out = []
-    with Device(plan, None, threads=threads) as dev:
-        ids = dev.chat_ids([{"role": "user", "content": FIT_PROMPT}])
-        list(dev.submit(ids, 4, stop_ids=set()))
-        for _ in range(repeats):
-            g = dev.submit(ids, FIT_TOKENS, stop_ids=set())
-            list(g)
-            out.append((1.0 / (g.decode_tokens_per_s or 1.0), g.ttft_s or 0.0))
+    out: list[list[tuple[float, float]]] = [[] for _ in plans]
+    per_block = [repeats // blocks + (1 if b < repeats % blocks else 0) for b in range(blocks)]
+    for n in per_block:
+        for plan, got in zip(plans, out):
+            with Device(plan, None, threads=threads) as dev:
+                ids = dev.chat_ids([{"role": "user", "content": FIT_PROMPT}])
+                list(dev.submit(ids, 4, stop_ids=set()))
+                for _ in range(n):
+                    g = dev.submit(ids, FIT_TOKENS, stop_ids=set())
+                    list(g)
+                    got.append((1.0 / (g.decode_tokens_per_s or 1.0), g.ttft_s or 0.0))
     return out
 
 
@@ -129,20 +148,20 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
     host_s = max(0.0, tr.decode.length_s - compute_s - sum(s.dur_s for s in links))
     plans = [plan]
     if len(system.dies) > 1:
-        plans.append(compile_plan(cfg, resize(system, 2), "int4", context=FIT_CONTEXT, batch=1, prompt_tokens=len(ids),
-                                  split="pipeline"))
-    # untraced requests: on 1 die, then (with 2 dies) on 2 dies and on 1 die again, so a drift of the machine
-    # weighs on both alike
-    on_status(f"{FIT_REPEATS} untraced requests on 1 die")
-    ones = _untraced(plans[0], threads, FIT_REPEATS)
-    stage_s = 0.0
-    if len(plans) > 1:
-        on_status(f"{FIT_REPEATS} untraced requests on 2 dies, then on 1 die again")
-        twos = _untraced(plans[1], threads, FIT_REPEATS)
-        ones += _untraced(plans[0], threads, FIT_REPEATS)
+        two = resize(system, 2)
+        plans += [compile_plan(cfg, two, "int4", context=FIT_CONTEXT, batch=1, prompt_tokens=len(ids), split=split)
+                  for split in ("pipeline", "tensor")]
+    # untraced requests on 1 die and (with 2 dies) on a 2-die pipeline and a 2-die tensor group, in turn, so a
+    # drift of the machine weighs on every kind alike
+    on_status(f"{FIT_REPEATS} untraced requests each on " + ("1 die" if len(plans) == 1 else
+                                                            "1 die, a 2-die pipeline and a 2-die tensor group, taking "
+                                                            "turns"))
+    runs = _untraced(plans, threads, FIT_REPEATS)
+    ones = runs[0]
     step1, ttft1 = statistics.median(r[0] for r in ones), statistics.median(r[1] for r in ones)
-    if len(plans) > 1:  # the added stage's cost beyond its one added hop
-        stage_s = max(0.0, statistics.median(r[0] for r in twos) - step1 - hop_s)
+    stage_s = 0.0
+    if len(plans) > 1:  # the added stage's cost beyond its one added hop: paired with the 1-die request beside it
+        stage_s = max(0.0, statistics.median(b[0] - a[0] for a, b in zip(ones, runs[1])) - hop_s)
     # the die's compute as the untraced run paid it: the level the speed factor sets
     compute_level = max(0.3 * compute_s, step1 - len(links) * hop_s - host_s - stage_s)
     speed = plan.prediction.stages[0].decode_s / compute_level
@@ -156,6 +175,47 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
                          prompt_tokens=len(ids)).prediction
         eff = min(1.0, max(1e-3, eff * p.ttft_s / ttft1))
         fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s)
+    collective_s, share_eff = None, 1.0
+    if len(system.dies) > 1:
+        collective_s, share_eff = _fit_tensor(cfg, parse_system(fitted, "fit"), len(ids), runs[2])
+        fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s, collective_s, share_eff)
     fit = HostFit(round(speed, 4), round(eff, 4), hop_s, host_s, 1.0 / step1, before.decode_tokens_per_s, ttft1,
-                  before.ttft_s, len(ids), stage_s)
+                  before.ttft_s, len(ids), stage_s, collective_s, round(share_eff, 4))
     return parse_system(fitted, "chipfuse probe (fitted on 1- and 2-die runs)"), fit
+
+
+def _fit_tensor(cfg, system: System, prompt_tokens: int, runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """(collective latency s, time-share efficiency) from `runs` (decode step s, time to first token s) on a 2-die
+    tensor group of `system` (already fitted on the pipeline runs). The predicted decode step and time to first
+    token are both linear in the all-reduce's latency and in the inverse of the efficiency (the dies' shared
+    compute): the two values that make both predictions the measured ones, each held to its range (latency >= 0,
+    efficiency <= 1)."""
+    from ..compile.compiler import compile_plan
+    from ..hw.load import parse_system
+
+    two = resize(system, 2)
+    step, ttft = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    data = two.model_dump(mode="json", exclude_none=True)
+
+    def predicted(latency_s: float, inverse: float) -> np.ndarray:
+        d = {**data, "host": {**data["host"], "cpu": {**data["host"]["cpu"], "time_share_efficiency": 1.0 / inverse}},
+             "die_types": {k: {**v, "collective_latency_s": latency_s} for k, v in data["die_types"].items()}}
+        p = compile_plan(cfg, parse_system(d, "fit"), "int4", context=FIT_CONTEXT, batch=1,
+                         prompt_tokens=prompt_tokens, split="tensor").prediction
+        return np.array([p.decode_step_s, p.ttft_s])
+
+    base = predicted(0.0, 1.0)
+    per_latency = predicted(1e-3, 1.0) - base  # per ms of latency
+    per_inverse = predicted(0.0, 2.0) - base  # per unit of 1 / efficiency beyond 1
+    want = np.array([step, ttft]) - base
+    try:
+        ms, extra = np.linalg.solve(np.column_stack([per_latency, per_inverse]), want)
+    except np.linalg.LinAlgError:
+        ms, extra = want[0] / per_latency[0] if per_latency[0] > 0 else 0.0, 0.0
+    if extra < 0:  # no slower than a fair share: the latency alone, from the decode step
+        extra = 0.0
+        ms = want[0] / per_latency[0] if per_latency[0] > 0 else 0.0
+    if ms < 0:  # no latency: the efficiency alone, from the time to first token
+        ms = 0.0
+        extra = max(0.0, want[1] / per_inverse[1]) if per_inverse[1] > 0 else 0.0
+    return round(max(0.0, ms) * 1e-3, 7), min(1.0, max(0.1, 1.0 / (1.0 + extra)))

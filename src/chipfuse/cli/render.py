@@ -209,6 +209,10 @@ def probe(rep) -> None:
             f"{f.measured_decode_tokens_per_s:.1f} tokens/s, TTFT {fmt_duration(f.measured_ttft_s)}; the "
             f"micro-benchmarks alone predicted {f.predicted_decode_tokens_per_s_before:.1f} tokens/s, TTFT "
             f"{fmt_duration(f.predicted_ttft_s_before)})")
+        if f.collective_latency_s is not None:
+            say(f"on a 2-die tensor group: one all-reduce {f.collective_latency_s * 1e6:.0f} us between running dies "
+                f", the cores' time-share efficiency {f.time_share_efficiency:.3f} when the dies' threads "
+                "outnumber them (from its time to first token)")
 
 
 GANTT_WORDS = {"compute": "compute", "collective": "all-reduce", "transfer": "transfer", "host": "host", "wait": "waiting"}

@@ -238,6 +238,10 @@ class CPU(Strict):
     core_type: str
     freq_ghz: float = Field(gt=0)
     gflops_fp32: float = Field(gt=0, description="peak FP32 GFLOP/s of all cores")
+    time_share_efficiency: float = Field(
+        1.0, gt=0, le=1, description="share of the cores' time that still does work when emulated dies' threads "
+                                     "outnumber them (context switches, cold caches, threads waiting on each other; "
+                                     "sim/perf.core_sharing); fitted by `chipfuse probe` on a 2-die tensor run")
 
 
 class Port(Strict):
@@ -363,6 +367,12 @@ class DieType(Strict):
                     "outnumber the cores (sim/perf.core_sharing); null: the die has its own silicon")
     step_overhead_s: float = Field(0.0, ge=0, le=1.0, description="fixed cost each time the die runs a step (woken "
                                    "from its wait, receiving, launching); fitted by `chipfuse probe` on emulated dies")
+    collective_latency_s: float | None = Field(
+        None, ge=0, le=1.0,
+        description="for dies whose runtime exchanges a collective directly between every pair (emulated dies: one "
+                    "socket per pair): what one all-reduce costs besides its bytes, in place of the links' latency "
+                    "(a pipeline hop also pays the receiver's message dispatch, which dies already running do not); "
+                    "measured by `chipfuse probe` on a traced 2-die tensor run; null: the links' latency and routes")
     area_mm2: float | None = Field(None, gt=0)
     process_nm: float | None = Field(None, gt=0)
     cost_usd: float | None = Field(None, ge=0)

@@ -4,7 +4,8 @@ Every transfer takes its quickest route (System.route_nodes). Transfers started 
 cross the same link in the same direction share its bandwidth (links are full duplex), so dies
 hanging off one USB host or one PCIe uplink slow each other down. An all-reduce is charged by the
 cheaper of two algorithms on the actual routes: a ring (2(k-1) steps of 1/k of the vector) or a
-direct exchange (one step, every die sends its whole vector to every other and sums locally).
+direct exchange (one step, every die sends its whole vector to every other and sums locally). Dies
+whose runtime states its own collective latency (emulated dies) pay it once, in place of the routes' latencies.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from itertools import pairwise
 from ..hw.spec import HOST, System
 
 
-def concurrent_s(system: System, transfers: list[tuple[str, str, float]]) -> float:
+def concurrent_s(system: System, transfers: list[tuple[str, str, float]], latency: bool = True) -> float:
     """Seconds until every (source, destination, bytes) transfer, all started at once, has arrived.
 
-    A transfer pays each hop's latency plus the bytes of every transfer sharing that hop's direction
-    divided by the link's rate (bandwidth shared fairly among them)."""
+    A transfer pays each hop's latency (unless `latency` is False: the bytes' part alone) plus the bytes of
+    every transfer sharing that hop's direction divided by the link's rate (bandwidth shared fairly among them)."""
     paths = [(system.route_nodes(a, b, n), n) for a, b, n in transfers if a != b and n > 0]
     load: dict[tuple[str, str], float] = {}
     for path, n in paths:
@@ -29,7 +30,7 @@ def concurrent_s(system: System, transfers: list[tuple[str, str, float]]) -> flo
         t = 0.0
         for u, v in pairwise(path):
             link = system.graph.edges[u, v]["link"]
-            t += link.latency_s + load[(u, v)] / link.bytes_per_s
+            t += (link.latency_s if latency else 0.0) + load[(u, v)] / link.bytes_per_s
         worst = max(worst, t)
     return worst
 
@@ -39,6 +40,10 @@ def allreduce(system: System, dies: list[str], nbytes: float) -> tuple[float, st
     k = len(dies)
     if k < 2 or nbytes <= 0:
         return 0.0, "none"
+    own = [system.die_type(d).collective_latency_s for d in dies]
+    if all(x is not None for x in own):  # a runtime exchanging directly between every pair (DieType docs)
+        return max(x for x in own if x is not None) + concurrent_s(
+            system, [(a, b, nbytes) for a in dies for b in dies if a != b], latency=False), "direct"
     ring = 2 * (k - 1) * concurrent_s(system, [(dies[i], dies[(i + 1) % k], nbytes / k) for i in range(k)])
     direct = concurrent_s(system, [(a, b, nbytes) for a in dies for b in dies if a != b])
     return (ring, "ring") if ring < direct else (direct, "direct")

@@ -104,11 +104,14 @@ def block_times(graph: Graph, c: OpCosts, r: DieRates) -> np.ndarray:
 def core_sharing(system: System, busy: list[str]) -> float:
     """How many times longer each of the dies `busy` computes when they all compute at once: 1 for dies with
     silicon of their own; for dies emulated on the host's CPU (`DieType.host_threads`), their threads together
-    against the host's cores, when they outnumber them (the cores are time-shared fairly)."""
+    against the host's cores, when they outnumber them: the cores are time-shared, and of their time only
+    `cpu.time_share_efficiency` still does work (the rest goes to switching and to threads waiting on each other)."""
     threads = [system.die_type(d).host_threads for d in busy]
     if len(busy) < 2 or any(t is None for t in threads):
         return 1.0
-    return max(1.0, sum(t for t in threads if t is not None) / system.host.cpu.cores)
+    cpu = system.host.cpu
+    over = sum(t for t in threads if t is not None) / cpu.cores
+    return over / cpu.time_share_efficiency if over > 1.0 else 1.0
 
 
 def transfer_s(system: System, a: str, b: str, nbytes: float) -> float:
