@@ -77,14 +77,17 @@ def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
 
 
 def test_a_family_borrows_the_typical_family_of_its_class():
-    """Each family one vote: the borrowed factors are the mean of the class's other families' fits, not a fit
-    dominated by the family with the most records."""
+    """Each family one vote: the borrowed factors are the mean of the class's other families' fits (geometric for
+    the compute efficiencies and per-block costs), not a fit dominated by the family with the most records."""
     from chipfuse.sim.calibrate import borrowed, typical
 
-    fits = {"Apple M-series GPU (Metal)": (0.9, 0.1, 1e-4, 0.6), "NVIDIA desktop GPU": (0.7, 0.4, 0.0, 0.9),
+    fits = {"Apple M-series GPU (Metal)": (0.9, 0.1, 1e-4, 0.6), "NVIDIA desktop GPU": (0.7, 0.4, 4e-4, 0.9),
             "Arm SBC CPU": (0.5, 0.8, 2e-3, 0.1)}
     x = borrowed(fits, "NVIDIA Jetson GPU")
-    assert x == pytest.approx((0.8, 0.2, 5e-5, (0.6 * 0.9) ** 0.5))
+    assert x == pytest.approx((0.8, 0.2, 2e-4, (0.6 * 0.9) ** 0.5))  # costs 100 and 400 us: 200 us, not 250
+    # a cost fitted at 0 counts as 1 us (a geometric mean with a zero would be zero)
+    zero = {**fits, "NVIDIA desktop GPU": (0.7, 0.4, 0.0, 0.9)}
+    assert borrowed(zero, "NVIDIA Jetson GPU")[2] == pytest.approx((1e-4 * 1e-6) ** 0.5)
     assert borrowed(fits, "NVIDIA desktop GPU") == pytest.approx(fits["Apple M-series GPU (Metal)"])
     # a class with no other fitted family borrows from every family; a class without prefill takes it from all
     assert borrowed(fits, "Rockchip NPU (RKLLM)") == pytest.approx(typical(list(fits.values())))

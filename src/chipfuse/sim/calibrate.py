@@ -237,13 +237,14 @@ def fit(points: list[Point]) -> Factors:
 
 def typical(fits: list[Factors]) -> Factors:
     """The factors of a typical family among `fits`, each family one vote (a family with many records does not
-    outweigh the others): arithmetic mean of the DRAM efficiencies and per-block costs, geometric mean of the
-    compute efficiencies (they spread over decades), the prefill efficiency over the families that fitted one."""
+    outweigh the others): arithmetic mean of the DRAM efficiencies (within 0.05-1), geometric mean of the compute
+    efficiencies and of the per-block costs (each spreads over decades: 44 us to 2 ms per block; one family's cost at
+    its bound would otherwise set the mean), the prefill efficiency over the families that fitted one."""
     def geo(v: list[float]) -> float:
-        return math.exp(statistics.fmean(math.log(x) for x in v))
+        return math.exp(statistics.fmean(math.log(max(x, 1e-6)) for x in v))  # a cost fitted at 0: 1 us
 
     pre = [f[3] for f in fits if f[3] is not None]
-    return (statistics.fmean(f[0] for f in fits), geo([f[1] for f in fits]), statistics.fmean(f[2] for f in fits),
+    return (statistics.fmean(f[0] for f in fits), geo([f[1] for f in fits]), geo([f[2] for f in fits]),
             geo(pre) if pre else None)
 
 
