@@ -56,7 +56,7 @@ def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
     and that borrowed prediction fits the family no better (in the squared log error its own fit minimises)."""
     import math
 
-    from chipfuse.sim.calibrate import _err, borrowed, family_fits, family_of
+    from chipfuse.sim.calibrate import _err, borrowed, family_fits, family_free, family_of
 
     pts, _ = build_points()
     results, _ = calibrate(pts)
@@ -65,7 +65,9 @@ def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
             assert len(r.lodo_errors[kind]) == len(r.errors[kind])
             assert len(r.lofo_errors[kind]) == len(r.errors[kind])
         mine = [p for p in pts if family_of(p.m.device) == r.family]
-        without = borrowed(family_fits([p for p in pts if family_of(p.m.device) != r.family]), r.family)
+        rest = [p for p in pts if family_of(p.m.device) != r.family]
+        rest_fits = family_fits(rest)
+        without = borrowed(rest_fits, r.family, family_free(rest, rest_fits))
         assert [_err(p, without) for p in mine if p.kind == "decode"] == pytest.approx(r.lofo_errors["decode"])
         assert [_err(p, without) for p in mine if p.kind == "prefill"] == pytest.approx(r.lofo_errors["prefill"])
         own = (r.mem_eff, r.comp_eff, r.overhead_s, r.prefill_eff)
@@ -112,3 +114,23 @@ def test_a_cpu_record_on_fewer_threads_than_cores_reaches_that_share_of_the_peak
     assert core_share(m, s) == pytest.approx(8 / 64)
     assert core_share(Measurement(**{**m.__dict__, "threads": 128}), s) == 1.0  # SMT threads add no peak
     assert core_share(Measurement(**{**m.__dict__, "threads": None}), s) == 1.0  # not stated: the whole chip
+
+
+def test_a_factor_no_point_constrains_has_no_vote_in_the_typical_family():
+    """A family whose decode points are all memory-bound says only that its decode compute efficiency is high
+    enough: `unconstrained` finds it free, and the typical family takes that factor from the families whose points
+    do bind it (all of them where none does)."""
+    from chipfuse.sim.calibrate import family_fits, family_free, family_of, typical, unconstrained
+
+    pts, _ = build_points()
+    jetson = [p for p in pts if family_of(p.m.device) == "NVIDIA Jetson GPU"]  # decode points only
+    x = family_fits(jetson)["NVIDIA Jetson GPU"]
+    free = unconstrained(jetson, x)
+    # no prefill point: no prefill efficiency; every decode point memory-bound: the decode compute efficiency free,
+    # any higher one predicts the same; the DRAM efficiency and per-block cost set every decode time
+    assert free == {1, 3}
+    assert [p.predict_s(x[0], 1.0, x[2]) for p in jetson] == pytest.approx([p.predict_s(*x) for p in jetson], rel=1e-3)
+    a, b = (0.8, 0.9, 1e-4, 0.5), (0.6, 0.1, 4e-4, 0.2)
+    assert typical([a, b], [frozenset({1}), frozenset()]) == pytest.approx((0.7, 0.1, 2e-4, (0.5 * 0.2) ** 0.5))
+    assert typical([a, b], [frozenset({1}), frozenset({1})])[1] == pytest.approx((0.9 * 0.1) ** 0.5)
+    assert family_free(jetson, {"NVIDIA Jetson GPU": x}) == {"NVIDIA Jetson GPU": free}

@@ -235,37 +235,71 @@ def fit(points: list[Point]) -> Factors:
     return float(res.x[0]), float(res.x[1]), float(res.x[2] * 1e-6), (float(res.x[3]) if prefill else None)
 
 
-def typical(fits: list[Factors]) -> Factors:
+def unconstrained(points: list[Point], x: Factors) -> frozenset[int]:
+    """Which of the factors `x` the points do not constrain: moving it by 10% moves no prediction by 0.1% (a
+    compute efficiency where every point is memory-bound says only that it is high enough; the fit leaves it
+    wherever the optimiser stopped, so it is no evidence of what another family's would be)."""
+    base = np.array([p.predict_s(*x) for p in points])
+    free = set()
+    for i, v in enumerate(x):
+        if v is None:
+            free.add(i)
+            continue
+        y = list(x)
+        y[i] = max(v * 1.1, 1e-6) if i == 2 else v * 1.1 if v * 1.1 <= 1.0 else v * 0.9  # efficiencies stay <= 1
+        moved = np.array([p.predict_s(*y) for p in points])  # type: ignore[arg-type]
+        if np.max(np.abs(np.log(moved / base))) < 1e-3:
+            free.add(i)
+    return frozenset(free)
+
+
+def typical(fits: list[Factors], free: list[frozenset[int]] | None = None) -> Factors:
     """The factors of a typical family among `fits`, each family one vote (a family with many records does not
     outweigh the others): arithmetic mean of the DRAM efficiencies (within 0.05-1), geometric mean of the compute
     efficiencies and of the per-block costs (each spreads over decades: 44 us to 2 ms per block; one family's cost at
-    its bound would otherwise set the mean), the prefill efficiency over the families that fitted one."""
+    its bound would otherwise set the mean). A family votes on a factor only where its points constrain it
+    (`free[i]`: the factors fits[i]'s points leave free, `unconstrained`); a factor no family constrains takes
+    every family's value. No family with a prefill efficiency: None."""
     def geo(v: list[float]) -> float:
         return math.exp(statistics.fmean(math.log(max(x, 1e-6)) for x in v))  # a cost fitted at 0: 1 us
 
-    pre = [f[3] for f in fits if f[3] is not None]
-    return (statistics.fmean(f[0] for f in fits), geo([f[1] for f in fits]), geo([f[2] for f in fits]),
-            geo(pre) if pre else None)
+    free = free or [frozenset()] * len(fits)
+    out: list[float | None] = []
+    for i, mean in enumerate((statistics.fmean, geo, geo, geo)):
+        have = [(f[i], i in fr) for f, fr in zip(fits, free) if f[i] is not None]
+        votes = [v for v, is_free in have if not is_free] or [v for v, _ in have]
+        out.append(mean(votes) if votes else None)  # type: ignore[operator]
+    return out[0], out[1], out[2], out[3]  # type: ignore[return-value]
 
 
-def borrowed(fits: dict[str, Factors], family: str) -> Factors:
+def borrowed(fits: dict[str, Factors], family: str, free: dict[str, frozenset[int]] | None = None) -> Factors:
     """What a family the data file does not hold borrows: the typical family of its class (the other families of
     the class that were fitted), else of every fitted family; a prefill efficiency, when the class has none, from
-    every family that has one."""
+    every family that has one. `free`: per family, the factors its points leave free (`unconstrained`)."""
+    free = free or {}
     others = {f: x for f, x in fits.items() if f != family}
-    same = [x for f, x in others.items() if class_of(f) == class_of(family)]
-    x = typical(same or list(others.values()))
+    same = [f for f in others if class_of(f) == class_of(family)] or list(others)
+    x = typical([others[f] for f in same], [free.get(f, frozenset()) for f in same])
     if x[3] is None:
-        x = (*x[:3], typical(list(others.values()))[3])
+        x = (*x[:3], typical(list(others.values()), [free.get(f, frozenset()) for f in others])[3])
     return x
 
 
 def family_fits(points: list[Point]) -> dict[str, Factors]:
     """Each family's own fit on its points."""
+    return {f: fit(pts) for f, pts in _by_family(points).items()}
+
+
+def family_free(points: list[Point], fits: dict[str, Factors]) -> dict[str, frozenset[int]]:
+    """Each family's factors its own points leave free (`unconstrained`)."""
+    return {f: unconstrained(pts, fits[f]) for f, pts in _by_family(points).items()}
+
+
+def _by_family(points: list[Point]) -> dict[str, list[Point]]:
     fams: dict[str, list[Point]] = {}
     for p in points:
         fams.setdefault(family_of(p.m.device), []).append(p)
-    return {f: fit(pts) for f, pts in fams.items()}
+    return fams
 
 
 @dataclass
@@ -283,6 +317,7 @@ class FamilyResult:
     default_errors: dict[str, list[float]]  # with the spec's default factors (0.75, 0.5, 2 us)
     lodo_errors: dict[str, list[float]] = field(default_factory=dict)  # each device predicted by a fit without it
     lofo_errors: dict[str, list[float]] = field(default_factory=dict)  # the family predicted by the other families' fit
+    free: frozenset[int] = frozenset()  # factors its points leave free (unconstrained): no vote in a typical family
 
 
 def _err(p: Point, x: tuple) -> float:
@@ -299,6 +334,7 @@ def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], li
         points, skipped = build_points()
     results = []
     fits = family_fits(points)
+    free = family_free(points, fits)
     for fam in FAMILIES:
         pts = [p for p in points if family_of(p.m.device) == fam]
         if not pts:
@@ -317,7 +353,7 @@ def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], li
                 loo[p.kind].append(_err(p, fit(rest)))
         devices = sorted({p.m.device for p in pts})
         if len(fits) > 1:
-            xf = borrowed(fits, fam)  # the family's own fit never enters
+            xf = borrowed(fits, fam, free)  # the family's own fit never enters
             for p in pts:
                 lofo[p.kind].append(_err(p, xf))
             for d in devices:
@@ -329,7 +365,7 @@ def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], li
                     if p.m.device == d:
                         lodo[p.kind].append(_err(p, xd))
         results.append(FamilyResult(fam, devices, len(errs["decode"]), len(errs["prefill"]), *x, errs, loo, dflt,
-                                    lodo, lofo))
+                                    lodo, lofo, free[fam]))
     return results, skipped
 
 
@@ -437,7 +473,8 @@ def factors_table(results: list[FamilyResult]) -> dict:
     for cls in CLASSES:
         members = [f for f in fits if class_of(f) == cls]
         if members:
-            classes[cls] = row(borrowed({f: fits[f] for f in members}, f"(new {cls} family)"),
+            classes[cls] = row(borrowed({f: fits[f] for f in members}, f"(new {cls} family)",
+                                        {r.family: r.free for r in results}),
                                **path([d for r in results if r.family in members for d in r.devices]), families=members)
     return {"families": fams, "classes": classes}
 
