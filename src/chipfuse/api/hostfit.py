@@ -121,8 +121,9 @@ def _untraced(plans: list, threads: int | None, repeats: int, blocks: int = 2) -
 def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) -> tuple[System, HostFit]:
     """Fit `system`'s factors on runs of the embedded model and return it with them applied to every die, link and
     the host, and what was measured. A traced 1-die run splits a decode step into the die's compute, the hops and
-    the host's share; untraced requests (as `chipfuse run` makes them) on 1 die set the level, and on 2 dies (when
-    the system has them) the cost each added stage pays beyond its hop (`DieType.step_overhead_s`)."""
+    the host's share; untraced requests (as `chipfuse run` makes them) on 1 die set the level, and (when the system
+    has 2 dies) on a 2-die pipeline the cost each added stage pays beyond its hop (`DieType.step_overhead_s`) and on
+    a 2-die tensor group an all-reduce's latency and the cores' time-share efficiency (`_fit_tensor`)."""
     from ..compile.compiler import compile_plan
     from ..hw.load import parse_system
     from ..runtime.device import Device, resolve_model
