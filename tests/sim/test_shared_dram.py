@@ -29,3 +29,21 @@ def test_a_link_slower_than_the_dram_hides_the_display_and_own_dram_has_no_such_
     sd = p.prediction.shared_dram
     assert sd is not None and sd.decode_tokens_per_s_alone == pytest.approx(p.prediction.decode_tokens_per_s)
     assert api.plan("llama-3.2-1b", "talk-4die-d2d", "int4", context=2048).prediction.shared_dram is None
+
+
+def test_a_dram_a_4k60_display_would_fill_plans_and_says_it_would_not_decode(tmp_path):
+    """A device whose usable DRAM bandwidth (0.5 GB/s x its family's efficiency) is less than a 4K60 display's 2 GB/s
+    still plans: the what-if line says 0 tokens/s with that display, instead of the whole plan being refused for an
+    infinite time (and numpy's divide-by-zero warnings reaching the user)."""
+    import warnings
+
+    f = tmp_path / "slow.yaml"
+    f.write_text("device: slow-board\ntops: {fp32: 0.8, int8: 1.6}\ndram: {bandwidth_gb_per_s: 0.5, capacity_gib: 16}\n"
+                 "engine: llama.cpp\ncores: 6\nfamily: x86 CPU\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        p = api.plan("smollm2-135m", f, "int4", context=512)
+    sd = p.prediction.shared_dram
+    assert sd is not None and sd.decode_tokens_per_s_4k60 == 0.0
+    assert p.prediction.decode_tokens_per_s > 0
+    assert sd.decode_tokens_per_s_alone == pytest.approx(p.prediction.decode_tokens_per_s)

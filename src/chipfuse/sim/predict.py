@@ -111,7 +111,10 @@ def _shared_dram(plan: Plan, graph: Graph, system: System):
 
     def rate(**traffic) -> float:
         host = system.host.model_copy(update={"traffic": t.model_copy(update=traffic)})
-        return _predict(plan, graph, system.model_copy(update={"host": host})).decode_tokens_per_s
+        other = system.model_copy(update={"host": host})
+        if any(other.die_bandwidth_bytes_per_s(st.die) <= 0 for st in plan.stages):
+            return 0.0  # that traffic takes all of the DRAM the dies would read: they would not decode at all
+        return _predict(plan, graph, other).decode_tokens_per_s
 
     display = t.display_width_px * t.display_height_px * t.bytes_per_pixel * t.refresh_hz
     return SharedDramEffect(
