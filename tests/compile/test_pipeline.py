@@ -9,14 +9,15 @@ from hypothesis import strategies as st
 from chipfuse.compile.pipeline import min_dies, min_max_memory, split_pipeline
 
 
-def brute_force(time, extra, mem, cap):
+def brute_force(time, extra, mem, cap, own=None):
     m, k = time.shape
+    own = np.zeros(k) if own is None else own
     best = None
     for cuts in itertools.combinations(range(1, m), k - 1):
         bounds = list(zip((0, *cuts), (*cuts, m)))
         if any(mem[s:e].sum() > cap[j] for j, (s, e) in enumerate(bounds)):
             continue
-        costs = [time[s:e, j].sum() + extra[j] for j, (s, e) in enumerate(bounds)]
+        costs = [time[s:e, j].sum() + own[j] + extra[j] for j, (s, e) in enumerate(bounds)]
         key = (max(costs), sum(costs))
         if best is None or key[0] < best[0] - 1e-12 or (abs(key[0] - best[0]) <= 1e-12 and key[1] < best[1]):
             best = key
@@ -32,15 +33,16 @@ def problems(draw):
     extra = np.array([draw(st.floats(0, 2)) for _ in range(k)])
     mem = np.array([draw(st.floats(0.1, 5)) for _ in range(m)])
     cap = np.array([draw(st.floats(1, 20)) for _ in range(k)])
-    return time, extra, mem, cap
+    own = np.array([draw(st.sampled_from([0.0, 0.0, 0.5, 3.0])) for _ in range(k)])  # a die's cost per step
+    return time, extra, mem, cap, own
 
 
 @settings(max_examples=300, deadline=None)
 @given(problems())
 def test_split_matches_brute_force(p):
-    time, extra, mem, cap = p
-    got = split_pipeline(time, extra, mem, cap)
-    want = brute_force(time, extra, mem, cap) if time.shape[0] >= time.shape[1] else None
+    time, extra, mem, cap, own = p
+    got = split_pipeline(time, extra, mem, cap, own=own)
+    want = brute_force(time, extra, mem, cap, own) if time.shape[0] >= time.shape[1] else None
     if want is None:
         assert got is None
         return

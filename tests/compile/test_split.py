@@ -135,6 +135,8 @@ def instances(draw):
                      "fp16": 4, "bf16": 4, "fp32": 1},
             "memory": {"own": {"type": "LPDDR5", "bus_width_bits": draw(st.sampled_from([16, 32, 64])),
                                "data_rate_mtps": 6400, "capacity_gib": draw(st.sampled_from([0.04, 0.08, 0.5, 4]))}},
+            # an emulated die's fitted cost per stage step (chipfuse probe); 0 for silicon
+            "step_overhead_s": draw(st.sampled_from([0.0, 0.0, 5e-4, 5e-3])),
         }
     d["die_types"] = types
     d["dies"] = [{"name": f"die{i}", "type": draw(st.sampled_from(sorted(types)))} for i in range(n)]

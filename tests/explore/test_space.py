@@ -55,6 +55,18 @@ def test_memory_belongs_to_memories_not_to_a_die_type(tmp_path):
         load_space(_write(tmp_path, d))
 
 
+@pytest.mark.parametrize("field, value", [("host_threads", 2), ("step_overhead_s", 5e-4), ("collective_latency_s", 3e-4)])
+def test_a_die_type_with_emulated_die_fields_is_refused_by_name(tmp_path, field, value):
+    """Fields only `chipfuse probe` sets for dies emulated on the host's CPU: the fast core does not model them,
+    so a space refuses them (naming the die type and the field) rather than disagree with the planner."""
+    d = _data()
+    d["die_types"]["medium"][field] = value
+    with pytest.raises(SpecError, match=f"medium: leave out {field}: they describe dies emulated"):
+        load_space(_write(tmp_path, d))
+    d["die_types"]["medium"][field] = 0 if field == "step_overhead_s" else None  # the silicon default is fine
+    load_space(_write(tmp_path, d))
+
+
 def test_a_chain_needs_its_die_to_die_link(tmp_path):
     d = _data()
     del d["links"]["pcie-chain"]["dies"]

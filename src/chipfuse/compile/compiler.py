@@ -315,7 +315,8 @@ def _pipeline_stages(graph: Graph, system: System, prob: _Problem, model: ModelC
                      wl: WorkloadSpec, fmt: Format) -> list[Stage]:
     """The optimal pipeline's stages (the split that minimises the slowest stage, then the sum)."""
     prompt_tokens, batch = wl.prompt_tokens, wl.batch
-    split = split_pipeline(prob.time, prob.extra(), prob.mem, prob.cap)
+    split = split_pipeline(prob.time, prob.extra(), prob.mem, prob.cap,
+                           own=np.array([system.die_type(d).step_overhead_s for d in order]))
     if split is None:
         raise _fit_error(prob, model, system, wl, len(system.die_names))
     h_bytes = graph.hidden_features[1] * 2.0

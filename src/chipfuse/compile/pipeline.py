@@ -24,11 +24,14 @@ class Split:
 
 
 def _dp(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
-        combine: str, limit: float = INF, overlap: bool = False) -> tuple[float, list[tuple[int, int]]] | None:
+        combine: str, limit: float = INF, overlap: bool = False,
+        own: np.ndarray | None = None) -> tuple[float, list[tuple[int, int]]] | None:
     """The best split by `combine` (max or sum of stage costs, work plus link) among those whose every stage
     costs at most `limit`; with `overlap` the limit applies to max(work, link) (a link sending one micro-batch
-    while the stage works on the next)."""
+    while the stage works on the next). `own`: each position's fixed work per step, whatever blocks it holds
+    (`DieType.step_overhead_s`)."""
     m, k = time.shape
+    own = np.zeros(k) if own is None else own
     tc = np.vstack([np.zeros(k), np.cumsum(time, axis=0)])  # (m+1, k)
     mem = mem if mem.ndim == 2 else np.repeat(mem[:, None], k, axis=1)
     mc = np.vstack([np.zeros(k), np.cumsum(mem, axis=0)])  # (m+1, k)
@@ -39,7 +42,7 @@ def _dp(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
         for e in range(j + 1, m - (k - 1 - j) + 1):
             s = np.arange(j, e)
             prev = best[j, s]
-            work = tc[e, j] - tc[s, j]
+            work = tc[e, j] - tc[s, j] + own[j]
             cost = work + extra[j]
             load = np.maximum(work, extra[j]) if overlap else cost
             ok = (mc[e, j] - mc[s, j] <= cap[j] * (1 + 1e-12) + 1e-9) & (load <= limit) & np.isfinite(prev)
@@ -60,28 +63,29 @@ def _dp(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
 
 
 def split_pipeline(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray,
-                   objective: str = "throughput") -> Split | None:
+                   objective: str = "throughput", own: np.ndarray | None = None) -> Split | None:
     """The optimal split, or None when no split fits every die's memory.
 
     throughput: the slowest stage first, then the sum; latency: the sum of stage times alone (one token
-    passes every stage in turn, so at batch 1 the sum is the step)."""
+    passes every stage in turn, so at batch 1 the sum is the step). `own`: each position's fixed work per step."""
     time, extra, mem, cap = (np.asarray(a, dtype=float) for a in (time, extra, mem, cap))
+    own = np.zeros(time.shape[1]) if own is None else np.asarray(own, dtype=float)
     if time.shape[0] < time.shape[1]:
         return None
     if objective == "latency":
-        res = _dp(time, extra, mem, cap, "sum")
+        res = _dp(time, extra, mem, cap, "sum", own=own)
         if res is None:
             return None
-        costs = [float(time[s:e, j].sum() + extra[j]) for j, (s, e) in enumerate(res[1])]
+        costs = [float(time[s:e, j].sum() + own[j] + extra[j]) for j, (s, e) in enumerate(res[1])]
         return Split(res[1], max(costs), res[0])
-    first = _dp(time, extra, mem, cap, "max")
+    first = _dp(time, extra, mem, cap, "max", own=own)
     if first is None:
         return None
     bottleneck = first[0]
-    second = _dp(time, extra, mem, cap, "sum", limit=bottleneck * (1 + 1e-9) + 1e-15)
+    second = _dp(time, extra, mem, cap, "sum", limit=bottleneck * (1 + 1e-9) + 1e-15, own=own)
     total, bounds = second if second is not None else (None, first[1])
     if total is None:
-        total = sum(float(time[s:e, j].sum() + extra[j]) for j, (s, e) in enumerate(bounds))
+        total = sum(float(time[s:e, j].sum() + own[j] + extra[j]) for j, (s, e) in enumerate(bounds))
     return Split(bounds, bottleneck, total)
 
 
@@ -89,35 +93,37 @@ EXACT_CELLS = 64  # blocks x positions up to which `split_cycle` searches every 
 
 
 def split_cycle(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.ndarray, micro: int,
-                fixed_s: float) -> tuple[float, list[tuple[int, int]]] | None:
+                fixed_s: float, own: np.ndarray | None = None) -> tuple[float, list[tuple[int, int]]] | None:
     """The split that minimises the predictor's step with `micro` micro-batches in flight:
     max(fixed_s + sum of work and links, micro x the slowest max(work, link)). Exact on small problems
     (every candidate bottleneck, by bisection: the sum only falls as the bottleneck allowed grows);
-    on large ones the better of the two-pass split and the least-sum split."""
+    on large ones the better of the two-pass split and the least-sum split. `own`: each position's fixed work
+    per step (`DieType.step_overhead_s`), part of its work."""
     time, extra, mem, cap = (np.asarray(a, dtype=float) for a in (time, extra, mem, cap))
     m, k = time.shape
+    own = np.zeros(k) if own is None else np.asarray(own, dtype=float)
     if m < k:
         return None
 
     def cycle(bounds: list[tuple[int, int]]) -> float:
-        work = [float(time[s:e, j].sum()) for j, (s, e) in enumerate(bounds)]
+        work = [float(time[s:e, j].sum()) + float(own[j]) for j, (s, e) in enumerate(bounds)]
         return max(fixed_s + sum(work) + float(extra.sum()), micro * max(max(w, x) for w, x in zip(work, extra)))
 
     if k == 1:  # one position holds everything
-        res = _dp(time, extra, mem, cap, "sum")
+        res = _dp(time, extra, mem, cap, "sum", own=own)
         return None if res is None else (cycle(res[1]), res[1])
     if m * k > EXACT_CELLS:
-        found = [split_pipeline(time, extra, mem, cap, o) for o in ("throughput", "latency")]
+        found = [split_pipeline(time, extra, mem, cap, o, own) for o in ("throughput", "latency")]
         fits = [f.bounds for f in found if f is not None]
         return min(((cycle(b), b) for b in fits), default=None)
     tc = np.vstack([np.zeros(k), np.cumsum(time, axis=0)])
-    limits = sorted({max(float(tc[e, j] - tc[s, j]), float(extra[j]))
+    limits = sorted({max(float(tc[e, j] - tc[s, j] + own[j]), float(extra[j]))
                      for j in range(k) for s in range(m) for e in range(s + 1, m + 1)})
     best: tuple[float, list[tuple[int, int]]] | None = None
     lo, hi = 0, len(limits) - 1
     while lo <= hi:  # the least limit at which micro x limit reaches the least sum allowed by it
         mid = (lo + hi) // 2
-        res = _dp(time, extra, mem, cap, "sum", limits[mid] * (1 + 1e-12) + 1e-15, overlap=True)
+        res = _dp(time, extra, mem, cap, "sum", limits[mid] * (1 + 1e-12) + 1e-15, overlap=True, own=own)
         if res is not None:
             c = cycle(res[1])
             best = (c, res[1]) if best is None or c < best[0] else best
@@ -127,7 +133,7 @@ def split_cycle(time: np.ndarray, extra: np.ndarray, mem: np.ndarray, cap: np.nd
             hi = mid - 1
     for i in (lo - 1, lo):  # the crossing's neighbours
         if 0 <= i < len(limits):
-            res = _dp(time, extra, mem, cap, "sum", limits[i] * (1 + 1e-12) + 1e-15, overlap=True)
+            res = _dp(time, extra, mem, cap, "sum", limits[i] * (1 + 1e-12) + 1e-15, overlap=True, own=own)
             if res is not None and (best is None or cycle(res[1]) < best[0]):
                 best = (cycle(res[1]), res[1])
     return best

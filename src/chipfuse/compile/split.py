@@ -94,6 +94,8 @@ class _Grouping:
                 self.extra[j] = gather_to_host_s(system, [(d, 4.0 * self.seqs * p["vocab"])
                                                          for d, p in zip(pos.dies, pos.parts)])
         self.scatter_s = scatter_from_host_s(system, groups[0], host_in_bytes(self.seqs))
+        # a layers stage's die pays its own cost each step, whatever blocks it holds (as perf.stage_cost charges it)
+        self.own = np.array([system.die_type(g[0]).step_overhead_s if len(g) == 1 else 0.0 for g in groups])
 
     def best(self, host_s: float) -> tuple[float, float, list[tuple[int, int]]] | None:
         """(aggregate tokens/s, per-request tokens/s, block ranges) of the split with the shortest step (the best
@@ -102,7 +104,7 @@ class _Grouping:
         The figures are the predictor's for those ranges: one round trip (token ids in, every position and
         its link, the host's per-token work), or the slowest position's work or link once per micro-batch."""
         found = split_cycle(self.time, self.extra, self.mem, np.ones(len(self.groups)), self.micro,
-                            self.scatter_s + host_s * self.seqs)
+                            self.scatter_s + host_s * self.seqs, self.own)
         if found is None:
             return None
         cycle, bounds = found

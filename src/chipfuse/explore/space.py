@@ -27,7 +27,7 @@ import difflib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
@@ -108,6 +108,10 @@ class Space(Strict):
     workload: Workload = Workload()
     fanless_w: float = Field(10.0, gt=0, le=1e6)
 
+    # DieType fields only `chipfuse probe` sets, for dies emulated on the host's CPU: the fast core (explore.core)
+    # does not model them, so a space refuses them rather than disagree with the planner
+    EMULATED_ONLY: ClassVar[tuple[str, ...]] = ("host_threads", "step_overhead_s", "collective_latency_s")
+
     @field_validator("die_types", mode="before")
     @classmethod
     def _memory_from_memories(cls, v: Any) -> Any:
@@ -117,6 +121,10 @@ class Space(Strict):
         for name, dt in v.items():
             if isinstance(dt, dict) and "memory" in dt:
                 raise ValueError(f"{name}: leave out `memory`; each die's memory is an option of `memories`")
+            emulated = sorted(k for k in cls.EMULATED_ONLY if isinstance(dt, dict) and dt.get(k) not in (None, 0))
+            if emulated:
+                raise ValueError(f"{name}: leave out {', '.join(emulated)}: they describe dies emulated on this "
+                                 "machine's CPU (`chipfuse probe` fits them), not silicon a design space explores")
             out[name] = {**dt, "memory": _PLACEHOLDER_MEMORY} if isinstance(dt, dict) else dt
         return out
 
