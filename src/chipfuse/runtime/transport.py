@@ -9,8 +9,10 @@ watchdog kills the remaining workers when one dies, which turns that into an err
 Room for what comes next, carried in header word 7 (zero in every message today, so the wire is
 unchanged): a `Direction` (FORWARD activations down the pipeline; BACKWARD gradients up the same
 links, for fine-tuning) and a `Collective` with a die `group` id (e.g. a tensor-parallel
-all-reduce among the dies of one stage). Neither backward passes nor collectives exist yet: a
-worker treats any message with a non-zero direction or collective as unsupported.
+all-reduce among the dies of one stage). Neither travels in this header today: a tensor group's
+all-reduces go straight between its dies' ranks under their own tag (worker._join_group), and
+fine-tuning runs its own workers (runtime/train_worker.py); a worker treats any message with a
+non-zero direction or collective as unsupported.
 """
 
 from __future__ import annotations
