@@ -92,8 +92,8 @@ def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float,
                                               f"{share_eff:.3f}")
     out["sources"] = {**data.get("sources", {}), "fit": f"decode speed x{speed:.3f}, hop {hop_s * 1e6:.0f} us, host "
                       f"{host_s * 1e6:.0f} us per token, {stage_s * 1e6:.0f} us per stage step{tensor}, fitted on runs "
-                      "of the embedded model (a traced 1-die run; untraced requests on 1 and 2 dies and on a 2-die "
-                      "tensor group)"}
+                      "of the embedded model (a traced 1-die run; untraced requests on 1 die, a 2-die pipeline and a "
+                      "2-die tensor group)"}
     return out
 
 

@@ -627,8 +627,10 @@ def probe(
     threads: Optional[int] = typer.Option(None, help="threads one die's kernels use (default: every core)"),
     train: bool = typer.Option(False, "--train", help="also measure a LoRA training step (for `chipfuse finetune`'s "
                                                       "prediction on this host)"),
-    fit: bool = typer.Option(True, help="fit the die speed, hop latency, stage and host cost on runs of the embedded "
-                                        "model on 1 and 2 dies (--no-fit: the micro-benchmarks alone)"),
+    fit: bool = typer.Option(True, help="fit the die speed, hop latency, stage and host cost, all-reduce latency and "
+                                        "the cores' time-share efficiency on runs of the embedded model on 1 die, a "
+                                        "2-die pipeline and a 2-die tensor group (--no-fit: the micro-benchmarks "
+                                        "alone)"),
 ):
     """Measure this machine (bandwidth, kernels, hops) and write it as a system of emulated dies."""
     from ..runtime.probe import save_system

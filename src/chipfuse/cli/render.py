@@ -202,7 +202,7 @@ def probe(rep) -> None:
     f = rep.fit
     if f is not None:
         say(f"fitted on runs of the embedded model ({f.prompt_tokens}-token prompt; a traced 1-die run, untraced "
-            f"requests on 1 and 2 dies): decode speed x{f.die_speed:.3f} of the "
+            f"requests on 1 die and a 2-die pipeline): decode speed x{f.die_speed:.3f} of the "
             f"kernels' streaming rate, prefill efficiency {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us "
             f"between processes, {f.stage_overhead_s * 1e6:.0f} us per pipeline stage step beyond it, host "
             f"{f.host_per_token_s * 1e6:.0f} us per token (1 die, untraced: "
@@ -210,9 +210,9 @@ def probe(rep) -> None:
             f"micro-benchmarks alone predicted {f.predicted_decode_tokens_per_s_before:.1f} tokens/s, TTFT "
             f"{fmt_duration(f.predicted_ttft_s_before)})")
         if f.collective_latency_s is not None:
-            say(f"on a 2-die tensor group: one all-reduce {f.collective_latency_s * 1e6:.0f} us between running dies "
-                f", the cores' time-share efficiency {f.time_share_efficiency:.3f} when the dies' threads "
-                "outnumber them (from its time to first token)")
+            say(f"on a 2-die tensor group (its decode step and time to first token together): one all-reduce "
+                f"{f.collective_latency_s * 1e6:.0f} us between running dies, the cores' time-share efficiency "
+                f"{f.time_share_efficiency:.3f} when the dies' threads outnumber them")
 
 
 GANTT_WORDS = {"compute": "compute", "collective": "all-reduce", "transfer": "transfer", "host": "host", "wait": "waiting"}
