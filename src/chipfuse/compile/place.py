@@ -139,6 +139,8 @@ def _lam_cap(p: Problem) -> float:
 
 
 def _usage(p: Problem, x, r, lam: float, method: str, bound: float, t0: float) -> Solution:
+    # an option not deployed carries nothing: the LP's rate there is 0 up to its tolerance (1e-12 is not a rate)
+    r = [max(0.0, float(ri)) if xi else 0.0 for xi, ri in zip(x, r)]
     served = [0.0] * len(p.models)
     busy = {d: 0.0 for d in p.dies}
     mem = {d: 0.0 for d in p.dies}
