@@ -345,8 +345,9 @@ def calibrate(points: list[Point] | None = None) -> tuple[list[FamilyResult], li
     results = []
     fits = family_fits(points)
     free = family_free(points, fits)
+    by_family = _by_family(points)
     for fam in FAMILIES:
-        pts = [p for p in points if family_of(p.m.device) == fam]
+        pts = by_family.get(fam, [])
         if not pts:
             continue
         x = fits[fam]  # the family's own fit (family_fits above)
