@@ -89,7 +89,8 @@ def main() -> int:
     rep = api.probe(4, on_status=lambda m: print(f"probe: {m}", flush=True))
     f = rep.fit
     print(f"fit: die x{f.die_speed:.3f}, prefill eff {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, "
-          f"host {f.host_per_token_s * 1e6:.0f} us, stage step {f.stage_overhead_s * 1e6:.0f} us, all-reduce "
+          f"host {f.host_per_token_s * 1e6:.0f} us, stage step {f.stage_overhead_s * 1e6:.0f} us, prefill step "
+          f"{f.prefill_overhead_s * 1e6:.0f} us more, all-reduce "
           f"{(f.collective_latency_s or 0) * 1e6:.0f} us, time-share eff. {f.time_share_efficiency:.3f}", flush=True)
     _, cfg = resolve_model(None)
     configs = [(split, n) for split, ns in (("pipeline", (1, 2, 3, 4)), ("tensor", (2, 3, 4))) for n in ns]
@@ -126,7 +127,9 @@ def main() -> int:
         f"1-die run for the hop ({f.hop_latency_s * 1e6:.0f} us) and the host's share ({f.host_per_token_s * 1e6:.0f} "
         f"us per token), untraced requests on 1 die for the level (decode speed x{f.die_speed:.3f} of the kernels' "
         f"streaming rate, prefill efficiency {f.prefill_efficiency:.3f}) and on 2 dies for what a pipeline stage "
-        f"pays per step beyond its hop ({f.stage_overhead_s * 1e6:.0f} us), and on a 2-die tensor group for what one "
+        f"pays per step beyond its hop ({f.stage_overhead_s * 1e6:.0f} us) and per prefill step beyond that "
+        f"({f.prefill_overhead_s * 1e6:.0f} us: the die idled through the first one's prefill), and on a 2-die "
+        "tensor group for what one "
         f"all-reduce between running dies costs ({(f.collective_latency_s or 0) * 1e6:.0f} us) and the share of the "
         f"cores' time two dies computing at once put to work ({f.time_share_efficiency:.3f}); cut to n dies. Each "
         "row plans SmolLM2 "

@@ -123,3 +123,26 @@ def test_the_tensor_fit_holds_its_values_in_range_when_the_runs_beat_the_model()
     got_latency, got_eff = _fit_tensor(load_model_config("smollm2-135m"), parse_system(d, "probe"), 40,
                                        [(p.decode_step_s * 0.5, p.ttft_s * 0.5)])
     assert got_latency == 0.0 and got_eff == 1.0
+
+
+def test_the_prefill_fit_recovers_the_efficiency_and_overhead_that_made_the_runs():
+    """1- and 2-die times to first token made by a known prefill efficiency and per-prefill-step overhead give both
+    back: the 2-die pipeline's extra beyond its predicted hop and step is the overhead, paid by every die (so the
+    1-die level is fitted with it)."""
+    from chipfuse.api.hostfit import FIT_CONTEXT, _fit_prefill
+    from chipfuse.compile.compiler import compile_plan
+    from chipfuse.frontends import load_model_config
+
+    cfg = load_model_config("smollm2-135m")
+    d = probed(2)
+    decode = (0.8, 3e-4, 1e-4, 2e-4)  # speed, hop, host, stage step: already fitted
+    for eff, overhead_s in ((0.4, 2.5e-3), (0.7, 0.0), (0.2, 1e-2)):
+        made = parse_system(_with_fit(d, *decode[:1], eff, *decode[1:], prefill_s=overhead_s), "made")
+        one, two = (compile_plan(cfg, resize(made, n), "int4", context=FIT_CONTEXT, batch=1, prompt_tokens=40,
+                                 split="pipeline").prediction.ttft_s for n in (1, 2))
+        got_eff, got_s, fitted = _fit_prefill(cfg, d, decode, 40, one, [(one, two)] * 3)
+        assert got_eff == pytest.approx(eff, rel=2e-3) and got_s == pytest.approx(overhead_s, abs=2e-6)
+        assert parse_system(fitted, "fit").die_types["emulated"].prefill_overhead_s == pytest.approx(got_s, abs=1e-7)
+    # a 2-die run faster than the predicted hop and step: no negative overhead
+    _, got_s, _ = _fit_prefill(cfg, d, decode, 40, one, [(one, one * 0.9)])
+    assert got_s == 0.0

@@ -43,6 +43,7 @@ class HostFit:
     predicted_ttft_s_before: float
     prompt_tokens: int
     stage_overhead_s: float = 0.0  # what each pipeline stage pays per step beyond its hop (a woken die)
+    prefill_overhead_s: float = 0.0  # and per prefill step beyond that (a die idle through the earlier stages')
     collective_latency_s: float | None = None  # one all-reduce between running dies (2-die tensor requests)
     time_share_efficiency: float = 1.0  # share of the cores' time dies computing at once put to work
 
@@ -70,7 +71,8 @@ def resize(system: System, n: int) -> System:
 
 
 def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float, host_s: float,
-              stage_s: float = 0.0, collective_s: float | None = None, share_eff: float = 1.0) -> dict:
+              stage_s: float = 0.0, collective_s: float | None = None, share_eff: float = 1.0,
+              prefill_s: float = 0.0) -> dict:
     out = {**data, "die_types": {}}
     for name, dt in data["die_types"].items():
         dt = dict(dt)
@@ -82,6 +84,7 @@ def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float,
         if prefill_eff is not None:
             dt["prefill_compute_efficiency"] = round(prefill_eff, 4)
         dt["step_overhead_s"] = round(stage_s, 7)
+        dt["prefill_overhead_s"] = round(prefill_s, 7)
         if collective_s is not None:
             dt["collective_latency_s"] = round(collective_s, 7)
         out["die_types"][name] = dt
@@ -91,7 +94,8 @@ def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float,
     tensor = "" if collective_s is None else (f", all-reduce {collective_s * 1e6:.0f} us, time-share efficiency "
                                               f"{share_eff:.3f}")
     out["sources"] = {**data.get("sources", {}), "fit": f"decode speed x{speed:.3f}, hop {hop_s * 1e6:.0f} us, host "
-                      f"{host_s * 1e6:.0f} us per token, {stage_s * 1e6:.0f} us per stage step{tensor}, fitted on runs "
+                      f"{host_s * 1e6:.0f} us per token, {stage_s * 1e6:.0f} us per stage step and "
+                      f"{prefill_s * 1e6:.0f} us more per prefill step{tensor}, fitted on runs "
                       "of the embedded model (a traced 1-die run; untraced requests on 1 die, a 2-die pipeline and a "
                       "2-die tensor group)"}
     return out
@@ -167,22 +171,48 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
     compute_level = max(0.3 * compute_s, step1 - len(links) * hop_s - host_s - stage_s)
     speed = plan.prediction.stages[0].decode_s / compute_level
     before = plan.prediction
-    # the prefill: the die's compute efficiency for many-token steps, so the predicted time to first token is the
-    # measured one (a few fixed-point rounds: the other parts of the TTFT do not depend on it)
-    eff = 1.0
-    fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s)
-    for _ in range(4):
-        p = compile_plan(cfg, resize(parse_system(fitted, "fit"), 1), "int4", context=FIT_CONTEXT, batch=1,
-                         prompt_tokens=len(ids)).prediction
-        eff = min(1.0, max(1e-3, eff * p.ttft_s / ttft1))
-        fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s)
+    two_ttfts = [(a[1], b[1]) for a, b in zip(ones, runs[1])] if len(plans) > 1 else []
+    eff, prefill_s, fitted = _fit_prefill(cfg, data, (speed, hop_s, host_s, stage_s), len(ids), ttft1, two_ttfts)
     collective_s, share_eff = None, 1.0
     if len(system.dies) > 1:
         collective_s, share_eff = _fit_tensor(cfg, parse_system(fitted, "fit"), len(ids), runs[2])
-        fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s, collective_s, share_eff)
+        fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s, collective_s, share_eff, prefill_s)
     fit = HostFit(round(speed, 4), round(eff, 4), hop_s, host_s, 1.0 / step1, before.decode_tokens_per_s, ttft1,
-                  before.ttft_s, len(ids), stage_s, collective_s, round(share_eff, 4))
+                  before.ttft_s, len(ids), stage_s, round(prefill_s, 7), collective_s, round(share_eff, 4))
     return parse_system(fitted, "chipfuse probe (fitted on 1- and 2-die runs)"), fit
+
+
+def _fit_prefill(cfg, data: dict, decode: tuple[float, float, float, float], prompt_tokens: int, ttft1: float,
+                 pairs: list[tuple[float, float]]) -> tuple[float, float, dict]:
+    """(prefill compute efficiency, prefill overhead s, fitted system data): the efficiency makes the predicted 1-die
+    time to first token `ttft1`; the overhead is what a 2-die pipeline's time to first token adds beyond the
+    predicted difference (its hop, its step cost), the median over `pairs` of (1-die, 2-die) times to first token
+    measured side by side (the second die idled through the first one's prefill). `decode`: the factors already
+    fitted (speed, hop s, host s, stage step s)."""
+    from ..compile.compiler import compile_plan
+    from ..hw.load import parse_system
+
+    speed, hop_s, host_s, stage_s = decode
+
+    def ttft(fitted: dict, n: int) -> float:
+        return compile_plan(cfg, resize(parse_system(fitted, "fit"), n), "int4", context=FIT_CONTEXT, batch=1,
+                            prompt_tokens=prompt_tokens, split="pipeline").prediction.ttft_s
+
+    def level(prefill_s: float) -> tuple[float, dict]:
+        eff = 1.0  # a few fixed-point rounds: the other parts of the TTFT do not depend on it
+        fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s, prefill_s=prefill_s)
+        for _ in range(4):
+            eff = min(1.0, max(1e-3, eff * ttft(fitted, 1) / ttft1))
+            fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s, prefill_s=prefill_s)
+        return eff, fitted
+
+    eff, fitted = level(0.0)
+    prefill_s = 0.0
+    if pairs:
+        prefill_s = min(1.0, max(0.0, statistics.median(b - a for a, b in pairs) - (ttft(fitted, 2) - ttft(fitted, 1))))
+        if prefill_s > 0:
+            eff, fitted = level(prefill_s)
+    return eff, prefill_s, fitted
 
 
 def _fit_tensor(cfg, system: System, prompt_tokens: int, runs: list[tuple[float, float]]) -> tuple[float, float]:

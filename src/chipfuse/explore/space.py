@@ -110,7 +110,8 @@ class Space(Strict):
 
     # DieType fields only `chipfuse probe` sets, for dies emulated on the host's CPU: the fast core (explore.core)
     # does not model them, so a space refuses them rather than disagree with the planner
-    EMULATED_ONLY: ClassVar[tuple[str, ...]] = ("host_threads", "step_overhead_s", "collective_latency_s")
+    EMULATED_ONLY: ClassVar[tuple[str, ...]] = ("host_threads", "step_overhead_s", "prefill_overhead_s",
+                                                    "collective_latency_s")
 
     @field_validator("die_types", mode="before")
     @classmethod

@@ -367,6 +367,11 @@ class DieType(Strict):
                     "outnumber the cores (sim/perf.core_sharing); null: the die has its own silicon")
     step_overhead_s: float = Field(0.0, ge=0, le=1.0, description="fixed cost each time the die runs a step (woken "
                                    "from its wait, receiving, launching); fitted by `chipfuse probe` on emulated dies")
+    prefill_overhead_s: float = Field(
+        0.0, ge=0, le=1.0,
+        description="fixed cost each time the die runs a prompt's (prefill) step, beyond step_overhead_s: an emulated "
+                    "die idles through the earlier stages' prefill and returns to work slower than between decode "
+                    "steps; fitted by `chipfuse probe` from 1- and 2-die times to first token")
     collective_latency_s: float | None = Field(
         None, ge=0, le=1.0,
         description="for dies whose runtime exchanges a collective directly between every pair (emulated dies: one "

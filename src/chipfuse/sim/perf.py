@@ -144,8 +144,10 @@ def stage_cost(graph: Graph, system: System, die: str, blocks: range, recipe: Re
     c = costs if costs is not None else op_costs(graph, recipe, w, r.act_element_bytes, kv_element_bytes)
     comp, mem = op_times(c, r)
     mask = np.isin(graph.op_block, list(blocks))
+    dt = system.die_type(die)
     t = (float(roofline_s(comp, c.read_bytes, r.bytes_per_s)[mask].sum()) + r.op_overhead_s * len(blocks)
-         + system.die_type(die).step_overhead_s)  # the die's own cost each time its stage runs
+         + dt.step_overhead_s  # the die's own cost each time its stage runs
+         + (dt.prefill_overhead_s if is_prefill(w) else 0.0))  # and its return to work after idling through a prefill
     link = transfer_s(system, die, next_node, out_bytes) if next_node != die else 0.0
     return StageCost(die, float(comp[mask].sum()), float(mem[mask].sum()), t, link,
                      float(c.read_bytes[mask].sum()), float((c.weight_flop + c.act_flop)[mask].sum()))
