@@ -27,6 +27,8 @@ FIT_PROMPT = "Tell me a story about a lighthouse keeper and the sea."
 FIT_TOKENS = 48  # decode steps timed (after a warm-up request)
 FIT_CONTEXT = 160  # prompt (~50 tokens with the chat template) + the tokens generated
 FIT_REPEATS = 6  # untraced requests on each plan, in two turns (their medians set the levels)
+FIT_PROMPTS = 8  # and prompt-only requests per turn: a time to first token is one sample, not a median of steps (6
+# paired requests fitted a prefill step's cost at 1.9-6.7 ms in five probes of one machine)
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,20 @@ def _with_fit(data: dict, speed: float, prefill_eff: float | None, hop_s: float,
     return out
 
 
-def _untraced(plans: list, threads: int | None, repeats: int, blocks: int = 2) -> list[list[tuple[float, float]]]:
+def _untraced(plans: list, threads: int | None, repeats: int, blocks: int = 2,
+              prompts: int = 0) -> tuple[list[list[tuple[float, float]]], list[list[float]]]:
     """For each plan, (decode step s, time to first token s) of `repeats` requests as `chipfuse run` makes them
-    (untraced), each Device answering a warm-up request first. The plans take turns, `blocks` times each (a process
-    holds one Device at a time), so a drift of the machine weighs on all alike; request i of one plan and request
-    i of another ran in the same turn."""
+    (untraced), each Device answering a warm-up request first, and the times to first token of those and of
+    `prompts` more prompt-only requests per turn. The plans take turns, `blocks` times each (a process holds one
+    Device at a time), so a drift of the machine weighs on all alike; request i of one plan and request i of
+    another ran in the same turn."""
     from ..runtime.device import Device
 
     out: list[list[tuple[float, float]]] = [[] for _ in plans]
+    ttfts: list[list[float]] = [[] for _ in plans]
     per_block = [repeats // blocks + (1 if b < repeats % blocks else 0) for b in range(blocks)]
     for n in per_block:
-        for plan, got in zip(plans, out):
+        for plan, got, firsts in zip(plans, out, ttfts):
             with Device(plan, None, threads=threads) as dev:
                 ids = dev.chat_ids([{"role": "user", "content": FIT_PROMPT}])
                 list(dev.submit(ids, 4, stop_ids=set()))
@@ -119,7 +124,12 @@ def _untraced(plans: list, threads: int | None, repeats: int, blocks: int = 2) -
                     g = dev.submit(ids, FIT_TOKENS, stop_ids=set())
                     list(g)
                     got.append((1.0 / (g.decode_tokens_per_s or 1.0), g.ttft_s or 0.0))
-    return out
+                    firsts.append(g.ttft_s or 0.0)
+                for _ in range(prompts):
+                    g = dev.submit(ids, 1, stop_ids=set())
+                    list(g)
+                    firsts.append(g.ttft_s or 0.0)
+    return out, ttfts
 
 
 def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) -> tuple[System, HostFit]:
@@ -158,12 +168,11 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
                   for split in ("pipeline", "tensor")]
     # untraced requests on 1 die and (with 2 dies) on a 2-die pipeline and a 2-die tensor group, in turn, so a
     # drift of the machine weighs on every kind alike
-    on_status(f"{FIT_REPEATS} untraced requests each on " + ("1 die" if len(plans) == 1 else
-                                                            "1 die, a 2-die pipeline and a 2-die tensor group, taking "
-                                                            "turns"))
-    runs = _untraced(plans, threads, FIT_REPEATS)
+    on_status(f"{FIT_REPEATS} untraced requests and {2 * FIT_PROMPTS} prompts each on "
+              + ("1 die" if len(plans) == 1 else "1 die, a 2-die pipeline and a 2-die tensor group, taking turns"))
+    runs, ttfts = _untraced(plans, threads, FIT_REPEATS, prompts=FIT_PROMPTS)
     ones = runs[0]
-    step1, ttft1 = statistics.median(r[0] for r in ones), statistics.median(r[1] for r in ones)
+    step1, ttft1 = statistics.median(r[0] for r in ones), statistics.median(ttfts[0])
     stage_s = 0.0
     if len(plans) > 1:  # the added stage's cost beyond its one added hop: paired with the 1-die request beside it
         stage_s = max(0.0, statistics.median(b[0] - a[0] for a, b in zip(ones, runs[1])) - hop_s)
@@ -171,11 +180,11 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
     compute_level = max(0.3 * compute_s, step1 - len(links) * hop_s - host_s - stage_s)
     speed = plan.prediction.stages[0].decode_s / compute_level
     before = plan.prediction
-    two_ttfts = [(a[1], b[1]) for a, b in zip(ones, runs[1])] if len(plans) > 1 else []
+    two_ttfts = list(zip(ttfts[0], ttfts[1])) if len(plans) > 1 else []
     eff, prefill_s, fitted = _fit_prefill(cfg, data, (speed, hop_s, host_s, stage_s), len(ids), ttft1, two_ttfts)
     collective_s, share_eff = None, 1.0
     if len(system.dies) > 1:
-        collective_s, share_eff = _fit_tensor(cfg, parse_system(fitted, "fit"), len(ids), runs[2])
+        collective_s, share_eff = _fit_tensor(cfg, parse_system(fitted, "fit"), len(ids), runs[2], ttfts[2])
         fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s, collective_s, share_eff, prefill_s)
     fit = HostFit(round(speed, 4), round(eff, 4), hop_s, host_s, 1.0 / step1, before.decode_tokens_per_s, ttft1,
                   before.ttft_s, len(ids), stage_s, round(prefill_s, 7), collective_s, round(share_eff, 4))
@@ -215,9 +224,10 @@ def _fit_prefill(cfg, data: dict, decode: tuple[float, float, float, float], pro
     return eff, prefill_s, fitted
 
 
-def _fit_tensor(cfg, system: System, prompt_tokens: int, runs: list[tuple[float, float]]) -> tuple[float, float]:
+def _fit_tensor(cfg, system: System, prompt_tokens: int, runs: list[tuple[float, float]],
+                ttfts: list[float] | None = None) -> tuple[float, float]:
     """(collective latency s, time-share efficiency) from `runs` (decode step s, time to first token s) on a 2-die
-    tensor group of `system` (already fitted on the pipeline runs). The predicted decode step and time to first
+    tensor group (`ttfts`: its times to first token, if more than the runs'; their median counts) of `system` (already fitted on the pipeline runs). The predicted decode step and time to first
     token are both linear in the all-reduce's latency and in the inverse of the efficiency (the dies' shared
     compute): the two values that make both predictions the measured ones, each held to its range (latency >= 0,
     efficiency <= 1)."""
@@ -225,7 +235,8 @@ def _fit_tensor(cfg, system: System, prompt_tokens: int, runs: list[tuple[float,
     from ..hw.load import parse_system
 
     two = resize(system, 2)
-    step, ttft = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    step = statistics.median(r[0] for r in runs)
+    ttft = statistics.median(ttfts if ttfts else [r[1] for r in runs])
     data = two.model_dump(mode="json", exclude_none=True)
 
     def predicted(latency_s: float, inverse: float) -> np.ndarray:
