@@ -8,6 +8,14 @@ from chipfuse.hw.load import load_system
 from chipfuse.sim.calibrate import build_points, calibrate, load_measurements
 
 
+@pytest.fixture(scope="module")
+def fitted():
+    """(points, each family's result): one calibration (~30 s) for the tests that read it."""
+    pts, _ = build_points()
+    results, _ = calibrate(pts)
+    return pts, results
+
+
 def test_at_least_twenty_measurements_with_sources():
     ms = load_measurements()
     assert len(ms) >= 20
@@ -27,15 +35,14 @@ def test_fit_points_use_the_planners_model():
     assert plan.prediction.decode_tokens_per_s == pytest.approx(1 / p.predict_s(me, dt.compute_efficiency, dt.op_overhead_s), rel=1e-6)
 
 
-def test_presets_hold_the_fitted_factors_and_beat_the_defaults():
+def test_presets_hold_the_fitted_factors_and_beat_the_defaults(fitted):
     """Every family's presets (full files, or quick devices naming the family) plan with the fitted factors, and the
     fit beats the spec defaults on what it minimises (squared log error of its points)."""
     import math
 
     from chipfuse.sim.calibrate import family_of
 
-    pts, _ = build_points()
-    results, _ = calibrate(pts)
+    pts, results = fitted
     assert {r.family for r in results} >= {"Apple M-series GPU (Metal)", "Arm SBC CPU", "Rockchip NPU (RKLLM)"}
     for r in results:
         for device in r.devices:
@@ -50,7 +57,7 @@ def test_presets_hold_the_fitted_factors_and_beat_the_defaults():
         assert sq((r.mem_eff, r.comp_eff, r.overhead_s, r.prefill_eff)) <= sq((0.75, 0.5, 2e-6)) + 1e-9
 
 
-def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
+def test_left_out_devices_and_families_are_predicted_by_fits_without_them(fitted):
     """Leave-one-device-out and leave-one-family-out errors come from fits that never saw the left-out points: a
     family is predicted by the typical family of its class, fitted with the family's records removed from the file;
     and that borrowed prediction fits the family no better (in the squared log error its own fit minimises)."""
@@ -58,8 +65,7 @@ def test_left_out_devices_and_families_are_predicted_by_fits_without_them():
 
     from chipfuse.sim.calibrate import _err, borrowed, family_fits, family_free, family_of
 
-    pts, _ = build_points()
-    results, _ = calibrate(pts)
+    pts, results = fitted
     for r in results:
         for kind in ("decode", "prefill"):
             assert len(r.lodo_errors[kind]) == len(r.errors[kind])
@@ -134,3 +140,30 @@ def test_a_factor_no_point_constrains_has_no_vote_in_the_typical_family():
     assert typical([a, b], [frozenset({1}), frozenset()]) == pytest.approx((0.7, 0.1, 2e-4, (0.5 * 0.2) ** 0.5))
     assert typical([a, b], [frozenset({1}), frozenset({1})])[1] == pytest.approx((0.9 * 0.1) ** 0.5)
     assert family_free(jetson, {"NVIDIA Jetson GPU": x}) == {"NVIDIA Jetson GPU": free}
+
+
+def test_apply_writes_what_the_presets_hold_and_a_second_apply_changes_nothing(fitted, tmp_path):
+    """`chipfuse calibrate --apply` into a copy of the presets and the factors table leaves every file as committed
+    (the presets are up to date with the data and the fit, and the text edits are idempotent, comments kept), and
+    every preset it names still loads."""
+    import shutil
+    from importlib import resources
+    from pathlib import Path
+
+    from chipfuse.hw.load import PRESET_DIR
+    from chipfuse.sim.calibrate import apply_to_presets
+
+    presets = tmp_path / "presets"
+    shutil.copytree(Path(str(PRESET_DIR)), presets)
+    table = tmp_path / "fitted_factors.yaml"
+    committed = Path(str(resources.files("chipfuse") / "hw" / "fitted_factors.yaml"))
+    before = {p.name: p.read_text() for p in presets.glob("*.yaml")}
+    _, results = fitted
+    for _ in range(2):
+        changed = apply_to_presets(results, presets, table)
+        assert table.read_text() == committed.read_text()
+        after = {p.name: p.read_text() for p in presets.glob("*.yaml")}
+        assert [n for n in before if after[n] != before[n]] == []
+    assert {"raspberry-pi-5", "rk3588", "cluster-4x-rpi5-1gbe", "apple-m2-max", "rk3588-npu"} <= set(changed)
+    for name in set(changed):
+        load_system(presets / f"{name}.yaml")

@@ -17,6 +17,7 @@ import statistics
 from dataclasses import MISSING, dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -490,11 +491,9 @@ def factors_table(results: list[FamilyResult]) -> dict:
     return {"families": fams, "classes": classes}
 
 
-def write_factors_table(results: list[FamilyResult]) -> str:
-    """Write hw/fitted_factors.yaml, the table quick devices borrow from; returns its path."""
-    from pathlib import Path
-
-    path = Path(str(resources.files("chipfuse") / "hw" / "fitted_factors.yaml"))
+def write_factors_table(results: list[FamilyResult], path: Path | None = None) -> str:
+    """Write hw/fitted_factors.yaml (or `path`), the table quick devices borrow from; returns its path."""
+    path = path or Path(str(resources.files("chipfuse") / "hw" / "fitted_factors.yaml"))
     head = ("# Written by `chipfuse calibrate --apply` from sim/data/measurements.yaml: each device family's fitted "
             "efficiency factors,\n# and per class (CPU, GPU, NPU) what a family the file does not hold borrows (the "
             "typical family of the class).\n# A quick device (hw/quick.py) names a family or a class to borrow them. "
@@ -503,24 +502,25 @@ def write_factors_table(results: list[FamilyResult]) -> str:
     return str(path)
 
 
-def apply_to_presets(results: list[FamilyResult]) -> list[str]:
+def apply_to_presets(results: list[FamilyResult], preset_dir: Path | None = None,
+                     table: Path | None = None) -> list[str]:
     """Write each family's fitted factors into its device presets (text edits keep comments) and the factors table
-    (hw/fitted_factors.yaml); a quick-device preset holds no factors of its own and reads them from that table."""
-    import re
-    from pathlib import Path
-
+    (hw/fitted_factors.yaml); a quick-device preset holds no factors of its own and reads them from that table.
+    `preset_dir`, `table`: where those live (default: the package's own)."""
     from ..hw.load import PRESET_DIR
 
-    write_factors_table(results)
+    folder = preset_dir or Path(str(PRESET_DIR))
+    write_factors_table(results, table)
+    texts = {p.stem: p.read_text() for p in sorted(folder.glob("*.yaml"))}  # read once: _follow looks at them all
     changed = []
     for r in results:
         for device in r.devices:
-            if is_quick(yaml.safe_load((PRESET_DIR / f"{device}.yaml").read_text())):
+            if is_quick(yaml.safe_load(texts[device])):
                 changed.append(device)
                 continue
-            path = Path(str(PRESET_DIR / f"{device}.yaml"))
-            text = path.read_text()
-            system = load_system(device)
+            path = folder / f"{device}.yaml"
+            text = texts[device]
+            system = load_system(path)
             dt_name = system.dies[0].type
             own = system.die_types[dt_name].memory.own is not None
             note = f"fitted by `chipfuse calibrate --apply` on sim/data/measurements.yaml ({r.family} family)"
@@ -560,24 +560,20 @@ def apply_to_presets(results: list[FamilyResult]) -> list[str]:
 
                 text = re.sub(rf'(\n  {re.escape(key)}: "?)([^\n]*?)("?)\n', noted, text, count=1)
             path.write_text(text)
-            load_system(device)  # still valid
+            texts[device] = text
+            load_system(path)  # still valid
             changed.append(device)
-            changed += _follow(device, r)
+            changed += _follow(device, r, folder, texts)
     return changed
 
 
-def _follow(device: str, r: FamilyResult) -> list[str]:
+def _follow(device: str, r: FamilyResult, folder: Path, texts: dict[str, str]) -> list[str]:
     """Presets built from a family's device (a cluster of Raspberry Pi 5 boards) that say their factors are "as
-    fitted for the <device> preset" take the new values too."""
+    fitted for the <device> preset" take the new values too (`texts`: every preset in `folder`, by name)."""
     import re
-    from pathlib import Path
-
-    from ..hw.load import PRESET_DIR
 
     out = []
-    for name in preset_names():
-        path = Path(str(PRESET_DIR / f"{name}.yaml"))
-        text = path.read_text()
+    for name, text in texts.items():
         if name == device or f"as fitted for the {device} preset" not in text:
             continue
         text = re.sub(r"((?:dram|own): \{[^}\n]*?efficiency: )[0-9.]+", rf"\g<1>{r.mem_eff:.3f}", text)
@@ -585,7 +581,9 @@ def _follow(device: str, r: FamilyResult) -> list[str]:
         if r.prefill_eff is not None:
             text = re.sub(r"(\n\s+prefill_compute_efficiency: )[0-9.]+", rf"\g<1>{r.prefill_eff:.3f}", text)
         text = re.sub(r"(\n\s+op_overhead_s: )[0-9.eE+-]+", rf"\g<1>{r.overhead_s:.3g}", text)
+        path = folder / f"{name}.yaml"
         path.write_text(text)
-        load_system(name)
+        texts[name] = text
+        load_system(path)
         out.append(name)
     return out
