@@ -91,7 +91,10 @@ def main() -> int:
     print(f"fit: die x{f.die_speed:.3f}, prefill eff {f.prefill_efficiency:.3f}, hop {f.hop_latency_s * 1e6:.0f} us, "
           f"host {f.host_per_token_s * 1e6:.0f} us, stage step {f.stage_overhead_s * 1e6:.0f} us, prefill step "
           f"{f.prefill_overhead_s * 1e6:.0f} us more, all-reduce "
-          f"{(f.collective_latency_s or 0) * 1e6:.0f} us, time-share eff. {f.time_share_efficiency:.3f}", flush=True)
+          f"{(f.collective_latency_s or 0) * 1e6:.0f} us, time-share eff. {f.time_share_efficiency:.3f}; paired requests' "
+          f"middle half: stage step {f.stage_overhead_spread_s[0] * 1e6:.0f}-{f.stage_overhead_spread_s[1] * 1e6:.0f} "
+          f"us, prefill step {f.prefill_overhead_spread_s[0] * 1e6:.0f}-{f.prefill_overhead_spread_s[1] * 1e6:.0f} us",
+          flush=True)
     _, cfg = resolve_model(None)
     configs = [(split, n) for split, ns in (("pipeline", (1, 2, 3, 4)), ("tensor", (2, 3, 4))) for n in ns]
     got: dict[tuple[str, int], list] = {c: [] for c in configs}

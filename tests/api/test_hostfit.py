@@ -140,9 +140,15 @@ def test_the_prefill_fit_recovers_the_efficiency_and_overhead_that_made_the_runs
         made = parse_system(_with_fit(d, *decode[:1], eff, *decode[1:], prefill_s=overhead_s), "made")
         one, two = (compile_plan(cfg, resize(made, n), "int4", context=FIT_CONTEXT, batch=1, prompt_tokens=40,
                                  split="pipeline").prediction.ttft_s for n in (1, 2))
-        got_eff, got_s, fitted = _fit_prefill(cfg, d, decode, 40, one, [(one, two)] * 3)
+        got_eff, got_s, fitted, spread = _fit_prefill(cfg, d, decode, 40, one, [(one, two)] * 3)
+        assert spread == pytest.approx((overhead_s, overhead_s), abs=2e-6)  # identical pairs: no spread
         assert got_eff == pytest.approx(eff, rel=2e-3) and got_s == pytest.approx(overhead_s, abs=2e-6)
         assert parse_system(fitted, "fit").die_types["emulated"].prefill_overhead_s == pytest.approx(got_s, abs=1e-7)
     # a 2-die run faster than the predicted hop and step: no negative overhead
-    _, got_s, _ = _fit_prefill(cfg, d, decode, 40, one, [(one, one * 0.9)])
+    _, got_s, _, _ = _fit_prefill(cfg, d, decode, 40, one, [(one, one * 0.9)])
     assert got_s == 0.0
+    # pairs that disagree: the median sets the overhead, the quartiles say how far apart they were
+    _, got_s, _, spread = _fit_prefill(cfg, d, decode, 40, one, [(one, two + k * 1e-3) for k in (0, 1, 2, 3, 4)])
+    # (the last runs above were made with 10 ms: the pairs are 10-14 ms apart beyond the predicted hop and step)
+    assert got_s == pytest.approx(12e-3, abs=2e-6) and spread == pytest.approx((10.5e-3, 13.5e-3), abs=2e-6)
+

@@ -46,6 +46,10 @@ class HostFit:
     prompt_tokens: int
     stage_overhead_s: float = 0.0  # what each pipeline stage pays per step beyond its hop (a woken die)
     prefill_overhead_s: float = 0.0  # and per prefill step beyond that (a die idle through the earlier stages')
+    # the middle half (quartiles) of the paired requests' values behind the two medians above: how steady this
+    # machine was while it was measured (on a 2-core VM the same code fitted a stage step at 126-889 us minutes apart)
+    stage_overhead_spread_s: tuple[float, float] = (0.0, 0.0)
+    prefill_overhead_spread_s: tuple[float, float] = (0.0, 0.0)
     collective_latency_s: float | None = None  # one all-reduce between running dies (2-die tensor requests)
     time_share_efficiency: float = 1.0  # share of the cores' time dies computing at once put to work
 
@@ -173,27 +177,32 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
     runs, ttfts = _untraced(plans, threads, FIT_REPEATS, prompts=FIT_PROMPTS)
     ones = runs[0]
     step1, ttft1 = statistics.median(r[0] for r in ones), statistics.median(ttfts[0])
-    stage_s = 0.0
+    stage_s, stage_spread = 0.0, (0.0, 0.0)
     if len(plans) > 1:  # the added stage's cost beyond its one added hop: paired with the 1-die request beside it
-        stage_s = max(0.0, statistics.median(b[0] - a[0] for a, b in zip(ones, runs[1])) - hop_s)
+        stage_diffs = [b[0] - a[0] - hop_s for a, b in zip(ones, runs[1])]
+        stage_s, stage_spread = max(0.0, statistics.median(stage_diffs)), _middle_half(stage_diffs)
     # the die's compute as the untraced run paid it: the level the speed factor sets
     compute_level = max(0.3 * compute_s, step1 - len(links) * hop_s - host_s - stage_s)
     speed = plan.prediction.stages[0].decode_s / compute_level
     before = plan.prediction
     two_ttfts = list(zip(ttfts[0], ttfts[1])) if len(plans) > 1 else []
-    eff, prefill_s, fitted = _fit_prefill(cfg, data, (speed, hop_s, host_s, stage_s), len(ids), ttft1, two_ttfts)
+    eff, prefill_s, fitted, prefill_spread = _fit_prefill(cfg, data, (speed, hop_s, host_s, stage_s), len(ids), ttft1,
+                                                          two_ttfts)
     collective_s, share_eff = None, 1.0
     if len(system.dies) > 1:
         collective_s, share_eff = _fit_tensor(cfg, parse_system(fitted, "fit"), len(ids), runs[2], ttfts[2])
         fitted = _with_fit(data, speed, eff, hop_s, host_s, stage_s, collective_s, share_eff, prefill_s)
     fit = HostFit(round(speed, 4), round(eff, 4), hop_s, host_s, 1.0 / step1, before.decode_tokens_per_s, ttft1,
-                  before.ttft_s, len(ids), stage_s, round(prefill_s, 7), collective_s, round(share_eff, 4))
+                  before.ttft_s, len(ids), stage_overhead_s=stage_s, prefill_overhead_s=round(prefill_s, 7),
+                  collective_latency_s=collective_s, time_share_efficiency=round(share_eff, 4),
+                  stage_overhead_spread_s=stage_spread, prefill_overhead_spread_s=prefill_spread)
     return parse_system(fitted, "chipfuse probe (fitted on 1- and 2-die runs)"), fit
 
 
 def _fit_prefill(cfg, data: dict, decode: tuple[float, float, float, float], prompt_tokens: int, ttft1: float,
-                 pairs: list[tuple[float, float]]) -> tuple[float, float, dict]:
-    """(prefill compute efficiency, prefill overhead s, fitted system data): the efficiency makes the predicted 1-die
+                 pairs: list[tuple[float, float]]) -> tuple[float, float, dict, tuple[float, float]]:
+    """(prefill compute efficiency, prefill overhead s, fitted system data, the overhead's middle half over the
+    pairs): the efficiency makes the predicted 1-die
     time to first token `ttft1`; the overhead is what a 2-die pipeline's time to first token adds beyond the
     predicted difference (its hop, its step cost), the median over `pairs` of (1-die, 2-die) times to first token
     measured side by side (the second die idled through the first one's prefill). `decode`: the factors already
@@ -216,12 +225,22 @@ def _fit_prefill(cfg, data: dict, decode: tuple[float, float, float, float], pro
         return eff, fitted
 
     eff, fitted = level(0.0)
-    prefill_s = 0.0
+    prefill_s, spread = 0.0, (0.0, 0.0)
     if pairs:
-        prefill_s = min(1.0, max(0.0, statistics.median(b - a for a, b in pairs) - (ttft(fitted, 2) - ttft(fitted, 1))))
+        predicted = ttft(fitted, 2) - ttft(fitted, 1)
+        diffs = [b - a - predicted for a, b in pairs]
+        prefill_s, spread = min(1.0, max(0.0, statistics.median(diffs))), _middle_half(diffs)
         if prefill_s > 0:
             eff, fitted = level(prefill_s)
-    return eff, prefill_s, fitted
+    return eff, prefill_s, fitted, spread
+
+
+def _middle_half(xs: list[float]) -> tuple[float, float]:
+    """The first and third quartiles of `xs`, each at least 0 (a cost)."""
+    if len(xs) < 2:
+        return (max(0.0, xs[0]),) * 2 if xs else (0.0, 0.0)
+    q1, _, q3 = statistics.quantiles(xs, n=4)
+    return max(0.0, q1), max(0.0, q3)
 
 
 def _fit_tensor(cfg, system: System, prompt_tokens: int, runs: list[tuple[float, float]],

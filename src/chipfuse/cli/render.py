@@ -214,6 +214,12 @@ def probe(rep) -> None:
             say(f"on a 2-die tensor group (its decode step and time to first token together): one all-reduce "
                 f"{f.collective_latency_s * 1e6:.0f} us between running dies, the cores' time-share efficiency "
                 f"{f.time_share_efficiency:.3f} when the dies' threads outnumber them")
+        if f.stage_overhead_spread_s != (0.0, 0.0) or f.prefill_overhead_spread_s != (0.0, 0.0):
+            (s0, s1), (p0, p1) = f.stage_overhead_spread_s, f.prefill_overhead_spread_s
+            say(f"the paired 1- and 2-die requests behind those medians, middle half: stage step "
+                f"{s0 * 1e6:.0f}-{s1 * 1e6:.0f} us, prefill step {p0 * 1e6:.0f}-{p1 * 1e6:.0f} us more (a wide range: "
+                "this machine's cost of a stage moved while it was measured, and predictions for 3 or more dies "
+                "carry that)")
 
 
 GANTT_WORDS = {"compute": "compute", "collective": "all-reduce", "transfer": "transfer", "host": "host", "wait": "waiting"}
