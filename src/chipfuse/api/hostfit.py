@@ -140,8 +140,10 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
     """Fit `system`'s factors on runs of the embedded model and return it with them applied to every die, link and
     the host, and what was measured. A traced 1-die run splits a decode step into the die's compute, the hops and
     the host's share; untraced requests (as `chipfuse run` makes them) on 1 die set the level, and (when the system
-    has 2 dies) on a 2-die pipeline the cost each added stage pays beyond its hop (`DieType.step_overhead_s`) and on
-    a 2-die tensor group an all-reduce's latency and the cores' time-share efficiency (`_fit_tensor`)."""
+    has 2 dies) on a 2-die pipeline the cost each added stage pays beyond its hop (`DieType.step_overhead_s`) and per
+    prefill step beyond that (`DieType.prefill_overhead_s`, `_fit_prefill`; prompt-only requests add times to first
+    token), and on a 2-die tensor group an all-reduce's latency and the cores' time-share efficiency
+    (`_fit_tensor`)."""
     from ..compile.compiler import compile_plan
     from ..hw.load import parse_system
     from ..runtime.device import Device, resolve_model
