@@ -27,8 +27,8 @@ FIT_PROMPT = "Tell me a story about a lighthouse keeper and the sea."
 FIT_TOKENS = 48  # decode steps timed (after a warm-up request)
 FIT_CONTEXT = 160  # prompt (~50 tokens with the chat template) + the tokens generated
 FIT_REPEATS = 6  # untraced requests on each plan, in two turns (their medians set the levels)
-FIT_PROMPTS = 8  # and prompt-only requests per turn: a time to first token is one sample, not a median of steps (6
-# paired requests fitted a prefill step's cost at 1.9-6.7 ms in five probes of one machine)
+FIT_PROMPTS = 8  # and prompt-only requests per turn: a time to first token is one sample, not a mean of steps (the
+# prefill step's cost still moved 1.5-5.6 ms over four probes of one 2-core VM with them, 1.9-6.7 ms over five without)
 
 
 @dataclass(frozen=True)
@@ -204,11 +204,10 @@ def fit_on_run(system: System, threads: int | None, on_status=lambda m: None) ->
 def _fit_prefill(cfg, data: dict, decode: tuple[float, float, float, float], prompt_tokens: int, ttft1: float,
                  pairs: list[tuple[float, float]]) -> tuple[float, float, dict, tuple[float, float]]:
     """(prefill compute efficiency, prefill overhead s, fitted system data, the overhead's middle half over the
-    pairs): the efficiency makes the predicted 1-die
-    time to first token `ttft1`; the overhead is what a 2-die pipeline's time to first token adds beyond the
-    predicted difference (its hop, its step cost), the median over `pairs` of (1-die, 2-die) times to first token
-    measured side by side (the second die idled through the first one's prefill). `decode`: the factors already
-    fitted (speed, hop s, host s, stage step s)."""
+    pairs): the efficiency makes the predicted 1-die time to first token `ttft1`; the overhead is what a 2-die
+    pipeline's time to first token adds beyond the predicted difference (its hop, its step cost), the median over
+    `pairs` of (1-die, 2-die) times to first token measured side by side (the second die idled through the first
+    one's prefill). `decode`: the factors already fitted (speed, hop s, host s, stage step s)."""
     from ..compile.compiler import compile_plan
     from ..hw.load import parse_system
 
@@ -248,10 +247,10 @@ def _middle_half(xs: list[float]) -> tuple[float, float]:
 def _fit_tensor(cfg, system: System, prompt_tokens: int, runs: list[tuple[float, float]],
                 ttfts: list[float] | None = None) -> tuple[float, float]:
     """(collective latency s, time-share efficiency) from `runs` (decode step s, time to first token s) on a 2-die
-    tensor group (`ttfts`: its times to first token, if more than the runs'; their median counts) of `system` (already fitted on the pipeline runs). The predicted decode step and time to first
-    token are both linear in the all-reduce's latency and in the inverse of the efficiency (the dies' shared
-    compute): the two values that make both predictions the measured ones, each held to its range (latency >= 0,
-    efficiency <= 1)."""
+    tensor group of `system` (already fitted on the pipeline runs; `ttfts`: its times to first token, if more than
+    the runs', whose median counts then). The predicted decode step and time to first token are both linear in the
+    all-reduce's latency and in the inverse of the efficiency (the dies' shared compute): the two values that make
+    both predictions the measured ones, each held to its range (latency >= 0, efficiency <= 1)."""
     from ..compile.compiler import compile_plan
     from ..hw.load import parse_system
 
