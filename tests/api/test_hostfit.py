@@ -151,4 +151,3 @@ def test_the_prefill_fit_recovers_the_efficiency_and_overhead_that_made_the_runs
     _, got_s, _, spread = _fit_prefill(cfg, d, decode, 40, one, [(one, two + k * 1e-3) for k in (0, 1, 2, 3, 4)])
     # (the last runs above were made with 10 ms: the pairs are 10-14 ms apart beyond the predicted hop and step)
     assert got_s == pytest.approx(12e-3, abs=2e-6) and spread == pytest.approx((10.5e-3, 13.5e-3), abs=2e-6)
-

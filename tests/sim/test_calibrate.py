@@ -147,16 +147,16 @@ def test_apply_writes_what_the_presets_hold_and_a_second_apply_changes_nothing(f
     (the presets are up to date with the data and the fit, and the text edits are idempotent, comments kept), and
     every preset it names still loads."""
     import shutil
-    from importlib import resources
     from pathlib import Path
 
+    from chipfuse.hw.families import factors_path
     from chipfuse.hw.load import PRESET_DIR
     from chipfuse.sim.calibrate import apply_to_presets
 
     presets = tmp_path / "presets"
     shutil.copytree(Path(str(PRESET_DIR)), presets)
     table = tmp_path / "fitted_factors.yaml"
-    committed = Path(str(resources.files("chipfuse") / "hw" / "fitted_factors.yaml"))
+    committed = factors_path()
     before = {p.name: p.read_text() for p in presets.glob("*.yaml")}
     _, results = fitted
     for _ in range(2):

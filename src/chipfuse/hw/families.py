@@ -11,6 +11,7 @@ borrows its class's factors, fitted on the other families of that class. The fit
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -53,10 +54,15 @@ def class_of(family: str) -> str | None:
     return FAMILIES[family][0] if family in FAMILIES else None
 
 
+def factors_path() -> Path:
+    """Where `chipfuse calibrate --apply` writes the fitted factors and quick devices read them."""
+    return Path(str(resources.files("chipfuse") / "hw" / "fitted_factors.yaml"))
+
+
 def fitted_factors() -> dict[str, Any]:
     """{"families": {family: factors, devices, engines}, "classes": {class: factors}} as last written by
     `chipfuse calibrate --apply`; empty sections when nothing was fitted yet."""
-    path = resources.files("chipfuse") / "hw" / "fitted_factors.yaml"
+    path = factors_path()
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:

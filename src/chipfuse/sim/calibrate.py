@@ -25,7 +25,7 @@ from scipy.optimize import least_squares
 
 from ..frontends import load_model_config, resolve_name
 from ..hw.dram import die_read_bytes_per_s
-from ..hw.families import CLASSES, FAMILIES, class_of, family_of  # noqa: F401  (family_of: part of this module's API)
+from ..hw.families import CLASSES, FAMILIES, class_of, factors_path, family_of  # noqa: F401  (family_of: part of this module's API)
 from ..hw.load import load_system, preset_names
 from ..hw.quick import is_quick
 from ..hw.spec import HOST, System
@@ -493,7 +493,7 @@ def factors_table(results: list[FamilyResult]) -> dict:
 
 def write_factors_table(results: list[FamilyResult], path: Path | None = None) -> str:
     """Write hw/fitted_factors.yaml (or `path`), the table quick devices borrow from; returns its path."""
-    path = path or Path(str(resources.files("chipfuse") / "hw" / "fitted_factors.yaml"))
+    path = path or factors_path()
     head = ("# Written by `chipfuse calibrate --apply` from sim/data/measurements.yaml: each device family's fitted "
             "efficiency factors,\n# and per class (CPU, GPU, NPU) what a family the file does not hold borrows (the "
             "typical family of the class).\n# A quick device (hw/quick.py) names a family or a class to borrow them. "
@@ -570,8 +570,6 @@ def apply_to_presets(results: list[FamilyResult], preset_dir: Path | None = None
 def _follow(device: str, r: FamilyResult, folder: Path, texts: dict[str, str]) -> list[str]:
     """Presets built from a family's device (a cluster of Raspberry Pi 5 boards) that say their factors are "as
     fitted for the <device> preset" take the new values too (`texts`: every preset in `folder`, by name)."""
-    import re
-
     out = []
     for name, text in texts.items():
         if name == device or f"as fitted for the {device} preset" not in text:
